@@ -1,0 +1,154 @@
+"""The record that carries one image through the CLASP pipeline.
+
+Every image-level step of sklearn-clasp takes and returns a list of
+:class:`PatchGrid` records, one per image. Each step fills in the fields it
+produces and keeps the rest, so a later step finds everything it needs (the
+patch grid shape, the source image, the features) without reaching around the
+:class:`~sklearn.pipeline.Pipeline`:
+
+=========================  ==========================================
+step                       fills in
+=========================  ==========================================
+patch embedder             ``image``, ``grid_shape``, ``features``
+:class:`CosineAffinity`    ``affinity``
+segmenter                  ``labels`` (and diagnostics in ``info``)
+:class:`CRFRefiner`        returns full-resolution masks (arrays)
+=========================  ==========================================
+
+Records are immutable: steps return new records made with
+:meth:`PatchGrid.replace`, so the input of a step is never modified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+from scipy import sparse
+
+__all__ = ["PatchGrid", "is_record_sequence", "check_records"]
+
+
+@dataclass(frozen=True, eq=False)
+class PatchGrid:
+    """One image and what the pipeline has computed for it so far.
+
+    The patch grid spans the whole image: patch ``(i, j)`` of a grid of shape
+    ``(h, w)`` covers rows ``i * H / h`` to ``(i + 1) * H / h`` and columns
+    ``j * W / w`` to ``(j + 1) * W / w`` of the ``(H, W)`` image, so patch
+    labels map onto pixels by scaling alone.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W, 3), dtype uint8
+        The source image, RGB, at full resolution.
+    grid_shape : tuple of (int, int)
+        Number of patch rows and columns ``(h, w)``.
+    features : ndarray of shape (h, w, n_features), dtype float32, default=None
+        One feature vector per patch.
+    affinity : ndarray or sparse matrix of shape (h * w, h * w), default=None
+        Patch-to-patch affinity, rows in row-major grid order.
+    labels : ndarray of shape (h, w), dtype int64, default=None
+        Patch labels ``0 .. K-1``.
+    info : mapping, default={}
+        Diagnostics added by the steps (for example ``n_clusters``,
+        ``eigenvalues``, ``silhouette_scores``, timings).
+    source : str, default=None
+        Where the image came from (a path or a name), for messages.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_clasp.records import PatchGrid
+    >>> rec = PatchGrid(image=np.zeros((28, 42, 3), np.uint8), grid_shape=(2, 3))
+    >>> rec.n_patches
+    6
+    >>> rec.replace(labels=np.zeros((2, 3), np.int64)).labels.shape
+    (2, 3)
+    """
+
+    image: np.ndarray
+    grid_shape: tuple
+    features: np.ndarray | None = None
+    affinity: Any = None
+    labels: np.ndarray | None = None
+    info: Mapping = field(default_factory=dict)
+    source: str | None = None
+
+    @property
+    def n_patches(self) -> int:
+        """Number of patches, ``h * w``."""
+        return int(self.grid_shape[0]) * int(self.grid_shape[1])
+
+    @property
+    def feature_matrix(self) -> np.ndarray:
+        """Features as a ``(h * w, n_features)`` matrix in row-major grid order."""
+        if self.features is None:
+            raise ValueError(
+                f"record {self.name!r} has no features yet; run a patch embedder first"
+            )
+        return self.features.reshape(self.n_patches, -1)
+
+    @property
+    def name(self) -> str:
+        """A short name for messages: the source if known."""
+        return self.source if self.source is not None else "<array>"
+
+    def replace(self, **changes) -> "PatchGrid":
+        """Return a copy with some fields replaced; ``info`` is merged, not replaced."""
+        if "info" in changes:
+            merged = dict(self.info)
+            merged.update(changes["info"])
+            changes["info"] = merged
+        return dataclasses.replace(self, **changes)
+
+
+def is_record_sequence(X) -> bool:
+    """True when ``X`` is a non-empty list or tuple of :class:`PatchGrid` records."""
+    return (
+        isinstance(X, (list, tuple))
+        and len(X) > 0
+        and all(isinstance(r, PatchGrid) for r in X)
+    )
+
+
+def check_records(X, *, need=(), step="this step"):
+    """Validate a sequence of records and the fields a step needs.
+
+    Parameters
+    ----------
+    X : list of PatchGrid
+        The records.
+    need : tuple of str
+        Field names that must be set on every record.
+    step : str
+        Name of the calling step, for error messages.
+
+    Returns
+    -------
+    records : list of PatchGrid
+    """
+    if not is_record_sequence(X):
+        raise TypeError(
+            f"{step} expects a non-empty list of PatchGrid records (the output of a "
+            f"patch embedder); got {type(X).__name__}"
+        )
+    hints = {
+        "features": "put a patch embedder before it",
+        "affinity": "put CosineAffinity before it",
+        "labels": "put AdaptiveSpectralSegmenter before it",
+    }
+    for rec in X:
+        for name in need:
+            if getattr(rec, name) is None:
+                raise ValueError(
+                    f"{step}: record {rec.name!r} has no {name}; {hints.get(name, '')}"
+                )
+        if rec.affinity is not None and not (
+            sparse.issparse(rec.affinity) or isinstance(rec.affinity, np.ndarray)
+        ):
+            raise TypeError(f"{step}: record {rec.name!r} has an affinity of type "
+                            f"{type(rec.affinity).__name__}; expected ndarray or sparse")
+    return list(X)
