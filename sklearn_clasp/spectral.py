@@ -1,0 +1,780 @@
+"""Adaptive spectral clustering: CLASP's choice of K and its segmentation.
+
+The functional core is :func:`adaptive_spectral_clustering`; the estimator
+:class:`AdaptiveSpectralSegmenter` wraps it for plain matrices and for the
+per-image records of the CLASP pipeline.
+
+The algorithm, for one affinity matrix ``A`` of ``n`` patches:
+
+1. Leading eigenpairs of ``A`` itself (the paper's ``spectrum="affinity"``)
+   or of the normalised affinity ``D^-1/2 A D^-1/2`` (``spectrum="normalized"``;
+   its eigenvalues are ``1 - mu`` for the eigenvalues ``mu`` of the normalised
+   Laplacian, so "leading" means the smallest Laplacian eigenvalues). Only the
+   ``k_max + 1`` needed are computed.
+2. A first ``K0`` from the eigengaps ``d_i = l_i - l_(i+1)``: the largest
+   relative gap (``K0 = argmax_i d_i / l_i``, ``i >= k_min``), the largest
+   gap, or the paper's elbow (the gap index ``i*`` farthest from the straight
+   line joining the first and last gaps, ``K0 = i* + 1``). Ties go to the
+   smallest index.
+3. Every ``K`` in ``[floor(K0 (1 - beta)), ceil(K0 (1 + beta))]`` clipped to
+   ``[k_min, k_max]``: k-means on the row-normalised leading ``K``
+   eigenvectors; the exact silhouette of that partition. The best silhouette
+   wins (ties: the smaller ``K``).
+4. One segment (``K = 1``): see ``single_segment_threshold``. The silhouette
+   is undefined for one cluster, so ``K = 1`` is decided by the spectrum
+   instead: by Cheeger's inequality, when the second eigenvalue ``l_2`` of the
+   normalised affinity is small, every cut of the graph has a high
+   conductance (at least ``(1 - l_2) / 2``), i.e. no part of the image is
+   markedly more similar to itself than to the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+
+import numpy as np
+from scipy import linalg, sparse
+from scipy.sparse.linalg import eigsh
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, _fit_context
+from sklearn.cluster import KMeans
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.extmath import _deterministic_vector_sign_flip
+from sklearn.utils.validation import (
+    check_is_fitted,
+    check_non_negative,
+    check_symmetric,
+    validate_data,
+)
+
+from .affinity import cosine_affinity
+from .records import PatchGrid, check_records, is_record_sequence
+
+__all__ = [
+    "adaptive_spectral_clustering",
+    "eigengap_k",
+    "leading_eigenpairs",
+    "silhouette_scores_for_labels",
+    "AdaptiveSpectralSegmenter",
+    "PAPER_SETTINGS",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Settings that reproduce the CLASP paper's K selection exactly: eigenvalues of
+#: the affinity itself, the elbow rule, and no one-segment test.
+PAPER_SETTINGS = {
+    "spectrum": "affinity",
+    "eigengap_rule": "elbow",
+    "single_segment_threshold": None,
+}
+
+# Dense LAPACK (only the wanted eigenpairs) is faster than ARPACK up to about
+# this many patches; past it ARPACK's matrix-vector products win.
+_DENSE_EIGEN_MAX_N = 2048
+
+
+# --------------------------------------------------------------------------
+# Spectrum
+# --------------------------------------------------------------------------
+def _as_float_affinity(affinity):
+    if sparse.issparse(affinity):
+        A = affinity.tocsr().astype(np.float64)
+        A = 0.5 * (A + A.T)
+        return A.tocsr()
+    A = np.asarray(affinity, dtype=np.float64)
+    if not np.allclose(A, A.T, rtol=1e-6, atol=1e-8):
+        A = 0.5 * (A + A.T)
+    return A
+
+
+def _normalize(A):
+    """``D^-1/2 A D^-1/2``; isolated nodes (zero degree) stay isolated."""
+    degree = np.asarray(A.sum(axis=1)).ravel()
+    if np.any(degree < 0):
+        raise ValueError(
+            "the normalised spectrum needs non-negative affinities; some rows sum "
+            "to a negative value. Clip negative affinities (CosineAffinity's "
+            "clip_negative=True) or use spectrum='affinity'."
+        )
+    inv_sqrt = np.zeros_like(degree)
+    nz = degree > 0
+    inv_sqrt[nz] = 1.0 / np.sqrt(degree[nz])
+    if sparse.issparse(A):
+        Dm = sparse.diags(inv_sqrt)
+        return (Dm @ A @ Dm).tocsr()
+    return A * inv_sqrt[:, None] * inv_sqrt[None, :]
+
+
+def leading_eigenpairs(matrix, n_components, *, random_state=None):
+    """The ``n_components`` algebraically largest eigenpairs of a symmetric matrix.
+
+    Dense matrices up to 2048 rows use LAPACK's ``syevr`` restricted to the
+    wanted eigenpairs; larger or sparse ones use ARPACK (Lanczos) with a
+    starting vector drawn from ``random_state``. Eigenvector signs are made
+    deterministic.
+
+    Parameters
+    ----------
+    matrix : ndarray or sparse matrix of shape (n, n)
+        Symmetric matrix.
+    n_components : int
+        Number of eigenpairs, at most ``n``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds ARPACK's starting vector.
+
+    Returns
+    -------
+    eigenvalues : ndarray of shape (n_components,)
+        In descending order.
+    eigenvectors : ndarray of shape (n, n_components)
+        Matching unit eigenvectors, as columns.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> vals, vecs = leading_eigenpairs(np.diag([1.0, 3.0, 2.0]), 2)
+    >>> vals
+    array([3., 2.])
+    """
+    n = matrix.shape[0]
+    k = int(min(n_components, n))
+    if not sparse.issparse(matrix) and (n <= _DENSE_EIGEN_MAX_N or k >= n - 1):
+        vals, vecs = linalg.eigh(
+            np.asarray(matrix), subset_by_index=[n - k, n - 1], driver="evr"
+        )
+    else:
+        if k >= n - 1:
+            vals, vecs = linalg.eigh(matrix.toarray(), subset_by_index=[n - k, n - 1])
+        else:
+            rng = check_random_state(random_state)
+            v0 = rng.uniform(-1, 1, n)
+            vals, vecs = eigsh(matrix, k=k, which="LA", v0=v0)
+    order = np.argsort(vals, kind="stable")[::-1]
+    vals = vals[order]
+    vecs = _deterministic_vector_sign_flip(vecs[:, order].T).T
+    return vals, vecs
+
+
+def eigengap_k(eigenvalues, *, rule="relative", k_min=1, k_max=None):
+    """First estimate ``K0`` of the number of clusters from eigengaps.
+
+    With eigenvalues ``l_1 >= l_2 >= ...`` and gaps ``d_i = l_i - l_(i+1)``:
+
+    * ``"largest"``: the classic eigengap heuristic, ``K0 = argmax d_i``
+      over ``k_min <= i <= k_max``.
+    * ``"relative"``: ``K0 = argmax d_i / l_i`` over the same range (scale
+      free: the gap measured against the eigenvalue it falls from; gaps below
+      a non-positive eigenvalue count as 0).
+    * ``"elbow"``: the CLASP paper's rule, ``K0 = i* + 1`` where ``i*`` is the
+      gap index farthest from the straight line joining ``(1, d_1)`` and
+      ``(m, d_m)``, over all gaps ``1 .. m`` (``m = k_max`` when given).
+
+    Ties go to the smallest index.
+
+    Parameters
+    ----------
+    eigenvalues : array-like of shape (m + 1,)
+        Leading eigenvalues in descending order.
+    rule : {"relative", "largest", "elbow"}, default="relative"
+        Which rule.
+    k_min : int, default=1
+        Smallest K the "largest" and "relative" rules may return.
+    k_max : int, default=None
+        Only gaps ``d_1 .. d_k_max`` are considered (default: all).
+
+    Returns
+    -------
+    k0 : int
+
+    Examples
+    --------
+    >>> eigengap_k([1.0, 0.98, 0.97, 0.2, 0.1, 0.05], rule="largest")
+    3
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    gaps = lam[:-1] - lam[1:]
+    if k_max is not None:
+        gaps = gaps[: max(1, int(k_max))]
+    m = gaps.size
+    if m == 0:
+        return 1
+    if rule in ("largest", "relative"):
+        lo = int(min(max(k_min, 1), m))
+        if rule == "relative":
+            top = lam[:m]
+            score = np.where(top > 0, gaps / np.where(top > 0, top, 1.0), 0.0)
+        else:
+            score = gaps
+        # Rounding makes near-ties exact ties; argmax takes the first of them.
+        return int(np.argmax(np.round(score[lo - 1 :], 12))) + lo
+    if rule == "elbow":
+        if m < 3:
+            return int(np.argmax(gaps)) + 2
+        x = np.arange(1, m + 1, dtype=np.float64)
+        x0, y0, x1, y1 = x[0], gaps[0], x[-1], gaps[-1]
+        dist = np.abs((y1 - y0) * x - (x1 - x0) * gaps + x1 * y0 - y1 * x0)
+        dist /= math.hypot(y1 - y0, x1 - x0)
+        i_star = int(np.argmax(np.round(dist, 12))) + 1
+        return i_star + 1
+    raise ValueError(
+        f"unknown eigengap rule {rule!r}; use 'relative', 'largest' or 'elbow'"
+    )
+
+
+def _k_range(k0, *, beta, k_min, k_max):
+    lo = max(k_min, int(math.floor(k0 * (1.0 - beta))))
+    hi = min(k_max, int(math.ceil(k0 * (1.0 + beta))))
+    if lo > hi:
+        lo = hi = int(min(max(k0, k_min), k_max))
+    return list(range(lo, hi + 1))
+
+
+# --------------------------------------------------------------------------
+# Silhouette
+# --------------------------------------------------------------------------
+def _distance_matrix(features, affinity):
+    """Dense distance matrix for the silhouette, computed once.
+
+    Cosine distance ``1 - cos`` between features when they are given,
+    otherwise ``1 - affinity`` (which is the cosine distance, capped at 1, for
+    a cosine affinity with clipped negatives).
+    """
+    if features is not None:
+        S = cosine_affinity(features, clip_negative=False)
+    elif sparse.issparse(affinity):
+        S = affinity.toarray()
+    else:
+        S = np.asarray(affinity)
+    D = 1.0 - S
+    np.maximum(D, 0.0, out=D)
+    np.fill_diagonal(D, 0.0)
+    return D
+
+
+def silhouette_scores_for_labels(distances, labelings):
+    """Exact mean silhouette of several labelings sharing one distance matrix.
+
+    Equal to :func:`sklearn.metrics.silhouette_score` with
+    ``metric="precomputed"`` for each labeling, but the ``O(n^2)`` distances
+    are given once; each labeling costs one ``(n, n) x (n, K)`` product.
+    Samples alone in their cluster score 0, as in scikit-learn.
+
+    Parameters
+    ----------
+    distances : ndarray of shape (n, n)
+        Symmetric distances with a zero diagonal.
+    labelings : list of ndarray of shape (n,)
+        Integer labels ``0 .. K-1``, each with ``2 <= K <= n - 1``.
+
+    Returns
+    -------
+    scores : list of float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.0], [0.1], [1.0], [1.1]])
+    >>> D = np.abs(X - X.T)
+    >>> round(silhouette_scores_for_labels(D, [np.array([0, 0, 1, 1])])[0], 4)
+    0.9
+    """
+    n = distances.shape[0]
+    scores = []
+    for labels in labelings:
+        labels = np.asarray(labels)
+        k = int(labels.max()) + 1
+        onehot = np.zeros((n, k), dtype=distances.dtype)
+        onehot[np.arange(n), labels] = 1.0
+        sums = distances @ onehot  # (n, K): total distance to each cluster
+        sizes = onehot.sum(axis=0)
+        own = sizes[labels]
+        a = sums[np.arange(n), labels] / np.maximum(own - 1, 1)
+        mean_other = sums / np.maximum(sizes, 1)[None, :]
+        mean_other[np.arange(n), labels] = np.inf
+        mean_other[:, sizes == 0] = np.inf
+        b = mean_other.min(axis=1)
+        denom = np.maximum(a, b)
+        s = np.where(denom > 0, (b - a) / np.where(denom > 0, denom, 1.0), 0.0)
+        s[own <= 1] = 0.0
+        scores.append(float(s.mean()))
+    return scores
+
+
+# --------------------------------------------------------------------------
+# Functional core
+# --------------------------------------------------------------------------
+def adaptive_spectral_clustering(
+    affinity,
+    *,
+    features=None,
+    spectrum="normalized",
+    eigengap_rule="relative",
+    k_min=2,
+    k_max=15,
+    beta=0.5,
+    single_segment_threshold=0.2,
+    n_init=3,
+    random_state=None,
+):
+    """Cluster an affinity matrix, choosing the number of clusters itself.
+
+    Read the module docstring for the algorithm.
+
+    Parameters
+    ----------
+    affinity : ndarray or sparse matrix of shape (n, n)
+        Symmetric non-negative affinity (an asymmetric one is symmetrised as
+        ``(A + A.T) / 2``).
+    features : ndarray of shape (n, n_features), default=None
+        The features the affinity came from. When given, the silhouette uses
+        their cosine distance; otherwise ``1 - affinity``.
+    spectrum : {"normalized", "affinity"}, default="normalized"
+        Decompose the normalised affinity ``D^-1/2 A D^-1/2`` (equivalently the
+        normalised Laplacian) or ``A`` itself (the paper).
+    eigengap_rule : {"relative", "largest", "elbow"}, default="relative"
+        How ``K0`` is read off the eigengaps (see :func:`eigengap_k`).
+    k_min, k_max : int, default=2, 15
+        Range of the silhouette search.
+    beta : float, default=0.5
+        Relative half-width of the search around ``K0``.
+    single_segment_threshold : float or None, default=0.2
+        Return one segment when the second eigenvalue of the normalised
+        affinity is below this value (no cut separates the patches; see the
+        module docstring). ``None`` never returns one segment.
+    n_init : int, default=3
+        k-means restarts for each ``K``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds k-means and the iterative eigensolver.
+
+    Returns
+    -------
+    labels : ndarray of shape (n,), dtype int64
+        Cluster of each sample, ``0 .. K-1``, numbered by first appearance.
+    info : dict
+        ``n_clusters``, ``eigengap_k`` (K0), ``eigenvalues`` (the leading
+        eigenvalues of the decomposed matrix, descending),
+        ``silhouette_scores`` (dict K -> score, empty for one segment),
+        ``silhouette`` (score of the result; 0.0 for one segment),
+        ``second_eigenvalue`` (of the normalised affinity), ``single_segment``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_clasp.affinity import cosine_affinity
+    >>> rng = np.random.RandomState(0)
+    >>> X = np.repeat(np.eye(3), 20, axis=0) + 0.05 * rng.randn(60, 3)
+    >>> labels, info = adaptive_spectral_clustering(cosine_affinity(X), random_state=0)
+    >>> info["n_clusters"]
+    3
+    """
+    A = _as_float_affinity(affinity)
+    n = A.shape[0]
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"the affinity must be a square matrix; got shape {A.shape}")
+    if features is not None and len(features) != n:
+        raise ValueError(
+            f"features has {len(features)} rows but the affinity is {n} x {n}"
+        )
+    rng = check_random_state(random_state)
+    info = {"single_segment": False}
+    if n < 3:
+        labels = np.arange(n, dtype=np.int64) if n == 2 else np.zeros(n, np.int64)
+        info.update(n_clusters=int(n), eigengap_k=int(n), eigenvalues=np.ones(n),
+                    silhouette_scores={}, silhouette=0.0, second_eigenvalue=np.nan)
+        return labels, info
+
+    k_max_eff = int(min(k_max, n - 1))
+    k_min_eff = int(min(k_min, k_max_eff))
+    n_eig = min(k_max_eff + 1, n)
+    M = _normalize(A) if spectrum == "normalized" else A
+    vals, vecs = leading_eigenpairs(M, n_eig, random_state=rng)
+    if spectrum == "normalized":
+        second = float(vals[1])
+    elif single_segment_threshold is not None:
+        positive = A.maximum(0) if sparse.issparse(A) else np.maximum(A, 0.0)
+        second = float(leading_eigenpairs(_normalize(positive), 2, random_state=rng)[0][1])
+    else:
+        second = float("nan")
+    info["second_eigenvalue"] = second
+    info["eigenvalues"] = vals
+    k0 = eigengap_k(vals, rule=eigengap_rule, k_min=k_min_eff, k_max=k_max_eff)
+    info["eigengap_k"] = int(k0)
+
+    if single_segment_threshold is not None and second < single_segment_threshold:
+        logger.debug("one segment: second eigenvalue %.3g < %.3g", second,
+                     single_segment_threshold)
+        info.update(n_clusters=1, silhouette_scores={}, silhouette=0.0,
+                    single_segment=True)
+        return np.zeros(n, dtype=np.int64), info
+
+    candidates = _k_range(k0, beta=beta, k_min=k_min_eff, k_max=k_max_eff)
+    labelings = []
+    for k in candidates:
+        emb = vecs[:, :k]
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        emb = emb / np.where(norms > 0, norms, 1.0)
+        km = KMeans(n_clusters=k, n_init=n_init, random_state=rng.randint(2**31 - 1))
+        labelings.append(_relabel(km.fit_predict(emb)))
+    D = _distance_matrix(features, A)
+    valid = [i for i, lab in enumerate(labelings) if 2 <= lab.max() + 1 <= n - 1]
+    scores = dict.fromkeys(candidates, float("nan"))
+    for i, s in zip(valid, silhouette_scores_for_labels(D, [labelings[i] for i in valid])):
+        scores[candidates[i]] = s
+    if valid:
+        best = max(valid, key=lambda i: (scores[candidates[i]], -candidates[i]))
+    else:
+        best = 0
+    labels = labelings[best]
+    info.update(
+        n_clusters=int(labels.max()) + 1,
+        silhouette_scores=scores,
+        silhouette=float(np.nan_to_num(scores[candidates[best]])),
+    )
+    return labels, info
+
+
+def _relabel(labels):
+    """Renumber labels 0..K-1 in order of first appearance (deterministic output)."""
+    _, first = np.unique(labels, return_index=True)
+    order = np.argsort(first)
+    mapping = np.empty(order.size, dtype=np.int64)
+    mapping[order] = np.arange(order.size)
+    uniq = np.unique(labels)
+    return mapping[np.searchsorted(uniq, labels)]
+
+
+# --------------------------------------------------------------------------
+# Estimator
+# --------------------------------------------------------------------------
+class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
+    """CLASP's adaptive spectral clustering: picks K itself, then clusters.
+
+    Two kinds of input:
+
+    * A plain matrix (the scikit-learn clusterer): ``(n_samples, n_features)``
+      features, clustered on their cosine affinity (``affinity="cosine"``),
+      or a square ``(n_samples, n_samples)`` affinity
+      (``affinity="precomputed"``). ``fit`` sets ``labels_`` and the
+      diagnostics below.
+    * A list of :class:`~sklearn_clasp.records.PatchGrid` records, one per
+      image, as a Pipeline step. Each image is segmented on its own: on the
+      record's ``affinity`` when it has one (from :class:`CosineAffinity`),
+      else on its features. ``transform`` returns the records with ``labels``
+      (the ``(h, w)`` patch grid) and the diagnostics in ``info``; every
+      fitted attribute is then a list with one entry per image.
+
+    CLASP is transductive: each call segments the data it is given, and
+    ``transform`` re-runs the segmentation on its input. With a plain matrix
+    it returns the row-normalised spectral embedding (``n_clusters_``
+    columns) that k-means clustered.
+
+    Parameters
+    ----------
+    affinity : {"cosine", "precomputed"}, default="cosine"
+        How a plain matrix is read: features, or a precomputed affinity.
+        Ignored for records.
+    spectrum : {"normalized", "affinity"}, default="normalized"
+        Decompose the normalised affinity (normalised Laplacian) or the
+        affinity itself, as the paper does.
+    eigengap_rule : {"relative", "largest", "elbow"}, default="relative"
+        How the first ``K0`` is read from the eigengaps (see
+        :func:`eigengap_k`): the largest gap relative to its eigenvalue, the
+        largest gap, or the paper's elbow rule. ``PAPER_SETTINGS`` (``spectrum="affinity"``,
+        ``eigengap_rule="elbow"``, ``single_segment_threshold=None``)
+        reproduces the paper; the defaults recover K more accurately
+        (``benchmarks/RESULTS.md``).
+    k_min : int, default=2
+        Smallest K of the silhouette search.
+    k_max : int, default=15
+        Largest K considered (eigengaps and search).
+    beta : float, default=0.5
+        The search covers ``[floor(K0 (1-beta)), ceil(K0 (1+beta))]`` clipped
+        to ``[k_min, k_max]``.
+    single_segment_threshold : float or None, default=0.2
+        One segment (``K = 1``, whatever ``k_min``) when the second eigenvalue
+        of the normalised affinity is below this value: no cut separates the
+        patches (Cheeger's inequality), as for a uniform image. ``None``
+        disables it.
+    n_init : int, default=3
+        k-means restarts per K.
+    random_state : int, RandomState instance or None, default=None
+        Makes the k-means and eigensolver starts, hence the labels,
+        repeatable.
+
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_samples,), or list of ndarray of shape (h, w)
+        Segment of each sample (patch).
+    n_clusters_ : int or list of int
+        The chosen K.
+    eigengap_k_ : int or list of int
+        K0, the eigengap estimate the search started from.
+    eigenvalues_ : ndarray or list of ndarray
+        Leading eigenvalues of the decomposed matrix, descending.
+    silhouette_scores_ : dict or list of dict
+        K -> silhouette of the K-means partition; empty for one segment.
+    n_features_in_ : int
+        Features seen in :meth:`fit` (plain-matrix input).
+
+    See Also
+    --------
+    adaptive_spectral_clustering : The functional form.
+    sklearn.cluster.SpectralClustering : Spectral clustering with a fixed K.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_clasp import AdaptiveSpectralSegmenter
+    >>> rng = np.random.RandomState(0)
+    >>> X = np.repeat(np.eye(4), 25, axis=0) + 0.05 * rng.randn(100, 4)
+    >>> seg = AdaptiveSpectralSegmenter(random_state=0).fit(X)
+    >>> seg.n_clusters_
+    4
+    """
+
+    _parameter_constraints: dict = {
+        "affinity": [StrOptions({"cosine", "precomputed"})],
+        "spectrum": [StrOptions({"normalized", "affinity"})],
+        "eigengap_rule": [StrOptions({"relative", "largest", "elbow"})],
+        "k_min": [Interval(numbers.Integral, 1, None, closed="left")],
+        "k_max": [Interval(numbers.Integral, 1, None, closed="left")],
+        "beta": [Interval(numbers.Real, 0, None, closed="left")],
+        "single_segment_threshold": [Interval(numbers.Real, 0, 1, closed="both"), None],
+        "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        *,
+        affinity="cosine",
+        spectrum="normalized",
+        eigengap_rule="relative",
+        k_min=2,
+        k_max=15,
+        beta=0.5,
+        single_segment_threshold=0.2,
+        n_init=3,
+        random_state=None,
+    ):
+        self.affinity = affinity
+        self.spectrum = spectrum
+        self.eigengap_rule = eigengap_rule
+        self.k_min = k_min
+        self.k_max = k_max
+        self.beta = beta
+        self.single_segment_threshold = single_segment_threshold
+        self.n_init = n_init
+        self.random_state = random_state
+
+    # -- helpers ----------------------------------------------------------
+    def _check_params(self):
+        if self.k_min > self.k_max:
+            raise ValueError(
+                f"k_min={self.k_min} is larger than k_max={self.k_max}; "
+                f"choose k_min <= k_max."
+            )
+
+    def _core_kwargs(self, random_state):
+        return dict(
+            spectrum=self.spectrum,
+            eigengap_rule=self.eigengap_rule,
+            k_min=self.k_min,
+            k_max=self.k_max,
+            beta=self.beta,
+            single_segment_threshold=self.single_segment_threshold,
+            n_init=self.n_init,
+            random_state=random_state,
+        )
+
+    def _segment_array(self, X, random_state):
+        if self.affinity == "precomputed":
+            if X.shape[0] != X.shape[1]:
+                raise ValueError(
+                    f"affinity='precomputed' needs a square affinity matrix; got "
+                    f"shape {X.shape}. Pass features with affinity='cosine'."
+                )
+            if self.spectrum == "normalized":
+                check_non_negative(
+                    X, "AdaptiveSpectralSegmenter (a precomputed affinity with "
+                    "spectrum='normalized'; clip negative affinities or use "
+                    "spectrum='affinity')"
+                )
+            A, feats = X, None
+        else:
+            A, feats = cosine_affinity(X), X
+        labels, info = adaptive_spectral_clustering(
+            A, features=feats, **self._core_kwargs(random_state)
+        )
+        return labels, info, A
+
+    def _segment_record(self, rec, random_state):
+        if rec.affinity is not None:
+            A = rec.affinity
+            feats = rec.feature_matrix if rec.features is not None else None
+        else:
+            feats = rec.feature_matrix
+            if not np.all(np.isfinite(feats)):
+                raise ValueError(
+                    f"AdaptiveSpectralSegmenter: the features of {rec.name!r} "
+                    f"contain NaN or infinite values."
+                )
+            A = cosine_affinity(feats)
+        if A.shape != (rec.n_patches, rec.n_patches):
+            raise ValueError(
+                f"AdaptiveSpectralSegmenter: record {rec.name!r} has a "
+                f"{A.shape[0]} x {A.shape[1]} affinity for {rec.n_patches} patches."
+            )
+        labels, info = adaptive_spectral_clustering(
+            A, features=feats, **self._core_kwargs(random_state)
+        )
+        return rec.replace(labels=labels.reshape(rec.grid_shape), info=info)
+
+    def _set_fitted(self, labels, infos, many):
+        pick = (lambda key: [i[key] for i in infos]) if many else (lambda key: infos[0][key])
+        self.labels_ = labels if many else labels[0]
+        self.n_clusters_ = pick("n_clusters")
+        self.eigengap_k_ = pick("eigengap_k")
+        self.eigenvalues_ = pick("eigenvalues")
+        self.silhouette_scores_ = pick("silhouette_scores")
+
+    def _segment_records(self, X):
+        records = check_records(X, step="AdaptiveSpectralSegmenter")
+        for rec in records:
+            if rec.affinity is None and rec.features is None:
+                raise ValueError(
+                    f"AdaptiveSpectralSegmenter: record {rec.name!r} has neither "
+                    f"features nor an affinity; put a patch embedder before it."
+                )
+        rng = check_random_state(self.random_state)
+        seeds = rng.randint(np.iinfo(np.int32).max, size=len(records))
+        return [self._segment_record(r, int(s)) for r, s in zip(records, seeds)]
+
+    # -- API ---------------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Segment ``X`` and store the labels and diagnostics.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, n_samples), \
+                or list of PatchGrid
+            Features, a precomputed affinity, or per-image records.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : AdaptiveSpectralSegmenter
+        """
+        self._fit(X)
+        return self
+
+    def _fit(self, X):
+        self._check_params()
+        if is_record_sequence(X):
+            out = self._segment_records(X)
+            self._set_fitted([r.labels for r in out], [r.info for r in out], True)
+            return out
+        X = validate_data(
+            self, X, accept_sparse=["csr", "csc", "coo"] if self.affinity == "precomputed" else False,
+            dtype=[np.float64, np.float32], ensure_min_samples=2,
+        )
+        if self.affinity == "precomputed" and not sparse.issparse(X):
+            X = check_symmetric(X, raise_warning=False)
+        labels, info, _ = self._segment_array(X, self.random_state)
+        self._set_fitted([labels], [info], False)
+        self._fit_X_shape_ = X.shape
+        return X
+
+    def fit_predict(self, X, y=None):
+        """Segment ``X`` and return the labels.
+
+        Parameters
+        ----------
+        X : array-like or list of PatchGrid
+            See :meth:`fit`.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), or list of ndarray of shape (h, w)
+        """
+        return self.fit(X).labels_
+
+    def fit_transform(self, X, y=None):
+        """Segment ``X``; return records with labels, or the spectral embedding.
+
+        Parameters
+        ----------
+        X : array-like or list of PatchGrid
+            See :meth:`fit`.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        Xt : list of PatchGrid, or ndarray of shape (n_samples, n_clusters_)
+        """
+        self._validate_params()
+        out = self._fit(X)
+        if is_record_sequence(X):
+            return out
+        return self._embedding(out)
+
+    def transform(self, X):
+        """Segment each record of ``X``, or embed the matrix ``X`` spectrally.
+
+        Parameters
+        ----------
+        X : array-like or list of PatchGrid
+            Records are segmented afresh (transductive). A plain matrix gets
+            its row-normalised leading ``n_clusters_`` eigenvectors.
+
+        Returns
+        -------
+        Xt : list of PatchGrid, or ndarray of shape (n_samples, n_clusters_)
+        """
+        check_is_fitted(self, "labels_")
+        if is_record_sequence(X):
+            self._check_params()
+            return self._segment_records(X)
+        if isinstance(self.labels_, list):
+            raise ValueError(
+                "this segmenter was fitted on image records; transform records too."
+            )
+        X = validate_data(
+            self, X, accept_sparse=["csr", "csc", "coo"] if self.affinity == "precomputed" else False,
+            dtype=[np.float64, np.float32], reset=False,
+        )
+        return self._embedding(X)
+
+    def _embedding(self, X):
+        if self.affinity == "precomputed" and X.shape[0] != X.shape[1]:
+            raise ValueError(
+                f"transform needs the square affinity of the samples to embed; got "
+                f"shape {X.shape}. Spectral clustering has no out-of-sample extension."
+            )
+        A = X if self.affinity == "precomputed" else cosine_affinity(X)
+        A = _as_float_affinity(A)
+        M = _normalize(A) if self.spectrum == "normalized" else A
+        k = int(self.n_clusters_)
+        _, vecs = leading_eigenpairs(M, min(k, A.shape[0]), random_state=0)
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        emb = vecs / np.where(norms > 0, norms, 1.0)
+        return emb.astype(X.dtype if X.dtype in (np.float32, np.float64) else np.float64,
+                          copy=False)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.pairwise = self.affinity == "precomputed"
+        tags.input_tags.sparse = self.affinity == "precomputed"
+        tags.input_tags.positive_only = (
+            self.affinity == "precomputed" and self.spectrum == "normalized"
+        )
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
