@@ -5,4 +5,6 @@ of :class:`~sklearn_clasp.records.PatchGrid` records with ``image``,
 ``grid_shape`` and ``features`` set.
 """
 
-__all__ = []
+from ._handcrafted import HandcraftedPatchEmbedder, handcrafted_patch_features
+
+__all__ = ["HandcraftedPatchEmbedder", "handcrafted_patch_features"]
