@@ -1,0 +1,594 @@
+"""Scores for unsupervised segmentation.
+
+An unsupervised segmenter outputs cluster ids, not class names, so it is
+scored after a one-to-one (Hungarian) matching of its clusters to the
+ground-truth classes, as in STEGO, DiffSeg and Deep Spectral Methods. Two
+protocols are in use:
+
+``"per_image"``
+    Each image is matched on its own, to the classes present in it, and the
+    scores are averaged over images. This suits training-free methods such as
+    CLASP, which segment each image independently: cluster ``0`` of one image
+    has nothing to do with cluster ``0`` of another.
+``"dataset"``
+    STEGO's protocol: one confusion matrix of cluster ids against classes is
+    summed over all images, then matched once. Cluster ids must mean the same
+    thing in every image (a method with a shared cluster codebook).
+
+The functional core (:func:`confusion_matrix`, :func:`hungarian_match`,
+:func:`segmentation_scores`) works on plain integer arrays; the scorers plug a
+segmentation estimator into :class:`~sklearn.model_selection.GridSearchCV`.
+"""
+
+from __future__ import annotations
+
+import logging
+from numbers import Integral
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from .records import is_record_sequence
+
+__all__ = [
+    "confusion_matrix",
+    "hungarian_match",
+    "segmentation_scores",
+    "SegmentationScoreAccumulator",
+    "make_segmentation_scorer",
+    "miou_scorer",
+    "pixel_accuracy_scorer",
+    "silhouette_scorer",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# --- input checks ---------------------------------------------------------
+
+
+def _as_label_map(x, name):
+    arr = np.asarray(x)
+    if arr.dtype == bool:
+        return arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(
+            f"{name} must hold integer labels; got dtype {arr.dtype}. Convert it "
+            f"with .astype(int) (and map any 'void' value to ignore_index)."
+        )
+    return arr.astype(np.int64, copy=False)
+
+
+def _ignore_values(ignore_index):
+    if ignore_index is None:
+        return np.empty(0, np.int64)
+    if isinstance(ignore_index, (Integral, np.integer)):
+        return np.array([int(ignore_index)], np.int64)
+    try:
+        values = np.asarray(list(ignore_index))
+    except TypeError:
+        values = np.asarray([ignore_index])
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(
+            f"ignore_index must be None, an int or a sequence of ints; got "
+            f"{ignore_index!r}."
+        )
+    return values.astype(np.int64).ravel()
+
+
+def _check_pair(pred, truth, ignore_index):
+    """Flatten pred and truth, check them, and return them on valid pixels only."""
+    pred = _as_label_map(pred, "pred")
+    truth = _as_label_map(truth, "truth")
+    if pred.shape != truth.shape:
+        raise ValueError(
+            f"pred and truth must have the same shape; got pred {pred.shape} and "
+            f"truth {truth.shape}. Predict full-resolution masks (for example end "
+            f"the pipeline with CRFRefiner) or resize one to the other."
+        )
+    pred, truth = pred.ravel(), truth.ravel()
+    valid = truth >= 0
+    ignore = _ignore_values(ignore_index)
+    if ignore.size:
+        valid &= ~np.isin(truth, ignore)
+    pred, truth = pred[valid], truth[valid]
+    if pred.size and pred.min() < 0:
+        raise ValueError(
+            f"pred must hold non-negative cluster ids on the scored pixels; found "
+            f"{int(pred.min())}."
+        )
+    return pred, truth
+
+
+# --- functional core ------------------------------------------------------
+
+
+def confusion_matrix(pred, truth, *, ignore_index=None, n_pred=None, n_true=None):
+    """Pixel counts of predicted clusters against ground-truth classes.
+
+    Parameters
+    ----------
+    pred : array-like of int
+        Predicted cluster ids (non-negative), any shape.
+    truth : array-like of int, same shape as ``pred``
+        Ground-truth class ids. Pixels with a negative value or a value in
+        ``ignore_index`` are left out.
+    ignore_index : int, sequence of int or None, default=None
+        Ground-truth values to leave out (for example ``255`` for "void").
+    n_pred : int, default=None
+        Number of rows; default ``max(pred) + 1`` over the scored pixels.
+    n_true : int, default=None
+        Number of columns; default ``max(truth) + 1`` over the scored pixels.
+
+    Returns
+    -------
+    confusion : ndarray of shape (n_pred, n_true), dtype int64
+        ``confusion[i, j]`` is the number of scored pixels with cluster ``i``
+        and class ``j``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pred = np.array([[0, 0, 1], [1, 1, 1]])
+    >>> truth = np.array([[2, 2, 0], [0, 0, 255]])
+    >>> confusion_matrix(pred, truth, ignore_index=255)
+    array([[0, 0, 2],
+           [3, 0, 0]])
+    """
+    pred, truth = _check_pair(pred, truth, ignore_index)
+    rows = int(pred.max()) + 1 if pred.size else 0
+    cols = int(truth.max()) + 1 if truth.size else 0
+    if n_pred is None:
+        n_pred = rows
+    elif rows > n_pred:
+        raise ValueError(
+            f"pred has cluster id {rows - 1} but n_pred={n_pred}; raise n_pred."
+        )
+    if n_true is None:
+        n_true = cols
+    elif cols > n_true:
+        raise ValueError(
+            f"truth has class {cols - 1} but n_true={n_true}; raise n_true or add "
+            f"the value to ignore_index."
+        )
+    counts = np.bincount(pred * n_true + truth, minlength=n_pred * n_true)
+    return counts.reshape(n_pred, n_true).astype(np.int64, copy=False)
+
+
+def hungarian_match(confusion):
+    """One-to-one matching of clusters (rows) to classes (columns).
+
+    Maximises the total number of matched pixels with
+    :func:`scipy.optimize.linear_sum_assignment`. The matrix may be
+    rectangular: ``min(n_rows, n_cols)`` pairs are returned, and the extra
+    rows or columns stay unmatched.
+
+    Parameters
+    ----------
+    confusion : array-like of shape (n_clusters, n_classes)
+        Pixel counts, as from :func:`confusion_matrix`.
+
+    Returns
+    -------
+    rows, cols : ndarray of int
+        Matched pairs ``(rows[i], cols[i])``, sorted by row.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> hungarian_match(np.array([[1, 5], [4, 2], [0, 3]]))
+    (array([0, 1]), array([1, 0]))
+    """
+    confusion = np.asarray(confusion)
+    if confusion.ndim != 2:
+        raise ValueError(
+            f"confusion must be a 2-D matrix (clusters x classes); got shape "
+            f"{confusion.shape}."
+        )
+    rows, cols = linear_sum_assignment(confusion, maximize=True)
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
+def segmentation_scores(pred, truth, *, ignore_index=None):
+    """Hungarian-matched scores of one predicted segmentation.
+
+    Protocol: the scored pixels are those whose ground truth is non-negative
+    and not in ``ignore_index``. The clusters are the distinct ``pred`` values
+    on scored pixels, the classes the distinct ``truth`` values there. Clusters
+    are matched one-to-one to classes so that the matched pixel count is
+    maximal (:func:`hungarian_match`). Then
+
+    - IoU of class ``k`` matched to cluster ``c`` is
+      ``|c and k| / |c or k|`` over the scored pixels; a class left without a
+      cluster (fewer clusters than classes) has IoU 0;
+    - ``miou`` is the mean IoU over the classes present in the ground truth;
+      unmatched extra clusters are not scored on their own, but the pixels they
+      take from matched classes lower those classes' IoU;
+    - ``pixel_accuracy`` is the number of pixels whose cluster is matched to
+      their class, divided by the number of scored pixels.
+
+    Parameters
+    ----------
+    pred : array-like of int
+        Predicted mask of cluster ids (non-negative).
+    truth : array-like of int, same shape as ``pred``
+        Ground-truth mask; negative values are ignored.
+    ignore_index : int, sequence of int or None, default=None
+        Further ground-truth values to ignore (for example ``255``).
+
+    Returns
+    -------
+    scores : dict
+        ``miou`` (float), ``pixel_accuracy`` (float), ``n_clusters`` and
+        ``n_classes`` (ints, counted on scored pixels), ``per_class_iou``
+        (dict class -> IoU) and ``mapping`` (dict cluster -> matched class).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or no pixel is left to score.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> truth = np.array([[0, 0, 1], [0, 0, 1]])
+    >>> pred = np.array([[5, 5, 5], [7, 7, 7]])   # wrong split: top / bottom
+    >>> s = segmentation_scores(pred, truth)
+    >>> s["mapping"], s["per_class_iou"]
+    ({5: 0, 7: 1}, {0: 0.4, 1: 0.25})
+    >>> round(s["miou"], 3), round(s["pixel_accuracy"], 3)
+    (0.325, 0.5)
+    """
+    pred, truth = _check_pair(pred, truth, ignore_index)
+    if pred.size == 0:
+        raise ValueError(
+            "segmentation_scores: no pixel to score (every ground-truth pixel is "
+            "negative or in ignore_index)."
+        )
+    clusters, pred_idx = np.unique(pred, return_inverse=True)
+    classes, true_idx = np.unique(truth, return_inverse=True)
+    confusion = confusion_matrix(
+        pred_idx, true_idx, n_pred=len(clusters), n_true=len(classes)
+    )
+    rows, cols = hungarian_match(confusion)
+    matched = confusion[rows, cols]
+    union = confusion.sum(1)[rows] + confusion.sum(0)[cols] - matched
+    iou = np.zeros(len(classes))
+    iou[cols] = matched / union
+    return {
+        "miou": float(iou.mean()),
+        "pixel_accuracy": float(matched.sum() / pred.size),
+        "n_clusters": int(len(clusters)),
+        "n_classes": int(len(classes)),
+        "per_class_iou": {int(k): float(v) for k, v in zip(classes, iou)},
+        "mapping": {int(clusters[r]): int(classes[c]) for r, c in zip(rows, cols)},
+    }
+
+
+# --- dataset-level accumulation ---------------------------------------------
+
+
+class SegmentationScoreAccumulator:
+    """Accumulate segmentation scores over a data set, image by image.
+
+    Parameters
+    ----------
+    protocol : {"per_image", "dataset"}, default="per_image"
+        ``"per_image"``: every image is scored on its own with
+        :func:`segmentation_scores` (matched to the classes it contains) and
+        :meth:`result` averages ``miou`` and ``pixel_accuracy`` over images --
+        the protocol for training-free per-image methods such as CLASP.
+        Images without any pixel to score are skipped and counted.
+        ``"dataset"``: STEGO's protocol. One ``(n_clusters, n_classes)``
+        confusion matrix is summed over all images (cluster ids must mean the
+        same thing in every image), then clusters are matched to classes once
+        (Hungarian). Class IoU is ``|c and k| / |c or k|`` for the matched
+        cluster ``c``; an unmatched class has IoU 0; a class that occurs
+        nowhere and whose matched cluster (if any) is never predicted has no
+        IoU (NaN) and is left out of ``miou``, as in STEGO. ``pixel_accuracy``
+        is the fraction of scored pixels whose cluster is matched to their
+        class.
+    n_classes : int, default=None
+        Number of classes ``0 .. n_classes - 1``; required for ``"dataset"``.
+    ignore_index : int, sequence of int or None, default=None
+        Ground-truth values to ignore (negative values are always ignored).
+
+    Attributes
+    ----------
+    n_images_ : int
+        Images passed to :meth:`update`.
+    n_skipped_ : int
+        Images with no pixel to score (``"per_image"`` only).
+    confusion_ : ndarray of shape (n_clusters, n_classes)
+        Summed confusion matrix (``"dataset"`` only); grows with the largest
+        cluster id seen.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> acc = SegmentationScoreAccumulator("per_image")
+    >>> _ = acc.update(np.array([[1, 1], [0, 0]]), np.array([[0, 0], [1, 1]]))
+    >>> _ = acc.update(np.array([[0, 0], [0, 0]]), np.array([[0, 0], [1, 1]]))
+    >>> acc.result()["miou"]    # (1.0 + 0.25) / 2
+    0.625
+    """
+
+    def __init__(self, protocol="per_image", *, n_classes=None, ignore_index=None):
+        if protocol not in ("per_image", "dataset"):
+            raise ValueError(
+                f"protocol must be 'per_image' or 'dataset'; got {protocol!r}."
+            )
+        if protocol == "dataset":
+            if not isinstance(n_classes, (Integral, np.integer)) or n_classes < 1:
+                raise ValueError(
+                    f"protocol='dataset' needs n_classes, a positive int (the "
+                    f"number of ground-truth classes); got {n_classes!r}."
+                )
+        self.protocol = protocol
+        self.n_classes = n_classes
+        self.ignore_index = ignore_index
+        self.reset()
+
+    def reset(self):
+        """Forget everything accumulated so far; return self."""
+        self.n_images_ = 0
+        self.n_skipped_ = 0
+        self._scores = []
+        self.confusion_ = np.zeros((0, self.n_classes or 0), np.int64)
+        return self
+
+    def update(self, pred, truth):
+        """Add one image's predicted mask and ground truth; return self."""
+        if self.protocol == "per_image":
+            try:
+                scores = segmentation_scores(
+                    pred, truth, ignore_index=self.ignore_index
+                )
+            except ValueError as exc:
+                if "no pixel to score" not in str(exc):
+                    raise
+                self.n_skipped_ += 1
+                self.n_images_ += 1
+                logger.info(
+                    "image %d has no pixel to score; skipped", self.n_images_ - 1
+                )
+                return self
+            self._scores.append(scores)
+        else:
+            conf = confusion_matrix(
+                pred, truth, ignore_index=self.ignore_index, n_true=self.n_classes
+            )
+            if conf.shape[0] > self.confusion_.shape[0]:
+                grown = np.zeros((conf.shape[0], self.n_classes), np.int64)
+                grown[: self.confusion_.shape[0]] = self.confusion_
+                self.confusion_ = grown
+            self.confusion_[: conf.shape[0]] += conf
+        self.n_images_ += 1
+        return self
+
+    def result(self):
+        """Scores over everything accumulated.
+
+        Returns
+        -------
+        scores : dict
+            Both protocols: ``miou``, ``pixel_accuracy``, ``n_images``,
+            ``protocol``. ``"per_image"`` adds ``n_scored`` (images averaged)
+            and ``mean_n_clusters``; ``"dataset"`` adds ``per_class_iou``
+            (ndarray of length ``n_classes``, NaN where undefined), ``mapping``
+            (dict cluster -> class) and ``confusion``.
+        """
+        if self.protocol == "per_image":
+            if not self._scores:
+                raise ValueError("SegmentationScoreAccumulator: no image scored yet; "
+                                 "call update(pred, truth) first.")
+            return {
+                "protocol": "per_image",
+                "miou": float(np.mean([s["miou"] for s in self._scores])),
+                "pixel_accuracy": float(
+                    np.mean([s["pixel_accuracy"] for s in self._scores])
+                ),
+                "mean_n_clusters": float(
+                    np.mean([s["n_clusters"] for s in self._scores])
+                ),
+                "n_images": self.n_images_,
+                "n_scored": len(self._scores),
+            }
+        conf = self.confusion_
+        total = conf.sum()
+        if total == 0:
+            raise ValueError("SegmentationScoreAccumulator: no pixel scored yet; "
+                             "call update(pred, truth) first.")
+        rows, cols = hungarian_match(conf)
+        matched = conf[rows, cols]
+        iou = np.where(conf.sum(0) > 0, 0.0, np.nan)
+        union = conf.sum(1)[rows] + conf.sum(0)[cols] - matched
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou[cols] = np.where(union > 0, matched / np.maximum(union, 1), np.nan)
+        return {
+            "protocol": "dataset",
+            "miou": float(np.nanmean(iou)),
+            "pixel_accuracy": float(matched.sum() / total),
+            "per_class_iou": iou,
+            "mapping": {int(r): int(c) for r, c in zip(rows, cols)},
+            "confusion": conf.copy(),
+            "n_images": self.n_images_,
+        }
+
+
+# --- scorers for model selection ------------------------------------------------
+
+
+def _predict_masks(estimator, X):
+    if hasattr(estimator, "fit_predict"):
+        masks = estimator.fit_predict(X)
+    else:
+        masks = estimator.fit_transform(X)
+    if is_record_sequence(masks):
+        raise TypeError(
+            f"{type(estimator).__name__} returned PatchGrid records, not masks; end "
+            f"the pipeline with CRFRefiner (or a step returning one mask per image)."
+        )
+    if isinstance(masks, np.ndarray) and masks.ndim == 2:
+        masks = [masks]
+    return list(masks)
+
+
+class _SegmentationScorer:
+    """Mean per-image Hungarian score of ``estimator.fit_predict(X)`` against ``y``."""
+
+    def __init__(self, metric, ignore_index):
+        self.metric = metric
+        self.ignore_index = ignore_index
+
+    def __call__(self, estimator, X, y):
+        if y is None:
+            raise ValueError(
+                f"the {self.metric} scorer needs ground-truth masks y (one per image)."
+            )
+        truths = list(y)
+        masks = _predict_masks(estimator, X)
+        if len(masks) != len(truths):
+            raise ValueError(
+                f"{type(estimator).__name__} returned {len(masks)} masks for "
+                f"{len(truths)} ground-truth masks; they must pair up one per image."
+            )
+        values = []
+        for i, (pred, truth) in enumerate(zip(masks, truths)):
+            try:
+                scores = segmentation_scores(
+                    pred, truth, ignore_index=self.ignore_index
+                )
+            except ValueError as exc:
+                if "no pixel to score" in str(exc):
+                    continue
+                raise ValueError(f"image {i}: {exc}") from exc
+            values.append(scores[self.metric])
+        if not values:
+            raise ValueError("no image has any pixel to score; check ignore_index.")
+        return float(np.mean(values))
+
+    def __repr__(self):
+        return (f"make_segmentation_scorer(metric={self.metric!r}, "
+                f"ignore_index={self.ignore_index!r})")
+
+
+def make_segmentation_scorer(metric="miou", *, ignore_index=None):
+    """Make a segmentation scorer ``scorer(estimator, X, y)`` for model selection.
+
+    For :class:`~sklearn.model_selection.GridSearchCV` and friends.
+
+    The scorer calls ``estimator.fit_predict(X)`` (CLASP is transductive: each
+    image is segmented on its own, so the held-out images are segmented, not
+    predicted from the training images), gets one mask per image, scores each
+    against the matching ground-truth mask in ``y`` with
+    :func:`segmentation_scores` (the per-image protocol) and returns the mean.
+    Images with no pixel to score are skipped.
+
+    Parameters
+    ----------
+    metric : {"miou", "pixel_accuracy"}, default="miou"
+        The per-image score to average.
+    ignore_index : int, sequence of int or None, default=None
+        Ground-truth values to ignore (negative values always are).
+
+    Returns
+    -------
+    scorer : callable
+        ``scorer(estimator, X, y) -> float``, higher is better.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.base import BaseEstimator
+    >>> class Fixed(BaseEstimator):
+    ...     def fit_predict(self, X, y=None):
+    ...         return [np.array([[3, 3], [4, 4]]) for _ in X]
+    >>> scorer = make_segmentation_scorer("pixel_accuracy", ignore_index=255)
+    >>> scorer(Fixed(), [None], [np.array([[1, 255], [2, 2]])])
+    1.0
+    """
+    if metric not in ("miou", "pixel_accuracy"):
+        raise ValueError(
+            f"metric must be 'miou' or 'pixel_accuracy'; got {metric!r}."
+        )
+    _ignore_values(ignore_index)  # validate early
+    return _SegmentationScorer(metric, ignore_index)
+
+
+#: Scorer: mean per-image Hungarian-matched mIoU of ``fit_predict(X)`` vs ``y``.
+miou_scorer = make_segmentation_scorer("miou")
+
+#: Scorer: mean per-image Hungarian-matched pixel accuracy.
+pixel_accuracy_scorer = make_segmentation_scorer("pixel_accuracy")
+
+
+def _silhouettes(records):
+    if not is_record_sequence(records):
+        return None
+    if not all("silhouette" in r.info for r in records):
+        return None
+    return records
+
+
+def silhouette_scorer(estimator, X, y=None):
+    """Unsupervised scorer: the mean silhouette of the chosen segmentations.
+
+    Needs no ground truth, so it can tune CLASP where there are no labels. The
+    segmenter stores the exact silhouette of the segmentation it chose in
+    ``record.info["silhouette"]`` (0.0 for a single segment); this scorer
+    averages it over the images.
+
+    For a :class:`~sklearn.pipeline.Pipeline`, ``estimator[:-1].fit_transform(X)``
+    runs first; if its records carry a silhouette (the last step is a refiner
+    such as :class:`CRFRefiner`), the refiner is not run. Otherwise the last
+    step's ``fit_transform`` is applied to them (the segmenter is the last
+    step). Any other estimator is run with ``estimator.fit_transform(X)``.
+
+    Parameters
+    ----------
+    estimator : estimator or Pipeline
+        Produces :class:`~sklearn_clasp.records.PatchGrid` records with
+        ``info["silhouette"]``.
+    X : list of images
+        The images.
+    y : None
+        Ignored.
+
+    Returns
+    -------
+    score : float
+        Mean silhouette, in ``[-1, 1]``; higher is better.
+
+    Raises
+    ------
+    ValueError
+        If no step yields records with ``info["silhouette"]``.
+    """
+    from sklearn.pipeline import Pipeline
+
+    records = None
+    if isinstance(estimator, Pipeline) and len(estimator.steps) > 1:
+        head = estimator[:-1].fit_transform(X)
+        records = _silhouettes(head)
+        if records is None:
+            records = _silhouettes(estimator.steps[-1][1].fit_transform(head))
+    else:
+        records = _silhouettes(estimator.fit_transform(X))
+    if records is None:
+        raise ValueError(
+            f"silhouette_scorer: {type(estimator).__name__} did not produce PatchGrid "
+            f"records with info['silhouette']; use a pipeline whose segmenter "
+            f"(AdaptiveSpectralSegmenter) is the last step or comes just before "
+            f"the refiner."
+        )
+    values = []
+    for rec in records:
+        value = rec.info["silhouette"]
+        if value is None or not np.isfinite(value):
+            raise ValueError(
+                f"silhouette_scorer: record {rec.name!r} has silhouette {value!r}; "
+                f"expected a finite number."
+            )
+        values.append(float(value))
+    return float(np.mean(values))

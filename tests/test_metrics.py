@@ -1,0 +1,400 @@
+"""Tests for sklearn_clasp.metrics, on label maps small enough to score by hand."""
+
+import numpy as np
+import pytest
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+
+from sklearn_clasp.metrics import (
+    SegmentationScoreAccumulator,
+    confusion_matrix,
+    hungarian_match,
+    make_segmentation_scorer,
+    miou_scorer,
+    pixel_accuracy_scorer,
+    segmentation_scores,
+    silhouette_scorer,
+)
+from sklearn_clasp.records import PatchGrid
+
+# --- confusion_matrix / hungarian_match ---------------------------------------
+
+
+def test_confusion_matrix_hand_example():
+    pred = np.array([[0, 0, 1], [1, 2, 2]])
+    truth = np.array([[1, 1, 1], [0, 0, 255]])
+    # valid pixels: (p0,t1) x2, (p1,t1), (p1,t0), (p2,t0); the 255 pixel is ignored
+    expected = np.array([[0, 2], [1, 1], [1, 0]])
+    conf = confusion_matrix(pred, truth, ignore_index=255)
+    np.testing.assert_array_equal(conf, expected)
+    # the same with a sequence of ignored values, and negative truth always ignored
+    np.testing.assert_array_equal(
+        confusion_matrix(pred, np.where(truth == 255, -1, truth)), expected
+    )
+    np.testing.assert_array_equal(
+        confusion_matrix(pred, truth, ignore_index=[255, 1]), [[0], [1], [1]]
+    )
+    padded = confusion_matrix(pred, truth, ignore_index=255, n_pred=4, n_true=3)
+    assert padded.shape == (4, 3) and padded.dtype == np.int64
+    np.testing.assert_array_equal(padded[:3, :2], expected)
+    assert padded[3].sum() == 0 and padded[:, 2].sum() == 0
+
+
+def test_confusion_matrix_too_small_sizes():
+    pred, truth = np.array([0, 3]), np.array([0, 1])
+    with pytest.raises(ValueError, match="n_pred"):
+        confusion_matrix(pred, truth, n_pred=2)
+    with pytest.raises(ValueError, match="n_true"):
+        confusion_matrix(pred, truth, n_true=1)
+
+
+def test_hungarian_match_square_and_rectangular():
+    rows, cols = hungarian_match(np.array([[1, 9], [8, 2]]))
+    assert rows.tolist() == [0, 1] and cols.tolist() == [1, 0]
+    # more clusters than classes: cluster 1 is left unmatched
+    rows, cols = hungarian_match(np.array([[5, 0], [4, 1], [0, 7]]))
+    assert dict(zip(rows.tolist(), cols.tolist())) == {0: 0, 2: 1}
+    # fewer clusters than classes: class 1 is left unmatched (7 + 6 beats 3 + 6)
+    rows, cols = hungarian_match(np.array([[7, 3, 0], [0, 6, 6]]))
+    assert rows.tolist() == [0, 1] and cols.tolist() in ([0, 1], [0, 2])
+    with pytest.raises(ValueError, match="2-D"):
+        hungarian_match(np.zeros(3))
+
+
+# --- segmentation_scores --------------------------------------------------------
+
+
+def test_permuted_labels_score_perfectly():
+    truth = np.array([[0, 0, 1], [2, 2, 1]])
+    pred = np.array([[7, 7, 3], [5, 5, 3]])  # same partition, other ids
+    s = segmentation_scores(pred, truth)
+    assert s["miou"] == 1.0 and s["pixel_accuracy"] == 1.0
+    assert s["mapping"] == {7: 0, 3: 1, 5: 2}
+    assert s["per_class_iou"] == {0: 1.0, 1: 1.0, 2: 1.0}
+    assert s["n_clusters"] == 3 and s["n_classes"] == 3
+
+
+def test_over_segmentation():
+    truth = np.array([[0, 0, 0], [1, 1, 1]])
+    pred = np.array([[0, 0, 1], [2, 2, 2]])
+    # clusters: 0 -> {class 0: 2}, 1 -> {class 0: 1}, 2 -> {class 1: 3}
+    # match 0->0, 2->1; cluster 1 unmatched.
+    # IoU(0) = 2 / (2 + 3 - 2) = 2/3; IoU(1) = 3 / 3 = 1; acc = 5/6
+    s = segmentation_scores(pred, truth)
+    assert s["mapping"] == {0: 0, 2: 1}
+    assert s["per_class_iou"] == pytest.approx({0: 2 / 3, 1: 1.0})
+    assert s["miou"] == pytest.approx(5 / 6)
+    assert s["pixel_accuracy"] == pytest.approx(5 / 6)
+    assert s["n_clusters"] == 3 and s["n_classes"] == 2
+
+
+def test_under_segmentation():
+    truth = np.array([[0, 0, 1], [2, 2, 2]])
+    pred = np.array([[0, 0, 0], [1, 1, 1]])
+    # cluster 0 -> {class 0: 2, class 1: 1}, cluster 1 -> {class 2: 3}
+    # match 0->0, 1->2; class 1 gets no cluster: IoU 0.
+    # IoU(0) = 2 / (3 + 2 - 2) = 2/3; IoU(2) = 1; mIoU = (2/3 + 0 + 1) / 3 = 5/9
+    s = segmentation_scores(pred, truth)
+    assert s["mapping"] == {0: 0, 1: 2}
+    assert s["per_class_iou"] == pytest.approx({0: 2 / 3, 1: 0.0, 2: 1.0})
+    assert s["miou"] == pytest.approx(5 / 9)
+    assert s["pixel_accuracy"] == pytest.approx(5 / 6)
+
+
+def test_only_classes_present_in_the_image_count():
+    # class 1 exists in the data set but not in this image: it is not averaged in
+    truth = np.array([[0, 0, 2], [0, 0, 2]])
+    pred = np.array([[1, 1, 0], [1, 1, 0]])
+    s = segmentation_scores(pred, truth)
+    assert s["miou"] == 1.0 and set(s["per_class_iou"]) == {0, 2}
+    assert s["n_classes"] == 2
+
+
+def test_ignored_pixels_are_left_out():
+    truth = np.array([[0, 255, 1], [0, 0, -1]])
+    pred = np.array([[0, 1, 1], [0, 1, 0]])
+    # scored pixels: (p0,t0) (p1,t1) (p0,t0) (p1,t0); 255 and -1 are ignored
+    # cluster 0 -> {0: 2}; cluster 1 -> {0: 1, 1: 1}; match 0->0, 1->1
+    # IoU(0) = 2 / (2 + 3 - 2) = 2/3; IoU(1) = 1 / (2 + 1 - 1) = 1/2; acc = 3/4
+    for ignore in (255, [255], (254, 255), np.array([255])):
+        s = segmentation_scores(pred, truth, ignore_index=ignore)
+        assert s["miou"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+        assert s["pixel_accuracy"] == pytest.approx(3 / 4)
+        assert s["n_classes"] == 2
+    # without ignore_index, 255 is a class of its own
+    assert segmentation_scores(pred, truth)["n_classes"] == 3
+
+
+def test_more_clusters_than_classes():
+    truth = np.zeros((4, 4), int)
+    truth[:, 2:] = 1  # left half class 0, right half class 1
+    pred = np.zeros((4, 4), int)
+    pred[:2, 2:], pred[2:, :2], pred[2:, 2:] = 1, 2, 3  # four quadrants
+    # each class is split over two clusters of 4 pixels; the matched one gives
+    # IoU 4 / (4 + 8 - 4) = 0.5; 8 of 16 pixels are matched
+    s = segmentation_scores(pred, truth)
+    assert s["miou"] == pytest.approx(0.5) and s["pixel_accuracy"] == pytest.approx(0.5)
+    assert len(s["mapping"]) == 2 and s["n_clusters"] == 4
+
+
+def test_fewer_clusters_than_classes():
+    truth = np.zeros((4, 4), int)
+    truth[:2, 2:], truth[2:, :2], truth[2:, 2:] = 1, 2, 3  # four quadrants
+    pred = np.zeros((4, 4), int)
+    pred[:, 2:] = 1  # two halves
+    # each cluster covers two classes; matched class IoU = 4 / (8 + 4 - 4) = 0.5,
+    # the two unmatched classes 0: mIoU = (0.5 + 0.5 + 0 + 0) / 4
+    s = segmentation_scores(pred, truth)
+    assert s["miou"] == pytest.approx(0.25)
+    assert s["pixel_accuracy"] == pytest.approx(0.5)
+    assert sorted(s["per_class_iou"].values()) == pytest.approx([0, 0, 0.5, 0.5])
+
+
+def test_single_cluster_and_single_class():
+    assert segmentation_scores(np.zeros((2, 3), int), np.full((2, 3), 4))["miou"] == 1.0
+    s = segmentation_scores(np.zeros((2, 3), int), np.array([[0, 0, 0], [0, 1, 1]]))
+    # IoU(0) = 4 / 6, class 1 unmatched
+    assert s["miou"] == pytest.approx((4 / 6 + 0) / 2)
+    assert s["pixel_accuracy"] == pytest.approx(4 / 6)
+
+
+def test_bool_masks_accepted():
+    truth = np.array([[True, False], [True, False]])
+    assert segmentation_scores(~truth, truth)["miou"] == 1.0
+
+
+def test_shape_mismatch_and_bad_labels():
+    with pytest.raises(ValueError, match="same shape"):
+        segmentation_scores(np.zeros((2, 3), int), np.zeros((3, 2), int))
+    with pytest.raises(ValueError, match="same shape"):
+        confusion_matrix(np.zeros(4, int), np.zeros(5, int))
+    with pytest.raises(TypeError, match="integer labels"):
+        segmentation_scores(np.zeros((2, 2)), np.zeros((2, 2), int))
+    with pytest.raises(TypeError, match="integer labels"):
+        segmentation_scores(np.zeros((2, 2), int), np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="non-negative"):
+        segmentation_scores(np.array([[0, -1]]), np.array([[0, 1]]))
+    with pytest.raises(TypeError, match="ignore_index"):
+        segmentation_scores(
+            np.zeros((1, 2), int), np.zeros((1, 2), int), ignore_index="x"
+        )
+    with pytest.raises(ValueError, match="no pixel to score"):
+        segmentation_scores(
+            np.zeros((2, 2), int), np.full((2, 2), 255), ignore_index=255
+        )
+
+
+# --- accumulator ------------------------------------------------------------------
+
+
+def _two_images():
+    truth = np.array([[0, 0], [1, 1]])
+    # image A uses ids (0, 1) for (top, bottom); image B swaps them
+    return [(np.array([[0, 0], [1, 1]]), truth), (np.array([[1, 1], [0, 0]]), truth)]
+
+
+def test_accumulator_per_image_protocol():
+    acc = SegmentationScoreAccumulator("per_image")
+    for pred, truth in _two_images():
+        assert acc.update(pred, truth) is acc
+    r = acc.result()
+    # each image is a perfect segmentation under its own matching
+    assert r["miou"] == 1.0 and r["pixel_accuracy"] == 1.0
+    assert r["n_images"] == 2 and r["n_scored"] == 2 and r["mean_n_clusters"] == 2.0
+    # a third image: one cluster for two classes -> IoU(0) = 2/4, class 1 -> 0
+    acc.update(np.zeros((2, 2), int), np.array([[0, 0], [1, 1]]))
+    assert acc.result()["miou"] == pytest.approx((1 + 1 + 0.25) / 3)
+    assert acc.result()["pixel_accuracy"] == pytest.approx((1 + 1 + 0.5) / 3)
+
+
+def test_accumulator_dataset_protocol():
+    acc = SegmentationScoreAccumulator("dataset", n_classes=3)
+    for pred, truth in _two_images():
+        acc.update(pred, truth)
+    r = acc.result()
+    # summed confusion: cluster 0 -> [2, 2, 0], cluster 1 -> [2, 2, 0]
+    np.testing.assert_array_equal(r["confusion"], [[2, 2, 0], [2, 2, 0]])
+    # one matching for both images: IoU = 2 / (4 + 4 - 2) = 1/3 for classes 0, 1;
+    # class 2 never occurs and gets no IoU (NaN, left out of the mean)
+    assert r["miou"] == pytest.approx(1 / 3)
+    assert r["pixel_accuracy"] == pytest.approx(0.5)
+    assert r["per_class_iou"][:2] == pytest.approx([1 / 3, 1 / 3])
+    assert np.isnan(r["per_class_iou"][2])
+    assert r["n_images"] == 2 and len(r["mapping"]) == 2
+
+
+def test_accumulator_dataset_consistent_ids_and_growth():
+    acc = SegmentationScoreAccumulator("dataset", n_classes=2, ignore_index=255)
+    acc.update(np.array([[0, 0], [1, 1]]), np.array([[0, 0], [1, 1]]))
+    acc.update(np.array([[0, 2], [1, 1]]), np.array([[0, 255], [1, 1]]))
+    assert acc.confusion_.shape == (2, 2)  # cluster 2 only on an ignored pixel
+    acc.update(np.array([[2, 0], [1, 1]]), np.array([[0, 0], [1, 1]]))
+    assert acc.confusion_.shape == (3, 2)  # grew for cluster id 2
+    r = acc.result()
+    # confusion [[4, 0], [0, 6], [1, 0]]: match 0->0, 1->1, cluster 2 unmatched
+    # IoU(0) = 4 / (4 + 5 - 4) = 0.8, IoU(1) = 1; accuracy 10 / 11
+    np.testing.assert_array_equal(r["confusion"], [[4, 0], [0, 6], [1, 0]])
+    assert r["miou"] == pytest.approx(0.9)
+    assert r["pixel_accuracy"] == pytest.approx(10 / 11)
+    assert r["mapping"] == {0: 0, 1: 1}
+    # a class present but unmatched has IoU 0 (not NaN)
+    acc2 = SegmentationScoreAccumulator("dataset", n_classes=2)
+    acc2.update(np.zeros((2, 2), int), np.array([[0, 0], [0, 1]]))
+    r2 = acc2.result()
+    assert r2["per_class_iou"].tolist() == [0.75, 0.0]
+    assert r2["miou"] == pytest.approx(0.375)
+
+
+def test_accumulator_skips_unscorable_images_and_errors():
+    acc = SegmentationScoreAccumulator(ignore_index=255)
+    acc.update(np.zeros((2, 2), int), np.full((2, 2), 255))
+    with pytest.raises(ValueError, match="no image scored"):
+        acc.result()
+    acc.update(np.zeros((2, 2), int), np.zeros((2, 2), int))
+    r = acc.result()
+    assert r["n_images"] == 2 and r["n_scored"] == 1 and acc.n_skipped_ == 1
+    with pytest.raises(ValueError, match="same shape"):
+        acc.update(np.zeros((2, 2), int), np.zeros((2, 3), int))
+    with pytest.raises(ValueError, match="n_classes"):
+        SegmentationScoreAccumulator("dataset")
+    with pytest.raises(ValueError, match="protocol"):
+        SegmentationScoreAccumulator("global")
+    with pytest.raises(ValueError, match="no pixel scored"):
+        SegmentationScoreAccumulator("dataset", n_classes=2).result()
+    with pytest.raises(ValueError, match="n_true"):
+        SegmentationScoreAccumulator("dataset", n_classes=2).update(
+            np.zeros(3, int), np.array([0, 1, 2]))
+    assert acc.reset().n_images_ == 0
+
+
+# --- scorers -------------------------------------------------------------------
+
+
+class FakeSegmenter(BaseEstimator):
+    """fit_predict returns, for each item of X (an index), ``masks[index]``."""
+
+    def __init__(self, masks=None):
+        self.masks = masks
+
+    def fit(self, X, y=None):
+        return self
+
+    def fit_predict(self, X, y=None):
+        return [self.masks[i] for i in X]
+
+
+TRUTHS = [np.array([[0, 0, 1], [0, 0, 1]]), np.array([[2, 2], [255, 3]])]
+GOOD = [np.array([[4, 4, 9], [4, 4, 9]]), np.array([[1, 1], [0, 0]])]
+BAD = [np.zeros((2, 3), int), np.zeros((2, 2), int)]
+
+
+def test_miou_and_pixel_accuracy_scorers():
+    est = FakeSegmenter(GOOD)
+    # image 0 perfect; image 1 without ignore: classes {2, 3, 255}, clusters
+    # 1 -> {2: 2}, 0 -> {255: 1, 3: 1}: IoU(2) = 1, one of 3/255 gets 1/2, the other 0
+    assert miou_scorer(est, [0, 1], TRUTHS) == pytest.approx((1 + 0.5) / 2)
+    assert pixel_accuracy_scorer(est, [0, 1], TRUTHS) == pytest.approx((1 + 0.75) / 2)
+    ignoring = make_segmentation_scorer("miou", ignore_index=255)
+    # with 255 ignored image 1 is perfect as well
+    assert ignoring(est, [0, 1], TRUTHS) == 1.0
+    # one-cluster prediction: image 0 IoU(0) = 4/6, image 1 IoU(2) = 2/3, class 3 -> 0
+    worst = make_segmentation_scorer("miou", ignore_index=255)
+    assert worst(FakeSegmenter(BAD), [0, 1], TRUTHS) == pytest.approx(
+        ((4 / 6) / 2 + (2 / 3) / 2) / 2
+    )
+    assert "ignore_index=255" in repr(ignoring)
+
+
+def test_scorer_in_grid_search_picks_the_better_segmenter():
+    X = [0, 1, 0, 1]
+    y = [TRUTHS[0], TRUTHS[1], TRUTHS[0], TRUTHS[1]]
+    search = GridSearchCV(
+        FakeSegmenter(),
+        {"masks": [BAD, GOOD]},
+        scoring=make_segmentation_scorer("miou", ignore_index=255),
+        cv=2,
+    )
+    search.fit(X, y)
+    assert search.best_params_["masks"] is GOOD
+    assert search.best_score_ == 1.0
+
+
+def test_scorer_errors():
+    est = FakeSegmenter(GOOD)
+    with pytest.raises(ValueError, match="2 masks for 1"):
+        miou_scorer(est, [0, 1], TRUTHS[:1])
+    with pytest.raises(ValueError, match="image 1: pred and truth must have the same"):
+        miou_scorer(est, [0, 0], TRUTHS)
+    with pytest.raises(ValueError, match="ground-truth masks"):
+        miou_scorer(est, [0, 1], None)
+    with pytest.raises(ValueError, match="metric"):
+        make_segmentation_scorer("dice")
+
+    class RecordsOut(BaseEstimator):
+        def fit_predict(self, X, y=None):
+            return [PatchGrid(image=np.zeros((2, 2, 3), np.uint8), grid_shape=(1, 1))]
+
+    with pytest.raises(TypeError, match="CRFRefiner"):
+        miou_scorer(RecordsOut(), [0], TRUTHS[:1])
+
+
+class FakeSegmentStep(TransformerMixin, BaseEstimator):
+    """Returns PatchGrid records, with info['silhouette'] = silhouettes[i] if given."""
+
+    def __init__(self, silhouettes=None):
+        self.silhouettes = silhouettes
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        out = []
+        for i, x in enumerate(X):
+            rec = x if isinstance(x, PatchGrid) else PatchGrid(
+                image=np.zeros((14, 14, 3), np.uint8), grid_shape=(1, 1), source=str(i))
+            if self.silhouettes is not None:
+                rec = rec.replace(info={"silhouette": self.silhouettes[i]})
+            out.append(rec)
+        return out
+
+
+class ExplodingRefiner(TransformerMixin, BaseEstimator):
+    """A refiner that must not run when the silhouette is already known."""
+
+    def fit(self, X, y=None):
+        raise AssertionError("the refiner was run")
+
+    def transform(self, X):
+        raise AssertionError("the refiner was run")
+
+
+class MaskRefiner(TransformerMixin, BaseEstimator):
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return [np.zeros((14, 14), np.int64) for _ in X]
+
+
+def test_silhouette_scorer_skips_the_refiner():
+    pipe = Pipeline([("segment", FakeSegmentStep([0.2, 0.6, 0.0])),
+                     ("refine", ExplodingRefiner())])
+    assert silhouette_scorer(pipe, [None] * 3) == pytest.approx(0.8 / 3)
+
+
+def test_silhouette_scorer_segmenter_last_and_plain_estimator():
+    pipe = Pipeline([("embed", FakeSegmentStep()),
+                     ("segment", FakeSegmentStep([0.5, -0.1]))])
+    assert silhouette_scorer(pipe, [None, None]) == pytest.approx(0.2)
+    assert silhouette_scorer(FakeSegmentStep([0.3]), [None], None) == pytest.approx(0.3)
+
+
+def test_silhouette_scorer_errors():
+    pipe = Pipeline([("embed", FakeSegmentStep()), ("refine", MaskRefiner())])
+    with pytest.raises(ValueError, match="silhouette"):
+        silhouette_scorer(pipe, [None])
+    with pytest.raises(ValueError, match="silhouette"):
+        silhouette_scorer(FakeSegmentStep(), [None])
+    with pytest.raises(ValueError, match="finite"):
+        silhouette_scorer(FakeSegmentStep([float("nan")]), [None])
