@@ -40,6 +40,7 @@ from scipy.sparse.linalg import eigsh
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, _fit_context
 from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state
+from threadpoolctl import threadpool_limits
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.extmath import _deterministic_vector_sign_flip
 from sklearn.utils.validation import (
@@ -80,12 +81,18 @@ _DENSE_EIGEN_MAX_N = 2048
 # Spectrum
 # --------------------------------------------------------------------------
 def _as_float_affinity(affinity):
+    """The affinity as a symmetric float matrix; float32 stays float32 (faster)."""
     if sparse.issparse(affinity):
-        A = affinity.tocsr().astype(np.float64)
-        A = 0.5 * (A + A.T)
+        A = affinity.tocsr()
+        if A.dtype not in (np.float32, np.float64):
+            A = A.astype(np.float64)
+        if (A != A.T).nnz:
+            A = 0.5 * (A + A.T)
         return A.tocsr()
-    A = np.asarray(affinity, dtype=np.float64)
-    if not np.allclose(A, A.T, rtol=1e-6, atol=1e-8):
+    A = np.asarray(affinity)
+    if A.dtype not in (np.float32, np.float64):
+        A = A.astype(np.float64)
+    if A.ndim == 2 and A.shape[0] == A.shape[1] and not np.array_equal(A, A.T):
         A = 0.5 * (A + A.T)
     return A
 
@@ -108,13 +115,14 @@ def _normalize(A):
     return A * inv_sqrt[:, None] * inv_sqrt[None, :]
 
 
-def leading_eigenpairs(matrix, n_components, *, random_state=None):
+def leading_eigenpairs(matrix, n_components, *, solver="auto", random_state=None):
     """The ``n_components`` algebraically largest eigenpairs of a symmetric matrix.
 
-    Dense matrices up to 2048 rows use LAPACK's ``syevr`` restricted to the
-    wanted eigenpairs; larger or sparse ones use ARPACK (Lanczos) with a
-    starting vector drawn from ``random_state``. Eigenvector signs are made
-    deterministic.
+    ``solver="auto"``: dense matrices up to 2048 rows use LAPACK's ``syevr``
+    restricted to the wanted eigenpairs (in the matrix's own precision:
+    float32 is about twice as fast); larger or sparse ones use ARPACK
+    (Lanczos) with a starting vector drawn from ``random_state``. Eigenvector
+    signs are made deterministic.
 
     Parameters
     ----------
@@ -122,6 +130,9 @@ def leading_eigenpairs(matrix, n_components, *, random_state=None):
         Symmetric matrix.
     n_components : int
         Number of eigenpairs, at most ``n``.
+    solver : {"auto", "dense", "arpack"}, default="auto"
+        Force LAPACK or ARPACK ("arpack" is much faster for one or two
+        eigenpairs of a large dense matrix).
     random_state : int, RandomState instance or None, default=None
         Seeds ARPACK's starting vector.
 
@@ -141,7 +152,10 @@ def leading_eigenpairs(matrix, n_components, *, random_state=None):
     """
     n = matrix.shape[0]
     k = int(min(n_components, n))
-    if not sparse.issparse(matrix) and (n <= _DENSE_EIGEN_MAX_N or k >= n - 1):
+    dense = solver == "dense" or n <= 64 or (
+        solver == "auto" and not sparse.issparse(matrix) and n <= _DENSE_EIGEN_MAX_N
+    )
+    if not sparse.issparse(matrix) and (dense or k >= n - 1):
         vals, vecs = linalg.eigh(
             np.asarray(matrix), subset_by_index=[n - k, n - 1], driver="evr"
         )
@@ -150,7 +164,7 @@ def leading_eigenpairs(matrix, n_components, *, random_state=None):
             vals, vecs = linalg.eigh(matrix.toarray(), subset_by_index=[n - k, n - 1])
         else:
             rng = check_random_state(random_state)
-            v0 = rng.uniform(-1, 1, n)
+            v0 = rng.uniform(-1, 1, n).astype(matrix.dtype)
             vals, vecs = eigsh(matrix, k=k, which="LA", v0=v0)
     order = np.argsort(vals, kind="stable")[::-1]
     vals = vals[order]
@@ -306,16 +320,99 @@ def silhouette_scores_for_labels(distances, labelings):
 # --------------------------------------------------------------------------
 # Functional core
 # --------------------------------------------------------------------------
-def adaptive_spectral_clustering(
+def _adaptive_spectral_clustering(
     affinity,
     *,
     features=None,
-    spectrum="normalized",
+    spectrum="affinity",
     eigengap_rule="relative",
     k_min=2,
     k_max=15,
     beta=0.5,
-    single_segment_threshold=0.2,
+    single_segment_threshold=0.05,
+    n_init=3,
+    random_state=None,
+):
+    """As adaptive_spectral_clustering, also returning the eigenpairs."""
+    A = _as_float_affinity(affinity)
+    n = A.shape[0]
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"the affinity must be a square matrix; got shape {A.shape}")
+    if features is not None and len(features) != n:
+        raise ValueError(
+            f"features has {len(features)} rows but the affinity is {n} x {n}"
+        )
+    rng = check_random_state(random_state)
+    info = {"single_segment": False}
+    if n < 3:
+        labels = np.arange(n, dtype=np.int64) if n == 2 else np.zeros(n, np.int64)
+        info.update(n_clusters=int(n), eigengap_k=int(n), eigenvalues=np.ones(n),
+                    silhouette_scores={}, silhouette=0.0, second_eigenvalue=np.nan)
+        return labels, info, np.ones(n), np.eye(n)
+
+    k_max_eff = int(min(k_max, n - 1))
+    k_min_eff = int(min(k_min, k_max_eff))
+    n_eig = min(k_max_eff + 1, n)
+    M = _normalize(A) if spectrum == "normalized" else A
+    vals, vecs = leading_eigenpairs(M, n_eig, random_state=rng)
+    if spectrum == "normalized":
+        second = float(vals[1])
+    elif single_segment_threshold is not None:
+        positive = A.maximum(0) if sparse.issparse(A) else np.maximum(A, 0.0)
+        second = float(
+            leading_eigenpairs(_normalize(positive), 2, solver="arpack", random_state=rng)[0][1]
+        )
+    else:
+        second = float("nan")
+    info["second_eigenvalue"] = second
+    info["eigenvalues"] = vals
+    k0 = eigengap_k(vals, rule=eigengap_rule, k_min=k_min_eff, k_max=k_max_eff)
+    info["eigengap_k"] = int(k0)
+
+    if single_segment_threshold is not None and second < single_segment_threshold:
+        logger.debug("one segment: second eigenvalue %.3g < %.3g", second,
+                     single_segment_threshold)
+        info.update(n_clusters=1, silhouette_scores={}, silhouette=0.0,
+                    single_segment=True)
+        return np.zeros(n, dtype=np.int64), info, vals, vecs
+
+    candidates = _k_range(k0, beta=beta, k_min=k_min_eff, k_max=k_max_eff)
+    labelings = []
+    # The embeddings are tiny (n x K): k-means is faster on one thread than it
+    # is paying OpenMP's start-up on every call.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        for k in candidates:
+            emb = _row_normalize(vecs[:, :k])
+            km = KMeans(n_clusters=k, n_init=n_init, random_state=rng.randint(2**31 - 1))
+            labelings.append(_relabel(km.fit_predict(emb)))
+    D = _distance_matrix(features, A)
+    valid = [i for i, lab in enumerate(labelings) if 2 <= lab.max() + 1 <= n - 1]
+    scores = dict.fromkeys(candidates, float("nan"))
+    for i, s in zip(valid, silhouette_scores_for_labels(D, [labelings[i] for i in valid])):
+        scores[candidates[i]] = s
+    if valid:
+        best = max(valid, key=lambda i: (scores[candidates[i]], -candidates[i]))
+    else:
+        best = 0
+    labels = labelings[best]
+    info.update(
+        n_clusters=int(labels.max()) + 1,
+        silhouette_scores=scores,
+        silhouette=float(np.nan_to_num(scores[candidates[best]])),
+    )
+    return labels, info, vals, vecs
+
+
+def adaptive_spectral_clustering(
+    affinity,
+    *,
+    features=None,
+    spectrum="affinity",
+    eigengap_rule="relative",
+    k_min=2,
+    k_max=15,
+    beta=0.5,
+    single_segment_threshold=0.05,
     n_init=3,
     random_state=None,
 ):
@@ -331,18 +428,18 @@ def adaptive_spectral_clustering(
     features : ndarray of shape (n, n_features), default=None
         The features the affinity came from. When given, the silhouette uses
         their cosine distance; otherwise ``1 - affinity``.
-    spectrum : {"normalized", "affinity"}, default="normalized"
-        Decompose the normalised affinity ``D^-1/2 A D^-1/2`` (equivalently the
-        normalised Laplacian) or ``A`` itself (the paper).
+    spectrum : {"affinity", "normalized"}, default="affinity"
+        Decompose ``A`` itself (the paper) or the normalised affinity
+        ``D^-1/2 A D^-1/2`` (equivalently the normalised Laplacian).
     eigengap_rule : {"relative", "largest", "elbow"}, default="relative"
         How ``K0`` is read off the eigengaps (see :func:`eigengap_k`).
     k_min, k_max : int, default=2, 15
         Range of the silhouette search.
     beta : float, default=0.5
         Relative half-width of the search around ``K0``.
-    single_segment_threshold : float or None, default=0.2
+    single_segment_threshold : float or None, default=0.05
         Return one segment when the second eigenvalue of the normalised
-        affinity is below this value (no cut separates the patches; see the
+        (non-negative part of the) affinity is below this value (no cut separates the patches; see the
         module docstring). ``None`` never returns one segment.
     n_init : int, default=3
         k-means restarts for each ``K``.
@@ -370,70 +467,24 @@ def adaptive_spectral_clustering(
     >>> info["n_clusters"]
     3
     """
-    A = _as_float_affinity(affinity)
-    n = A.shape[0]
-    if A.ndim != 2 or A.shape[0] != A.shape[1]:
-        raise ValueError(f"the affinity must be a square matrix; got shape {A.shape}")
-    if features is not None and len(features) != n:
-        raise ValueError(
-            f"features has {len(features)} rows but the affinity is {n} x {n}"
-        )
-    rng = check_random_state(random_state)
-    info = {"single_segment": False}
-    if n < 3:
-        labels = np.arange(n, dtype=np.int64) if n == 2 else np.zeros(n, np.int64)
-        info.update(n_clusters=int(n), eigengap_k=int(n), eigenvalues=np.ones(n),
-                    silhouette_scores={}, silhouette=0.0, second_eigenvalue=np.nan)
-        return labels, info
-
-    k_max_eff = int(min(k_max, n - 1))
-    k_min_eff = int(min(k_min, k_max_eff))
-    n_eig = min(k_max_eff + 1, n)
-    M = _normalize(A) if spectrum == "normalized" else A
-    vals, vecs = leading_eigenpairs(M, n_eig, random_state=rng)
-    if spectrum == "normalized":
-        second = float(vals[1])
-    elif single_segment_threshold is not None:
-        positive = A.maximum(0) if sparse.issparse(A) else np.maximum(A, 0.0)
-        second = float(leading_eigenpairs(_normalize(positive), 2, random_state=rng)[0][1])
-    else:
-        second = float("nan")
-    info["second_eigenvalue"] = second
-    info["eigenvalues"] = vals
-    k0 = eigengap_k(vals, rule=eigengap_rule, k_min=k_min_eff, k_max=k_max_eff)
-    info["eigengap_k"] = int(k0)
-
-    if single_segment_threshold is not None and second < single_segment_threshold:
-        logger.debug("one segment: second eigenvalue %.3g < %.3g", second,
-                     single_segment_threshold)
-        info.update(n_clusters=1, silhouette_scores={}, silhouette=0.0,
-                    single_segment=True)
-        return np.zeros(n, dtype=np.int64), info
-
-    candidates = _k_range(k0, beta=beta, k_min=k_min_eff, k_max=k_max_eff)
-    labelings = []
-    for k in candidates:
-        emb = vecs[:, :k]
-        norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        emb = emb / np.where(norms > 0, norms, 1.0)
-        km = KMeans(n_clusters=k, n_init=n_init, random_state=rng.randint(2**31 - 1))
-        labelings.append(_relabel(km.fit_predict(emb)))
-    D = _distance_matrix(features, A)
-    valid = [i for i, lab in enumerate(labelings) if 2 <= lab.max() + 1 <= n - 1]
-    scores = dict.fromkeys(candidates, float("nan"))
-    for i, s in zip(valid, silhouette_scores_for_labels(D, [labelings[i] for i in valid])):
-        scores[candidates[i]] = s
-    if valid:
-        best = max(valid, key=lambda i: (scores[candidates[i]], -candidates[i]))
-    else:
-        best = 0
-    labels = labelings[best]
-    info.update(
-        n_clusters=int(labels.max()) + 1,
-        silhouette_scores=scores,
-        silhouette=float(np.nan_to_num(scores[candidates[best]])),
+    labels, info, _, _ = _adaptive_spectral_clustering(
+        affinity,
+        features=features,
+        spectrum=spectrum,
+        eigengap_rule=eigengap_rule,
+        k_min=k_min,
+        k_max=k_max,
+        beta=beta,
+        single_segment_threshold=single_segment_threshold,
+        n_init=n_init,
+        random_state=random_state,
     )
     return labels, info
+
+
+def _row_normalize(E):
+    norms = np.linalg.norm(E, axis=1, keepdims=True)
+    return E / np.where(norms > 0, norms, 1.0)
 
 
 def _relabel(labels):
@@ -466,26 +517,26 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
       (the ``(h, w)`` patch grid) and the diagnostics in ``info``; every
       fitted attribute is then a list with one entry per image.
 
-    CLASP is transductive: each call segments the data it is given, and
-    ``transform`` re-runs the segmentation on its input. With a plain matrix
-    it returns the row-normalised spectral embedding (``n_clusters_``
-    columns) that k-means clustered.
+    Images are segmented one at a time, so ``transform`` on records re-runs
+    the segmentation on its input. With a plain matrix, ``fit_transform``
+    returns the row-normalised spectral embedding (``n_clusters_`` columns)
+    that k-means clustered, and ``transform`` places new samples in it.
 
     Parameters
     ----------
     affinity : {"cosine", "precomputed"}, default="cosine"
         How a plain matrix is read: features, or a precomputed affinity.
         Ignored for records.
-    spectrum : {"normalized", "affinity"}, default="normalized"
-        Decompose the normalised affinity (normalised Laplacian) or the
-        affinity itself, as the paper does.
+    spectrum : {"affinity", "normalized"}, default="affinity"
+        Decompose the affinity itself, as the paper does, or the normalised
+        affinity (normalised Laplacian).
     eigengap_rule : {"relative", "largest", "elbow"}, default="relative"
         How the first ``K0`` is read from the eigengaps (see
         :func:`eigengap_k`): the largest gap relative to its eigenvalue, the
-        largest gap, or the paper's elbow rule. ``PAPER_SETTINGS`` (``spectrum="affinity"``,
-        ``eigengap_rule="elbow"``, ``single_segment_threshold=None``)
-        reproduces the paper; the defaults recover K more accurately
-        (``benchmarks/RESULTS.md``).
+        largest gap, or the paper's elbow rule. ``PAPER_SETTINGS``
+        (``spectrum="affinity"``, ``eigengap_rule="elbow"``,
+        ``single_segment_threshold=None``) reproduces the paper; the defaults
+        recover K more accurately (``benchmarks/RESULTS.md``).
     k_min : int, default=2
         Smallest K of the silhouette search.
     k_max : int, default=15
@@ -493,11 +544,13 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
     beta : float, default=0.5
         The search covers ``[floor(K0 (1-beta)), ceil(K0 (1+beta))]`` clipped
         to ``[k_min, k_max]``.
-    single_segment_threshold : float or None, default=0.2
+    single_segment_threshold : float or None, default=0.05
         One segment (``K = 1``, whatever ``k_min``) when the second eigenvalue
         of the normalised affinity is below this value: no cut separates the
         patches (Cheeger's inequality), as for a uniform image. ``None``
-        disables it.
+        disables it. The default was set on the weights-free embedder's
+        features (near-uniform images stay below 0.04, real photographs
+        above it: ``benchmarks/RESULTS.md``); check it for other features.
     n_init : int, default=3
         k-means restarts per K.
     random_state : int, RandomState instance or None, default=None
@@ -516,6 +569,13 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         Leading eigenvalues of the decomposed matrix, descending.
     silhouette_scores_ : dict or list of dict
         K -> silhouette of the K-means partition; empty for one segment.
+    eigenvectors_ : ndarray of shape (n_samples, n_clusters_)
+        Leading eigenvectors of the decomposed matrix (plain-matrix input),
+        used by :meth:`transform`.
+    degrees_ : ndarray of shape (n_samples,) or None
+        Affinity degrees of the fitted samples (``spectrum="normalized"``).
+    X_fit_ : ndarray of shape (n_samples, n_features) or None
+        The fitted features (``affinity="cosine"``).
     n_features_in_ : int
         Features seen in :meth:`fit` (plain-matrix input).
 
@@ -551,12 +611,12 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         self,
         *,
         affinity="cosine",
-        spectrum="normalized",
+        spectrum="affinity",
         eigengap_rule="relative",
         k_min=2,
         k_max=15,
         beta=0.5,
-        single_segment_threshold=0.2,
+        single_segment_threshold=0.05,
         n_init=3,
         random_state=None,
     ):
@@ -606,10 +666,18 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
             A, feats = X, None
         else:
             A, feats = cosine_affinity(X), X
-        labels, info = adaptive_spectral_clustering(
+        labels, info, vals, vecs = _adaptive_spectral_clustering(
             A, features=feats, **self._core_kwargs(random_state)
         )
-        return labels, info, A
+        # What transform needs to embed new samples (the Nystroem extension).
+        k = info["n_clusters"]
+        A = _as_float_affinity(A)
+        self.X_fit_ = feats
+        self.degrees_ = (
+            np.asarray(A.sum(axis=1)).ravel() if self.spectrum == "normalized" else None
+        )
+        self.eigenvectors_ = vecs[:, :k]
+        return labels, info
 
     def _segment_record(self, rec, random_state):
         if rec.affinity is not None:
@@ -685,9 +753,8 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         )
         if self.affinity == "precomputed" and not sparse.issparse(X):
             X = check_symmetric(X, raise_warning=False)
-        labels, info, _ = self._segment_array(X, self.random_state)
+        labels, info = self._segment_array(X, self.random_state)
         self._set_fitted([labels], [info], False)
-        self._fit_X_shape_ = X.shape
         return X
 
     def fit_predict(self, X, y=None):
@@ -724,7 +791,7 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         out = self._fit(X)
         if is_record_sequence(X):
             return out
-        return self._embedding(out)
+        return _row_normalize(self.eigenvectors_).astype(out.dtype, copy=False)
 
     def transform(self, X):
         """Segment each record of ``X``, or embed the matrix ``X`` spectrally.
@@ -732,8 +799,12 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or list of PatchGrid
-            Records are segmented afresh (transductive). A plain matrix gets
-            its row-normalised leading ``n_clusters_`` eigenvectors.
+            Records are segmented afresh (each image on its own). A plain
+            matrix (features, or with ``affinity="precomputed"`` its
+            ``(n_samples, n_fitted)`` affinity to the fitted samples) is
+            placed in the fitted spectral embedding by the Nystroem extension
+            ``v(x) = a(x) V / lambda``, row-normalised: on the fitted samples
+            this gives back exactly the embedding k-means clustered.
 
         Returns
         -------
@@ -751,23 +822,24 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
             self, X, accept_sparse=["csr", "csc", "coo"] if self.affinity == "precomputed" else False,
             dtype=[np.float64, np.float32], reset=False,
         )
-        return self._embedding(X)
+        return self._nystroem(X)
 
-    def _embedding(self, X):
-        if self.affinity == "precomputed" and X.shape[0] != X.shape[1]:
-            raise ValueError(
-                f"transform needs the square affinity of the samples to embed; got "
-                f"shape {X.shape}. Spectral clustering has no out-of-sample extension."
-            )
-        A = X if self.affinity == "precomputed" else cosine_affinity(X)
-        A = _as_float_affinity(A)
-        M = _normalize(A) if self.spectrum == "normalized" else A
-        k = int(self.n_clusters_)
-        _, vecs = leading_eigenpairs(M, min(k, A.shape[0]), random_state=0)
-        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-        emb = vecs / np.where(norms > 0, norms, 1.0)
-        return emb.astype(X.dtype if X.dtype in (np.float32, np.float64) else np.float64,
-                          copy=False)
+    def _nystroem(self, X):
+        if self.affinity == "precomputed":
+            A = X.toarray() if sparse.issparse(X) else np.asarray(X)
+        else:
+            A = cosine_affinity(X, self.X_fit_)
+        V = self.eigenvectors_
+        if self.degrees_ is not None:
+            d_new = A.sum(axis=1)
+            inv_new = np.where(d_new > 0, 1.0 / np.sqrt(np.where(d_new > 0, d_new, 1)), 0.0)
+            d_fit = self.degrees_
+            inv_fit = np.where(d_fit > 0, 1.0 / np.sqrt(np.where(d_fit > 0, d_fit, 1)), 0.0)
+            A = A * inv_new[:, None] * inv_fit[None, :]
+        lam = np.asarray(self.eigenvalues_[: V.shape[1]], dtype=np.float64)
+        scale = np.where(np.abs(lam) > 1e-12, 1.0 / np.where(lam == 0, 1, lam), 0.0)
+        emb = (A @ V) * scale[None, :]
+        return _row_normalize(emb).astype(X.dtype, copy=False)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -178,7 +178,9 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="NaN|infinity"):
         AdaptiveSpectralSegmenter().fit(np.full((5, 2), np.nan))
     with pytest.raises(ValueError, match="Negative values"):
-        AdaptiveSpectralSegmenter(affinity="precomputed").fit(-np.ones((4, 4)))
+        AdaptiveSpectralSegmenter(affinity="precomputed", spectrum="normalized").fit(
+            -np.ones((4, 4))
+        )
     with pytest.raises(ValueError):
         AdaptiveSpectralSegmenter(beta=-1).fit(X)
     with pytest.raises(ValueError):
@@ -198,3 +200,26 @@ def test_params_roundtrip():
     seg = AdaptiveSpectralSegmenter(k_min=3, k_max=9, beta=0.25, random_state=1)
     assert clone(seg).get_params() == seg.get_params()
     assert seg.set_params(k_max=12).k_max == 12
+
+
+@pytest.mark.parametrize("spectrum", ["affinity", "normalized"])
+def test_transform_places_new_samples_in_the_fitted_embedding(spectrum):
+    X, y = make_planted_partition(3, n_samples=600, noise=0.6, random_state=0)
+    perm = np.random.RandomState(0).permutation(600)
+    X, y = X[perm], y[perm]
+    seg = AdaptiveSpectralSegmenter(spectrum=spectrum, random_state=0)
+    emb_train = seg.fit_transform(X[:400])
+    assert seg.n_clusters_ == 3 and emb_train.shape == (400, 3)
+    # On the fitted samples the extension gives back the clustered embedding.
+    np.testing.assert_allclose(seg.transform(X[:400]), emb_train, atol=1e-6)
+    # New samples land next to the centroid of their own planted group.
+    centroids = np.array([emb_train[seg.labels_ == c].mean(0) for c in range(3)])
+    emb_test = seg.transform(X[400:])
+    nearest = np.argmin(((emb_test[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+    assert adjusted_rand_score(y[400:], nearest) == 1.0
+    # Precomputed: the (n_new, n_fit) affinity to the fitted samples.
+    segp = AdaptiveSpectralSegmenter(affinity="precomputed", spectrum=spectrum, random_state=0)
+    segp.fit(cosine_affinity(X[:400]))
+    np.testing.assert_allclose(
+        segp.transform(cosine_affinity(X[400:], X[:400])), emb_test, atol=1e-6
+    )
