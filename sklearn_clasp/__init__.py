@@ -7,6 +7,8 @@ refines the patch labels into a pixel-accurate mask with a DenseCRF.
 """
 
 from .affinity import CosineAffinity, cosine_affinity
+from .embedding import HandcraftedPatchEmbedder
+from .pipeline import make_clasp_pipeline
 from .records import PatchGrid
 from .refine import CRFRefiner, dense_crf, refine_labels, upsample_labels
 from .spectral import PAPER_SETTINGS, AdaptiveSpectralSegmenter, adaptive_spectral_clustering
@@ -17,12 +19,24 @@ __all__ = [
     "AdaptiveSpectralSegmenter",
     "CRFRefiner",
     "CosineAffinity",
+    "DinoPatchEmbedder",
+    "HandcraftedPatchEmbedder",
     "PAPER_SETTINGS",
     "PatchGrid",
     "adaptive_spectral_clustering",
     "cosine_affinity",
     "dense_crf",
+    "make_clasp_pipeline",
     "refine_labels",
     "upsample_labels",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    # DINOv2 (and so torch) is imported on first use only.
+    if name == "DinoPatchEmbedder":
+        from .embedding import DinoPatchEmbedder
+
+        return DinoPatchEmbedder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
