@@ -18,8 +18,11 @@ The algorithm, for one affinity matrix ``A`` of ``n`` patches:
    smallest index.
 3. Every ``K`` in ``[floor(K0 (1 - beta)), ceil(K0 (1 + beta))]`` clipped to
    ``[k_min, k_max]``: k-means on the row-normalised leading ``K``
-   eigenvectors; the exact silhouette of that partition. The best silhouette
-   wins (ties: the smaller ``K``).
+   eigenvectors; the exact silhouette of that partition under the cosine
+   distance of the features (``1 - affinity`` when only the affinity is
+   known). With features it needs no ``n x n`` distance matrix at all: a
+   sample's summed cosine distance to a cluster is ``n_c - x_i . s_c``.
+   The best silhouette wins (ties: the smaller ``K``).
 4. One segment (``K = 1``): see ``single_segment_threshold``. The silhouette
    is undefined for one cluster, so ``K = 1`` is decided by the spectrum
    instead: by Cheeger's inequality, when the second eigenvalue ``l_2`` of the
@@ -50,7 +53,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from .affinity import cosine_affinity
+from .affinity import _unit_rows, cosine_affinity
 from .records import PatchGrid, check_records, is_record_sequence
 
 __all__ = [
@@ -58,6 +61,7 @@ __all__ = [
     "eigengap_k",
     "leading_eigenpairs",
     "silhouette_scores_for_labels",
+    "silhouette_scores_cosine",
     "AdaptiveSpectralSegmenter",
     "PAPER_SETTINGS",
 ]
@@ -249,19 +253,11 @@ def _k_range(k0, *, beta, k_min, k_max):
 # --------------------------------------------------------------------------
 # Silhouette
 # --------------------------------------------------------------------------
-def _distance_matrix(features, affinity):
-    """Dense distance matrix for the silhouette, computed once.
-
-    Cosine distance ``1 - cos`` between features when they are given,
-    otherwise ``1 - affinity`` (which is the cosine distance, capped at 1, for
-    a cosine affinity with clipped negatives).
-    """
-    if features is not None:
-        S = cosine_affinity(features, clip_negative=False)
-    elif sparse.issparse(affinity):
-        S = affinity.toarray()
-    else:
-        S = np.asarray(affinity)
+def _distance_matrix(affinity):
+    """Dense ``1 - affinity`` with a zero diagonal, for the silhouette when only
+    the affinity is known (the cosine distance, capped at 1, for a cosine
+    affinity with clipped negatives)."""
+    S = affinity.toarray() if sparse.issparse(affinity) else np.asarray(affinity)
     D = 1.0 - S
     np.maximum(D, 0.0, out=D)
     np.fill_diagonal(D, 0.0)
@@ -293,7 +289,7 @@ def silhouette_scores_for_labels(distances, labelings):
     >>> X = np.array([[0.0], [0.1], [1.0], [1.1]])
     >>> D = np.abs(X - X.T)
     >>> round(silhouette_scores_for_labels(D, [np.array([0, 0, 1, 1])])[0], 4)
-    0.9
+    0.8997
     """
     n = distances.shape[0]
     scores = []
@@ -303,18 +299,66 @@ def silhouette_scores_for_labels(distances, labelings):
         onehot = np.zeros((n, k), dtype=distances.dtype)
         onehot[np.arange(n), labels] = 1.0
         sums = distances @ onehot  # (n, K): total distance to each cluster
-        sizes = onehot.sum(axis=0)
-        own = sizes[labels]
-        a = sums[np.arange(n), labels] / np.maximum(own - 1, 1)
-        mean_other = sums / np.maximum(sizes, 1)[None, :]
-        mean_other[np.arange(n), labels] = np.inf
-        mean_other[:, sizes == 0] = np.inf
-        b = mean_other.min(axis=1)
-        denom = np.maximum(a, b)
-        s = np.where(denom > 0, (b - a) / np.where(denom > 0, denom, 1.0), 0.0)
-        s[own <= 1] = 0.0
-        scores.append(float(s.mean()))
+        scores.append(_silhouette_from_sums(sums, onehot.sum(axis=0), labels))
     return scores
+
+
+def silhouette_scores_cosine(features, labelings):
+    """Exact mean cosine-distance silhouette of several labelings, in O(n d K).
+
+    Equal to ``sklearn.metrics.silhouette_score(features, labels,
+    metric="cosine")`` for each labeling, without any ``n x n`` matrix: with
+    unit rows ``x_i``, the summed distance from ``x_i`` to cluster ``c`` is
+    ``n_c - x_i . s_c`` where ``s_c`` is the sum of the cluster's rows.
+    All-zero rows are at distance 1 from everything, as in scikit-learn.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, n_features)
+    labelings : list of ndarray of shape (n,)
+        Integer labels ``0 .. K-1``, each with ``2 <= K <= n - 1``.
+
+    Returns
+    -------
+    scores : list of float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    >>> round(silhouette_scores_cosine(X, [np.array([0, 0, 1, 1])])[0], 4)
+    0.9945
+    """
+    Xn = _unit_rows(np.asarray(features, dtype=np.float64))
+    n = Xn.shape[0]
+    self_dist = 1.0 - np.einsum("ij,ij->i", Xn, Xn)  # 0, or 1 for a zero row
+    scores = []
+    for labels in labelings:
+        labels = np.asarray(labels)
+        k = int(labels.max()) + 1
+        onehot = np.zeros((n, k))
+        onehot[np.arange(n), labels] = 1.0
+        sizes = onehot.sum(axis=0)
+        sums = sizes[None, :] - Xn @ (onehot.T @ Xn).T  # (n, K) summed distances
+        np.maximum(sums, 0.0, out=sums)
+        sums[np.arange(n), labels] -= self_dist  # the diagonal distance is 0
+        scores.append(_silhouette_from_sums(sums, sizes, labels))
+    return scores
+
+
+def _silhouette_from_sums(sums, sizes, labels):
+    """Mean silhouette from each sample's summed distance to each cluster."""
+    n = sums.shape[0]
+    own = sizes[labels]
+    a = sums[np.arange(n), labels] / np.maximum(own - 1, 1)
+    mean_other = sums / np.maximum(sizes, 1)[None, :]
+    mean_other[np.arange(n), labels] = np.inf
+    mean_other[:, sizes == 0] = np.inf
+    b = mean_other.min(axis=1)
+    denom = np.maximum(a, b)
+    s = np.where(denom > 0, (b - a) / np.where(denom > 0, denom, 1.0), 0.0)
+    s[own <= 1] = 0.0
+    return float(s.mean())
 
 
 # --------------------------------------------------------------------------
@@ -385,10 +429,14 @@ def _adaptive_spectral_clustering(
             emb = _row_normalize(vecs[:, :k])
             km = KMeans(n_clusters=k, n_init=n_init, random_state=rng.randint(2**31 - 1))
             labelings.append(_relabel(km.fit_predict(emb)))
-    D = _distance_matrix(features, A)
     valid = [i for i, lab in enumerate(labelings) if 2 <= lab.max() + 1 <= n - 1]
+    to_score = [labelings[i] for i in valid]
+    if features is not None:
+        computed = silhouette_scores_cosine(features, to_score)
+    else:
+        computed = silhouette_scores_for_labels(_distance_matrix(A), to_score)
     scores = dict.fromkeys(candidates, float("nan"))
-    for i, s in zip(valid, silhouette_scores_for_labels(D, [labelings[i] for i in valid])):
+    for i, s in zip(valid, computed):
         scores[candidates[i]] = s
     if valid:
         best = max(valid, key=lambda i: (scores[candidates[i]], -candidates[i]))

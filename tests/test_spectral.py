@@ -16,6 +16,7 @@ from sklearn_clasp.spectral import (
     _k_range,
     eigengap_k,
     leading_eigenpairs,
+    silhouette_scores_cosine,
     silhouette_scores_for_labels,
 )
 
@@ -98,6 +99,16 @@ def test_silhouette_matches_sklearn_exactly():
     ours = silhouette_scores_for_labels(D, labelings)
     for lab, s in zip(labelings, ours):
         assert s == pytest.approx(silhouette_score(D, lab, metric="precomputed"), abs=1e-12)
+        assert s == pytest.approx(silhouette_score(X, lab, metric="cosine"), abs=1e-10)
+
+
+def test_feature_silhouette_matches_sklearn_without_distance_matrix():
+    rng = np.random.RandomState(1)
+    X = rng.randn(150, 9)
+    X[7] = 0.0  # an all-zero feature vector is at distance 1 from everything
+    labelings = [rng.randint(0, k, 150) for k in (2, 4, 9)]
+    labelings.append(np.r_[0, np.ones(149, int)])
+    for lab, s in zip(labelings, silhouette_scores_cosine(X, labelings)):
         assert s == pytest.approx(silhouette_score(X, lab, metric="cosine"), abs=1e-10)
 
 
