@@ -86,7 +86,7 @@ def real_images(quick):
         print("\n(../shared/data not found: real-image comparison skipped)")
         return
     embedder = HandcraftedPatchEmbedder()
-    results = {}
+    results, seconds = {}, []
     for dataset, path, truth, ignore in itertools.chain(_camvid(quick), _bsds(quick)):
         rec = embedder.transform([str(path)])[0]
         X = rec.feature_matrix
@@ -98,6 +98,8 @@ def real_images(quick):
             results.setdefault((dataset, rule), []).append(
                 (s["miou"], info["n_clusters"], info["single_segment"])
             )
+            if rule == "affinity, relative":
+                seconds.append((info["second_eigenvalue"], f"{dataset}/{path.name}"))
     print("\nReal images, weights-free embedder, no CRF (per-image Hungarian mIoU)")
     print(f"  {'dataset':8s} {'rule':26s} {'images':>6s} {'mIoU':>6s} {'median K':>8s} "
           f"{'K range':>8s} {'K=1':>4s}")
@@ -106,6 +108,11 @@ def real_images(quick):
         ks = [r[1] for r in rows]
         print(f"  {dataset:8s} {rule:26s} {len(rows):6d} {miou:6.3f} {np.median(ks):8.1f} "
               f"{min(ks):>3d}..{max(ks):<3d} {sum(r[2] for r in rows):4d}")
+    values = np.array([v for v, _ in seconds])
+    lowest = min(seconds)
+    print(f"  second eigenvalue of the normalised affinity on these photographs: min "
+          f"{lowest[0]:.3f} ({lowest[1]}), 1st percentile {np.percentile(values, 1):.3f}, "
+          f"5th {np.percentile(values, 5):.3f}, median {np.median(values):.3f}")
 
 
 def near_uniform():
