@@ -7,6 +7,7 @@ refines the patch labels into a pixel-accurate mask with a DenseCRF.
 """
 
 from .affinity import CosineAffinity, cosine_affinity
+from .batch import find_images, segment_collection
 from .embedding import HandcraftedPatchEmbedder
 from .pipeline import make_clasp_pipeline
 from .records import PatchGrid
@@ -26,8 +27,10 @@ __all__ = [
     "adaptive_spectral_clustering",
     "cosine_affinity",
     "dense_crf",
+    "find_images",
     "make_clasp_pipeline",
     "refine_labels",
+    "segment_collection",
     "upsample_labels",
     "__version__",
 ]

@@ -1,0 +1,490 @@
+"""The batch engine: find_images, segment_collection, outputs, resuming, failures."""
+
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.utils._param_validation import InvalidParameterError
+from threadpoolctl import threadpool_limits
+
+from sklearn_clasp import HandcraftedPatchEmbedder, make_clasp_pipeline
+from sklearn_clasp import batch as batch_module
+from sklearn_clasp.batch import (
+    FAILURES_FILE,
+    CollectionReport,
+    ImageInput,
+    find_images,
+    pipeline_settings,
+    segment_collection,
+    settings_hash,
+)
+from sklearn_clasp.datasets import make_shapes_image
+from sklearn_clasp.pipeline import segment_image
+from sklearn_clasp.refine import CRFRefiner
+from sklearn_clasp.visualize import overlay
+
+SIZES = [(56, 70), (84, 98), (112, 140), (70, 84), (98, 112)]
+STAGES = {"load", "embed", "affinity", "segment", "refine", "write"}
+
+
+@pytest.fixture(autouse=True)
+def _one_openmp_thread():
+    """k-means on a few dozen patches is much slower with OpenMP threads on a busy
+    2-core machine; one thread keeps this file fast."""
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
+
+
+def _pipe(**kwargs):
+    kwargs.setdefault("random_state", 0)
+    return make_clasp_pipeline("handcrafted", short_side=None, refine="nearest", **kwargs)
+
+
+def _write_images(folder, n=len(SIZES), prefix="img"):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        h, w = SIZES[i % len(SIZES)]
+        image, _ = make_shapes_image(h, w, n_shapes=1 + i % 3, noise=3.0, random_state=i)
+        path = folder / f"{prefix}{i}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+def _read_png(path):
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _expected_files(names, overlay=True):
+    out = []
+    for n in names:
+        out += [f"{n}.json", f"{n}_mask.png"] + ([f"{n}_overlay.png"] if overlay else [])
+    return sorted(out)
+
+
+@pytest.fixture
+def count_embedded(monkeypatch):
+    """Count the images the handcrafted embedder embeds (runs in this process)."""
+    calls = []
+    original = HandcraftedPatchEmbedder.transform
+
+    def counting(self, X):
+        calls.append(len(X))
+        return original(self, X)
+
+    monkeypatch.setattr(HandcraftedPatchEmbedder, "transform", counting)
+    return calls
+
+
+# --------------------------------------------------------------------------
+# outputs
+# --------------------------------------------------------------------------
+
+
+def test_outputs_match_segment_image_and_json_records_them(tmp_path):
+    paths = _write_images(tmp_path / "in", n=3)
+    out = tmp_path / "out"
+    pipe = _pipe()
+    report = segment_collection(tmp_path / "in", out, pipeline=pipe)
+
+    assert (report.n_done, report.n_skipped, report.n_failed) == (3, 0, 0)
+    assert _listing(out) == _expected_files(["img0", "img1", "img2"])  # no temp files
+    digest = settings_hash(pipe)
+    for path in paths:
+        name = path.stem
+        image = np.asarray(Image.open(path).convert("RGB"))
+        record, expected = segment_image(_pipe(), str(path))
+        mask = _read_png(out / f"{name}_mask.png")
+        assert mask.shape == image.shape[:2]
+        np.testing.assert_array_equal(mask, expected)
+        np.testing.assert_array_equal(_read_png(out / f"{name}_overlay.png"),
+                                      overlay(image, expected))
+        meta = json.loads((out / f"{name}.json").read_text())
+        assert meta["source"] == str(path.resolve())
+        assert meta["name"] == name
+        assert meta["input_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert meta["settings_hash"] == digest
+        assert meta["settings"] == pipeline_settings(pipe)
+        assert meta["settings"]["segment__k_max"] == 15
+        assert meta["image_size"] == list(image.shape[:2])
+        assert meta["grid_shape"] == [image.shape[0] // 14, image.shape[1] // 14]
+        assert meta["n_clusters"] == record.info["n_clusters"] == len(np.unique(mask))
+        assert meta["eigengap_k"] == record.info["eigengap_k"]
+        assert meta["silhouette_scores"] == {
+            str(k): v for k, v in record.info["silhouette_scores"].items()}
+        np.testing.assert_allclose(meta["eigenvalues"], record.info["eigenvalues"])
+        assert set(meta["timings"]) == STAGES
+        assert all(v >= 0 for v in meta["timings"].values())
+        assert meta["attempts"] == 1
+        assert meta["outputs"] == {"mask": f"{name}_mask.png",
+                                   "overlay": f"{name}_overlay.png"}
+    results = {r["name"]: r for r in report.results}
+    assert [r["name"] for r in report.results] == ["img0", "img1", "img2"]  # input order
+    assert results["img1"]["status"] == "done"
+    assert results["img1"]["n_clusters"] == json.loads(
+        (out / "img1.json").read_text())["n_clusters"]
+
+
+def test_report_counts_histogram_and_summary(tmp_path):
+    _write_images(tmp_path / "in", n=3)
+    report = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe())
+    ks = [r["n_clusters"] for r in report.results]
+    expected = {k: ks.count(k) for k in sorted(set(ks))}
+    assert report.segments_histogram == expected
+    assert report.failures == []
+    assert report.seconds > 0
+    assert report.settings_hash == settings_hash(_pipe())
+    text = report.summary()
+    assert "3 image(s): 3 segmented, 0 skipped (already done), 0 failed" in text
+    for k, n in expected.items():
+        assert re.search(rf"K=\s*{k}\s+{n}\s+#+", text)
+
+
+def test_without_overlay_and_with_explicit_image_inputs(tmp_path):
+    paths = _write_images(tmp_path / "in", n=2)
+    inputs = [ImageInput(paths[0], "first"), ImageInput(paths[1], "second")]
+    report = segment_collection(inputs, tmp_path / "out", pipeline=_pipe(),
+                                write_overlay=False)
+    assert report.n_done == 2
+    assert _listing(tmp_path / "out") == _expected_files(["first", "second"], overlay=False)
+    assert json.loads((tmp_path / "out" / "first.json").read_text())["outputs"]["overlay"] \
+        is None
+
+
+# --------------------------------------------------------------------------
+# find_images
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """root/a.png, root/b.JPG, root/notes.txt, root/.hidden.png, root/sub/a.png,
+    root/sub/deep dir/c d.png, root/.git/x.png, other/a.png"""
+    root = tmp_path / "root"
+    for rel in ["a.png", "b.JPG", "notes.txt", ".hidden.png", "sub/a.png",
+                "sub/deep dir/c d.png", ".git/x.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.png").write_bytes(b"x")
+    return tmp_path
+
+
+def test_find_images_directory_recursive_and_not(tree):
+    root = tree / "root"
+    found = find_images(root)
+    assert [(p.relative_to(root).as_posix(), n) for p, n in found] == [
+        ("a.png", "a"), ("b.JPG", "b"), ("sub/a.png", "sub__a"),
+        ("sub/deep dir/c d.png", "sub__deep_dir__c_d"),
+    ]
+    flat = find_images(root, recursive=False)
+    assert [n for _, n in flat] == ["a", "b"]
+
+
+def test_find_images_files_globs_and_duplicates(tree):
+    root = tree / "root"
+    # an explicit file is taken whatever its suffix; the same file twice is listed once
+    found = find_images([root / "notes.txt", str(root / "a.png"), root])
+    assert sorted(n for _, n in found) == ["a", "b", "notes", "sub__a", "sub__deep_dir__c_d"]
+    assert len({os.path.realpath(p) for p, _ in found}) == len(found)
+
+    # a glob keeps image files only and searches the directories it matches
+    star = {p.relative_to(root).as_posix(): n for p, n in find_images(str(root / "*"))}
+    assert sorted(star) == ["a.png", "b.JPG", "sub/a.png", "sub/deep dir/c d.png"]
+    assert star["b.JPG"] == "b" and star["sub/deep dir/c d.png"] == "deep_dir__c_d"
+    assert star["a.png"].startswith("a-") and star["sub/a.png"].startswith("a-")
+    assert star["a.png"] != star["sub/a.png"]
+    # ** spans folders when recursive
+    deep = find_images(str(root / "**" / "*.png"))
+    assert sorted(p.name for p, _ in deep) == ["a.png", "a.png", "c d.png"]
+
+    # same stem from different folders: each gets a hash of its resolved path
+    dup = find_images([root / "a.png", tree / "other" / "a.png"])
+    names = [n for _, n in dup]
+    assert len(set(names)) == 2
+    for path, name in dup:
+        digest = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:8]
+        assert name == f"a-{digest}"
+    # names that differ only in case collide too (case-insensitive file systems)
+    (tree / "other" / "A.png").write_bytes(b"y")
+    names = {p.name: n for p, n in find_images([root / "a.png", tree / "other" / "A.png"])}
+    assert names["a.png"].startswith("a-") and names["A.png"].startswith("A-")
+
+
+def test_find_images_names_are_safe(tmp_path):
+    odd = ["..png", "...x.png", "é ü.png", "a;rm -rf.png", "-.png", "x" * 200 + ".png"]
+    for name in odd:
+        (tmp_path / name).write_bytes(b"x")
+    found = find_images([tmp_path / n for n in odd])
+    names = [n for _, n in found]
+    assert len(set(names)) == len(odd)
+    for name in names:
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", name), name
+        assert not name.startswith(".")
+        assert len(name) <= 130
+        out = (tmp_path / "out" / f"{name}_overlay.png").resolve()
+        assert out.parent == (tmp_path / "out").resolve()
+
+
+def test_find_images_reports_every_input_that_matches_nothing(tree):
+    (tree / "empty").mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        find_images([tree / "root", tree / "missing.png", str(tree / "*.tif"), tree / "empty"])
+    message = str(err.value)
+    for bad in ["missing.png", "*.tif", "empty"]:
+        assert bad in message
+    assert "'" + str(tree / "root") + "'" not in message
+    with pytest.raises(ValueError, match="no inputs"):
+        find_images([])
+    with pytest.raises(TypeError, match="paths or glob patterns"):
+        find_images([3])
+
+
+# --------------------------------------------------------------------------
+# settings
+# --------------------------------------------------------------------------
+
+
+def test_settings_hash_tracks_results_not_speed():
+    base = settings_hash(_pipe())
+    assert base == settings_hash(_pipe())
+    assert base != settings_hash(_pipe(k_max=8))
+    assert base != settings_hash(_pipe(random_state=1))
+    assert base != settings_hash(make_clasp_pipeline("handcrafted", short_side=None,
+                                                     random_state=0))  # refine="crf"
+    fast = _pipe().set_params(refine__n_jobs=2, embed__n_jobs=2)
+    assert settings_hash(fast) == base
+    settings = pipeline_settings(_pipe())
+    assert settings["embed"] == "<HandcraftedPatchEmbedder>"
+    assert settings["refine__method"] == "nearest"
+    assert not any(k.endswith("n_jobs") or k == "memory" for k in settings)
+    json.dumps(settings, allow_nan=False)
+
+
+# --------------------------------------------------------------------------
+# resuming
+# --------------------------------------------------------------------------
+
+
+def test_rerun_skips_complete_images(tmp_path, count_embedded):
+    _write_images(tmp_path / "in", n=4)
+    out = tmp_path / "out"
+    segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    assert sum(count_embedded) == 4
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    count_embedded.clear()
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    assert count_embedded == []
+    assert (report.n_done, report.n_skipped) == (0, 4)
+    assert all(r["n_clusters"] is not None for r in report.results)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_changed_settings_or_bytes_or_overwrite_are_redone(tmp_path, count_embedded):
+    paths = _write_images(tmp_path / "in", n=3)
+    out = tmp_path / "out"
+    segment_collection(tmp_path / "in", out, pipeline=_pipe())
+
+    count_embedded.clear()  # other settings: everything is redone
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(k_max=3))
+    assert (report.n_done, sum(count_embedded)) == (3, 3)
+    assert json.loads((out / "img0.json").read_text())["settings"]["segment__k_max"] == 3
+
+    count_embedded.clear()  # other bytes in one file: that one is redone
+    image, _ = make_shapes_image(56, 70, n_shapes=3, random_state=9)
+    Image.fromarray(image).save(paths[1])
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(k_max=3))
+    assert [r["status"] for r in report.results] == ["skipped", "done", "skipped"]
+    assert sum(count_embedded) == 1
+    assert json.loads((out / "img1.json").read_text())["input_sha256"] == hashlib.sha256(
+        paths[1].read_bytes()).hexdigest()
+
+    count_embedded.clear()  # a missing mask: redone
+    (out / "img2_mask.png").unlink()
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(k_max=3))
+    assert [r["status"] for r in report.results] == ["skipped", "skipped", "done"]
+
+    count_embedded.clear()  # overwrite: everything is redone
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(k_max=3), overwrite=True)
+    assert (report.n_done, sum(count_embedded)) == (3, 3)
+    assert _listing(out) == _expected_files(["img0", "img1", "img2"])
+
+
+def test_outputs_inside_an_input_directory_are_not_taken_as_inputs(tmp_path):
+    _write_images(tmp_path / "in", n=2)
+    out = tmp_path / "in" / "segmented"
+    assert segment_collection(tmp_path / "in", out, pipeline=_pipe()).n_done == 2
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    assert (report.n_images, report.n_skipped) == (2, 2)
+
+
+def test_interrupted_run_leaves_complete_outputs_and_resumes(tmp_path, monkeypatch,
+                                                             count_embedded):
+    _write_images(tmp_path / "in", n=5)
+    out = tmp_path / "out"
+    real_write = batch_module._atomic_write
+    written = []
+
+    def interrupting_write(path, write):
+        # Ctrl-C while writing the third image's overlay (its mask is already written)
+        if path.name == "img2_overlay.png":
+            def partial(tmp):
+                tmp.write_bytes(b"half a PNG")
+                raise KeyboardInterrupt
+            return real_write(path, partial)
+        written.append(path.name)
+        return real_write(path, write)
+
+    monkeypatch.setattr(batch_module, "_atomic_write", interrupting_write)
+    with pytest.raises(KeyboardInterrupt):
+        segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    # two complete images, the third's mask without its record; no temporary files
+    assert _listing(out) == sorted(_expected_files(["img0", "img1"]) + ["img2_mask.png"])
+
+    monkeypatch.setattr(batch_module, "_atomic_write", real_write)
+    count_embedded.clear()
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    assert [r["status"] for r in report.results] == ["skipped"] * 2 + ["done"] * 3
+    assert sum(count_embedded) == 3
+    assert _listing(out) == _expected_files([f"img{i}" for i in range(5)])
+
+
+# --------------------------------------------------------------------------
+# failures
+# --------------------------------------------------------------------------
+
+
+def test_corrupt_image_is_recorded_and_others_are_done(tmp_path):
+    _write_images(tmp_path / "in", n=3)
+    (tmp_path / "in" / "broken.png").write_bytes(b"this is not a PNG")
+    out = tmp_path / "out"
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=2)
+    assert (report.n_done, report.n_failed) == (3, 1)
+    (failure,) = report.failures
+    assert failure["name"] == "broken"
+    assert failure["source"] == str((tmp_path / "in" / "broken.png").resolve())
+    assert failure["error"].startswith("ValueError: ")
+    assert "not a readable image" in failure["error"]
+    assert failure["attempts"] == 2
+    assert failure["n_clusters"] is None
+    assert _listing(out) == sorted(_expected_files(["img0", "img1", "img2"]) + [FAILURES_FILE])
+    (line,) = (out / FAILURES_FILE).read_text().splitlines()
+    logged = json.loads(line)
+    assert (logged["name"], logged["error_type"], logged["attempts"]) == ("broken",
+                                                                          "ValueError", 2)
+    assert "broken" in report.summary() and "failures:" in report.summary()
+    assert report.segments_histogram == CollectionReport(
+        [r for r in report.results if r["status"] == "done"]).segments_histogram
+
+
+class _FailsOnce(CRFRefiner):
+    """A refiner whose first call fails: a transient error."""
+
+    def transform(self, X):
+        if not getattr(type(self), "failed", False):
+            type(self).failed = True
+            raise OSError("disk hiccup")
+        return super().transform(X)
+
+
+def test_transient_failure_is_retried(tmp_path):
+    _write_images(tmp_path / "in", n=1)
+    pipe = _pipe()
+    pipe.steps[-1] = ("refine", _FailsOnce(method="nearest"))
+    _FailsOnce.failed = False
+    report = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=pipe)
+    assert report.n_done == 1
+    assert json.loads((tmp_path / "out" / "img0.json").read_text())["attempts"] == 2
+
+
+# --------------------------------------------------------------------------
+# parallelism and progress
+# --------------------------------------------------------------------------
+
+
+def test_two_workers_give_the_same_masks_as_one(tmp_path):
+    _write_images(tmp_path / "in", n=5)
+    one = segment_collection(tmp_path / "in", tmp_path / "one", pipeline=_pipe())
+    two = segment_collection(tmp_path / "in", tmp_path / "two", pipeline=_pipe(), n_jobs=2,
+                             chunk_size=3)
+    assert two.n_done == 5
+    assert [r["name"] for r in two.results] == [r["name"] for r in one.results]
+    assert [r["n_clusters"] for r in two.results] == [r["n_clusters"] for r in one.results]
+    for i in range(5):
+        np.testing.assert_array_equal(_read_png(tmp_path / "one" / f"img{i}_mask.png"),
+                                      _read_png(tmp_path / "two" / f"img{i}_mask.png"))
+    assert _listing(tmp_path / "two") == _listing(tmp_path / "one")
+
+
+def test_progress_bar_shows_images_per_second(tmp_path, capsys):
+    _write_images(tmp_path / "in", n=2)
+    segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe(), progress=True)
+    err = capsys.readouterr().err
+    assert "2/2" in err and "img/s" in err
+    segment_collection(tmp_path / "in", tmp_path / "out2", pipeline=_pipe())
+    assert capsys.readouterr().err == ""
+
+
+# --------------------------------------------------------------------------
+# bad input
+# --------------------------------------------------------------------------
+
+
+def test_bad_arguments_are_refused_with_a_fix(tmp_path):
+    _write_images(tmp_path / "in", n=1)
+    src = tmp_path / "in"
+    with pytest.raises(ValueError, match="either client= or scheduler="):
+        segment_collection(src, tmp_path / "out", pipeline=_pipe(), client=object(),
+                           scheduler="tcp://127.0.0.1:1")
+    with pytest.raises(ValueError, match="security= applies to scheduler="):
+        segment_collection(src, tmp_path / "out", pipeline=_pipe(), security=object())
+    with pytest.raises(InvalidParameterError, match="max_attempts"):
+        segment_collection(src, tmp_path / "out", pipeline=_pipe(), max_attempts=0)
+    with pytest.raises(InvalidParameterError, match="pipeline"):
+        segment_collection(src, tmp_path / "out", pipeline=HandcraftedPatchEmbedder())
+    with pytest.raises(TypeError, match="at least three steps"):
+        segment_collection(src, tmp_path / "out", pipeline=_pipe()[:2])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="not a directory"):
+        segment_collection(src, tmp_path / "file", pipeline=_pipe())
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        segment_collection(tmp_path / "nothing-here", tmp_path / "out", pipeline=_pipe())
+    assert not (tmp_path / "out").exists()  # nothing is created before the inputs check out
+
+
+class _CrashesOnPoison(CRFRefiner):
+    """A refiner that kills its process on images named 'poison' (a native crash, an OOM)."""
+
+    def transform(self, X):
+        if any("poison" in (rec.source or "") for rec in X):
+            os._exit(1)
+        return super().transform(X)
+
+
+def test_image_that_kills_its_worker_fails_alone(tmp_path):
+    paths = _write_images(tmp_path / "in", n=4)
+    paths[2].rename(tmp_path / "in" / "poison.png")
+    pipe = _pipe()
+    pipe.steps[-1] = ("refine", _CrashesOnPoison(method="nearest"))
+    report = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=pipe, n_jobs=2,
+                                max_attempts=2)
+    assert (report.n_done, report.n_failed) == (3, 1)
+    (failure,) = report.failures
+    assert failure["name"] == "poison"
+    assert failure["error"].startswith("WorkerDied: ")
+    assert failure["attempts"] == 2
+    assert _listing(tmp_path / "out") == sorted(
+        _expected_files(["img0", "img1", "img3"]) + [FAILURES_FILE])
+    # the pool works again afterwards (another refiner class: other settings, all redone)
+    again = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe(), n_jobs=2)
+    assert again.n_done == 4
