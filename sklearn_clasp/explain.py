@@ -1,0 +1,477 @@
+"""Why did CLASP pick this K? A one-page figure of the K selection.
+
+:func:`explain_figure` segments one image and draws five panels:
+
+1. the image;
+2. the leading eigenvalues of the spectrum, with the eigengap score the rule
+   maximises (the relative gap, the gap, or the elbow's distance to its chord)
+   drawn as bars, the winning gap highlighted and ``K0`` marked;
+3. the silhouette of every ``K`` searched around ``K0``, the chosen ``K``
+   marked;
+4. the patch labels on the patch grid;
+5. the refined full-resolution mask over the image;
+
+titled with the chosen ``K`` and the reason (:func:`explain_reason`).
+
+The functional core works on plain data: :func:`eigengap_scores` (the
+quantity each eigengap rule maximises) and :func:`explain_reason` (the title)
+take the segmenter's diagnostics (``record.info``), :func:`plot_explanation`
+takes a segmented record and its mask. matplotlib is imported only when a
+figure is drawn (with the Agg canvas: no window, no global pyplot state).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import Pipeline
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
+from sklearn.utils.validation import check_is_fitted
+
+from .records import PatchGrid
+
+__all__ = ["eigengap_scores", "explain_reason", "plot_explanation", "explain_figure"]
+
+logger = logging.getLogger(__name__)
+
+_RULE_NAMES = {
+    "relative": "largest relative eigengap",
+    "largest": "largest eigengap",
+    "elbow": "eigengap elbow",
+}
+
+
+def _effective_range(n_eigenvalues, k_min, k_max):
+    """The K range the segmenter really used (it clips to the computed spectrum)."""
+    m = max(int(n_eigenvalues) - 1, 0)  # number of gaps
+    k_max_eff = int(min(k_max, m)) if m else 1
+    k_min_eff = int(min(k_min, k_max_eff))
+    return k_min_eff, k_max_eff
+
+
+@validate_params(
+    {
+        "eigenvalues": ["array-like"],
+        "rule": [StrOptions({"relative", "largest", "elbow"})],
+        "k_min": [Interval(Integral, 1, None, closed="left")],
+        "k_max": [Interval(Integral, 1, None, closed="left"), None],
+    },
+    prefer_skip_nested_validation=True,
+)
+def eigengap_scores(eigenvalues, *, rule="relative", k_min=1, k_max=None):
+    """The score each eigengap rule maximises, gap by gap.
+
+    With eigenvalues ``l_1 >= l_2 >= ...`` and gaps ``d_i = l_i - l_(i+1)``,
+    the score of gap ``i`` is ``d_i / l_i`` (``"relative"``; 0 below a
+    non-positive eigenvalue), ``d_i`` (``"largest"``), or the distance of
+    ``(i, d_i)`` to the chord joining the first and the last gap
+    (``"elbow"``). The gap with the highest score among the eligible ones
+    (ties: the first) is the one :func:`sklearn_clasp.spectral.eigengap_k`
+    picks: ``K0 = i`` for ``"relative"`` and ``"largest"``, ``K0 = i + 1``
+    for ``"elbow"``.
+
+    Parameters
+    ----------
+    eigenvalues : array-like of shape (m + 1,)
+        Leading eigenvalues, descending (``record.info["eigenvalues"]``).
+    rule : {"relative", "largest", "elbow"}, default="relative"
+        The eigengap rule.
+    k_min : int, default=1
+        Gaps below ``k_min`` are not eligible (``"relative"``, ``"largest"``).
+    k_max : int, default=None
+        Only gaps ``1 .. k_max`` are considered.
+
+    Returns
+    -------
+    gap_index : ndarray of shape (m,), dtype int64
+        ``1 .. m``.
+    scores : ndarray of shape (m,)
+        The rule's score of each gap.
+    eligible : ndarray of shape (m,), dtype bool
+        Gaps the rule may pick.
+    best : int
+        Index (1-based) of the winning gap, 0 when there is no gap.
+    k0 : int
+        The resulting first estimate of K.
+
+    Examples
+    --------
+    >>> idx, scores, eligible, best, k0 = eigengap_scores(
+    ...     [1.0, 0.9, 0.3, 0.25], rule="largest", k_min=1)
+    >>> idx.tolist(), scores.round(2).tolist(), best, k0
+    ([1, 2, 3], [0.1, 0.6, 0.05], 2, 2)
+    >>> eigengap_scores([1.0, 0.9, 0.3, 0.25], rule="relative")[1].round(3).tolist()
+    [0.1, 0.667, 0.167]
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    gaps = lam[:-1] - lam[1:]
+    if k_max is not None:
+        gaps = gaps[: max(1, int(k_max))]
+    m = gaps.size
+    index = np.arange(1, m + 1, dtype=np.int64)
+    if m == 0:
+        return index, gaps, np.zeros(0, bool), 0, 1
+    if rule in ("largest", "relative"):
+        lo = int(min(max(k_min, 1), m))
+        if rule == "relative":
+            top = lam[:m]
+            scores = np.where(top > 0, gaps / np.where(top > 0, top, 1.0), 0.0)
+        else:
+            scores = gaps.copy()
+        eligible = index >= lo
+        best = int(np.argmax(np.round(scores[lo - 1:], 12))) + lo
+        return index, scores, eligible, best, best
+    # elbow
+    eligible = np.ones(m, bool)
+    if m < 3:
+        best = int(np.argmax(gaps)) + 1
+        return index, gaps.copy(), eligible, best, best + 1
+    x = index.astype(np.float64)
+    x0, y0, x1, y1 = x[0], gaps[0], x[-1], gaps[-1]
+    dist = np.abs((y1 - y0) * x - (x1 - x0) * gaps + x1 * y0 - y1 * x0)
+    dist /= math.hypot(y1 - y0, x1 - x0)
+    best = int(np.argmax(np.round(dist, 12))) + 1
+    return index, dist, eligible, best, best + 1
+
+
+def _fmt(value, digits=3):
+    if value is None:
+        return "n/a"
+    value = float(value)
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _silhouettes(info):
+    """The silhouette scores as sorted lists (K, score), NaN kept."""
+    raw = info.get("silhouette_scores") or {}
+    items = sorted((int(k), float("nan") if v is None else float(v)) for k, v in raw.items())
+    return [k for k, _ in items], [s for _, s in items]
+
+
+@validate_params(
+    {
+        "info": [dict],
+        "eigengap_rule": [StrOptions({"relative", "largest", "elbow"})],
+        "single_segment_threshold": [Interval(Real, 0, 1, closed="both"), None],
+    },
+    prefer_skip_nested_validation=True,
+)
+def explain_reason(info, *, eigengap_rule="relative", single_segment_threshold=0.05):
+    """One line saying which K was chosen and why.
+
+    Parameters
+    ----------
+    info : dict
+        The segmenter's diagnostics (``record.info`` after the ``segment``
+        step): ``n_clusters``, ``eigengap_k``, ``silhouette_scores``,
+        ``silhouette``, ``second_eigenvalue``, ``single_segment``.
+    eigengap_rule : {"relative", "largest", "elbow"}, default="relative"
+        The rule the segmenter used (its ``eigengap_rule``).
+    single_segment_threshold : float or None, default=0.05
+        The segmenter's one-segment threshold, quoted when it decided.
+
+    Returns
+    -------
+    reason : str
+
+    Examples
+    --------
+    >>> info = {"n_clusters": 4, "eigengap_k": 3, "single_segment": False,
+    ...         "silhouette_scores": {2: 0.30, 3: 0.41, 4: 0.52, 5: 0.47}}
+    >>> print(explain_reason(info).replace("; ", ";\\n"))
+    K = 4: largest relative eigengap gives K0 = 3;
+    best silhouette 0.520 at K = 4 (searched K = 2..5)
+    >>> one = {"n_clusters": 1, "eigengap_k": 2, "single_segment": True,
+    ...        "second_eigenvalue": 0.012}
+    >>> print(explain_reason(one).replace("; ", ";\\n"))
+    K = 1 (one segment): second eigenvalue of the normalised affinity 0.012 < threshold 0.05;
+    no cut separates the patches
+    """
+    k = int(info.get("n_clusters", 0))
+    k0 = info.get("eigengap_k")
+    rule = _RULE_NAMES[eigengap_rule]
+    if info.get("single_segment"):
+        threshold = "threshold" if single_segment_threshold is None else (
+            f"threshold {single_segment_threshold:g}")
+        return (
+            f"K = {k} (one segment): second eigenvalue of the normalised affinity "
+            f"{_fmt(info.get('second_eigenvalue'))} < {threshold}; no cut separates "
+            f"the patches"
+        )
+    ks, scores = _silhouettes(info)
+    head = f"K = {k}: {rule} gives K0 = {k0}"
+    finite = [(s, kk) for kk, s in zip(ks, scores) if math.isfinite(s)]
+    if not ks:
+        return f"{head}; no silhouette search (too few patches)"
+    searched = f"K = {ks[0]}..{ks[-1]}" if len(ks) > 1 else f"K = {ks[0]}"
+    if not finite:
+        return f"{head}; no K in {searched} gave a valid silhouette, kept K = {k}"
+    best = max(finite, key=lambda t: (t[0], -t[1]))
+    return f"{head}; best silhouette {best[0]:.3f} at K = {best[1]} (searched {searched})"
+
+
+def _check_record(record, mask):
+    if not isinstance(record, PatchGrid):
+        raise TypeError(
+            f"record: expected a segmented PatchGrid (the record returned by "
+            f"sklearn_clasp.pipeline.segment_image); got {type(record).__name__}."
+        )
+    if record.labels is None or "eigenvalues" not in record.info:
+        raise ValueError(
+            f"record {record.name!r} has no patch labels or no segmenter diagnostics; "
+            f"pass the record after the 'segment' step (segment_image returns it)."
+        )
+    mask = np.asarray(mask)
+    if mask.shape != record.image.shape[:2]:
+        raise ValueError(
+            f"mask has shape {mask.shape} but the record's image is "
+            f"{record.image.shape[:2]}; pass the refined full-resolution mask."
+        )
+    return mask
+
+
+def plot_explanation(
+    record,
+    mask,
+    *,
+    eigengap_rule="relative",
+    k_min=2,
+    k_max=15,
+    beta=0.5,
+    single_segment_threshold=0.05,
+    spectrum="affinity",
+    refine="crf",
+    figsize=(13.0, 8.0),
+    dpi=100,
+):
+    """Draw the K-selection figure of one segmented record.
+
+    Parameters
+    ----------
+    record : PatchGrid
+        The record after the ``segment`` step (with ``labels`` and the
+        diagnostics in ``info``), as :func:`~sklearn_clasp.pipeline.segment_image`
+        returns it.
+    mask : array-like of shape (H, W)
+        The refined mask of the same image.
+    eigengap_rule : {"relative", "largest", "elbow"}, default="relative"
+        The segmenter's rule (for the bars and the title).
+    k_min, k_max : int, default=2, 15
+        The segmenter's K range.
+    beta : float, default=0.5
+        The segmenter's search width (for the shaded search range).
+    single_segment_threshold : float or None, default=0.05
+        The segmenter's one-segment threshold.
+    spectrum : {"affinity", "normalized"}, default="affinity"
+        Which matrix the eigenvalues are of (the segmenter's ``spectrum``),
+        for the panel's title.
+    refine : str, default="crf"
+        The refinement method, for the last panel's title.
+    figsize : tuple of float, default=(13.0, 8.0)
+        Figure size in inches.
+    dpi : int, default=100
+        Resolution.
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        Five axes: image, spectrum, silhouette, patch labels, mask overlay
+        (in ``figure.axes`` in that order, then the spectrum's twin axis).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .visualize import label2rgb, overlay
+
+    mask = _check_record(record, mask)
+    info = record.info
+    H, W = record.image.shape[:2]
+    h, w = record.grid_shape
+    k = int(info.get("n_clusters", int(record.labels.max()) + 1))
+    k0 = info.get("eigengap_k")
+    reason = explain_reason(dict(info), eigengap_rule=eigengap_rule,
+                            single_segment_threshold=single_segment_threshold)
+
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, 6, height_ratios=(1.15, 1.0))
+    ax_img = fig.add_subplot(grid[0, 0:2])
+    ax_spec = fig.add_subplot(grid[1, 0:3])
+    ax_sil = fig.add_subplot(grid[1, 3:6])
+    ax_lab = fig.add_subplot(grid[0, 2:4])
+    ax_mask = fig.add_subplot(grid[0, 4:6])
+
+    # 1. the image
+    name = record.source if record.source is not None else "image"
+    short = str(name).replace("\\", "/").rsplit("/", 1)[-1]
+    ax_img.imshow(record.image, interpolation="nearest")
+    ax_img.set_title(f"{short} ({H} x {W} px)", fontsize=10)
+
+    # 4. patch labels on the grid (same extent as the image)
+    ax_lab.imshow(label2rgb(record.labels), interpolation="nearest", extent=(0, W, H, 0))
+    ax_lab.set_title(f"patch labels ({h} x {w} patches, K = {k})", fontsize=10)
+
+    # 5. refined mask over the image
+    n_seg = int(np.unique(mask).size)
+    ax_mask.imshow(overlay(record.image, mask.astype(np.int64)), interpolation="nearest")
+    ax_mask.set_title(f"refined mask ({refine}, {n_seg} segment{'s' * (n_seg != 1)})",
+                      fontsize=10)
+    for ax in (ax_img, ax_lab, ax_mask):
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    # 2. spectrum and eigengap scores
+    from matplotlib.patches import Patch
+
+    lam = np.asarray(info.get("eigenvalues", []), dtype=np.float64).ravel()
+    kmin_eff, kmax_eff = _effective_range(lam.size, k_min, k_max)
+    xs = np.arange(1, lam.size + 1)
+    ax_gap = ax_spec.twinx()
+    # the eigenvalue curve above the bars of the twin axis
+    ax_spec.set_zorder(ax_gap.get_zorder() + 1)
+    ax_spec.patch.set_visible(False)
+    handles = ax_spec.plot(xs, lam, "o-", color="tab:blue", markersize=4,
+                           label="eigenvalue l_i")
+    if lam.size and lam.min() > 0 and lam.max() / lam.min() > 20:
+        ax_spec.set_yscale("log")
+    ax_spec.set_xlabel("index i")
+    ax_spec.set_ylabel("eigenvalue", color="tab:blue")
+    if lam.size >= 2:
+        idx, scores, eligible, best, k0_plot = eigengap_scores(
+            lam, rule=eigengap_rule, k_min=kmin_eff, k_max=kmax_eff)
+        colors = np.where(eligible, "tab:orange", "lightgray").astype(object)
+        colors[best - 1] = "tab:red"
+        score_name = {"relative": "relative gap (l_i - l_i+1) / l_i",
+                      "largest": "gap l_i - l_i+1",
+                      "elbow": "gap's distance to the elbow chord"}[eigengap_rule]
+        # gap i sits between eigenvalues i and i + 1
+        ax_gap.bar(idx + 0.5, scores, width=0.6, color=list(colors), alpha=0.6)
+        ax_gap.set_ylabel(score_name, color="tab:orange")
+        # scale to the eligible gaps (an ineligible first gap may dwarf them)
+        top = float(np.max(scores[eligible])) if eligible.any() else 0.0
+        ax_gap.set_ylim(0, top * 1.15 if top > 0 else 1.0)
+        handles.append(Patch(color="tab:orange", alpha=0.6, label=score_name))
+        handles.append(Patch(color="tab:red", alpha=0.6, label=f"winning gap (i = {best})"))
+        if not eligible.all():
+            handles.append(Patch(color="lightgray", alpha=0.6, label="i < k_min: not eligible"))
+        if k0 is None:
+            k0 = k0_plot
+    if k0 is not None:
+        ax_spec.axvline(float(k0), color="tab:red", linestyle="--", linewidth=1.2)
+        ax_spec.annotate(f"K0 = {k0}", xy=(float(k0), 1.0),
+                         xycoords=("data", "axes fraction"), xytext=(4, -14),
+                         textcoords="offset points", color="tab:red", fontsize=10)
+    of = {"affinity": "the affinity", "normalized": "the normalised affinity"}.get(
+        spectrum, spectrum)
+    ax_spec.set_title(f"leading eigenvalues of {of} and the {_RULE_NAMES[eigengap_rule]}",
+                      fontsize=10)
+    if lam.size:
+        ax_spec.set_xticks(xs if lam.size <= 20 else xs[::2])
+    ax_spec.legend(handles=handles, loc="upper right", fontsize=8)
+
+    # 3. silhouette over the searched K
+    ks, sil = _silhouettes(info)
+    if ks:
+        sil_arr = np.asarray(sil)
+        ok = np.isfinite(sil_arr)
+        ax_sil.plot(np.asarray(ks)[ok], sil_arr[ok], "o-", color="tab:green",
+                    label="silhouette (cosine)")
+        if not ok.all():
+            ax_sil.plot(np.asarray(ks)[~ok], np.zeros((~ok).sum()), "x", color="gray",
+                        label="no valid partition")
+        if k in ks and math.isfinite(sil[ks.index(k)]):
+            ax_sil.plot([k], [sil[ks.index(k)]], "*", color="tab:red", markersize=16,
+                        label=f"chosen K = {k}")
+        ax_sil.axvspan(ks[0] - 0.4, ks[-1] + 0.4, color="tab:green", alpha=0.07)
+        ax_sil.set_xticks(ks)
+        beta_txt = f"K0 (1 \u00b1 {beta:g}) within [{kmin_eff}, {kmax_eff}]"
+        ax_sil.set_title(f"silhouette over the searched K = {ks[0]}..{ks[-1]} ({beta_txt})",
+                         fontsize=10)
+        ax_sil.legend(loc="best", fontsize=8)
+    else:
+        if info.get("single_segment"):
+            text = (f"one segment: the second eigenvalue of the normalised affinity\n"
+                    f"({_fmt(info.get('second_eigenvalue'))}) is below the threshold "
+                    f"({single_segment_threshold}),\nso no K was searched")
+        else:
+            text = "no silhouette search (too few patches)"
+        ax_sil.text(0.5, 0.5, text, ha="center", va="center", transform=ax_sil.transAxes,
+                    fontsize=10)
+        ax_sil.set_title("silhouette over K", fontsize=10)
+    ax_sil.set_xlabel("K")
+    ax_sil.set_ylabel("silhouette")
+
+    fig.suptitle(reason, fontsize=12)
+    return fig
+
+
+def explain_figure(image, pipeline=None, *, figsize=(13.0, 8.0), dpi=100):
+    """Segment one image and draw why its K was chosen.
+
+    Parameters
+    ----------
+    image : str, path-like or array-like
+        One image (a file path or an RGB array).
+    pipeline : Pipeline, default=None
+        A CLASP pipeline (:func:`~sklearn_clasp.pipeline.make_clasp_pipeline`)
+        with a ``segment`` step. ``None`` builds the default
+        ``make_clasp_pipeline("dinov2")``. An embedder that needs fitting and
+        is not fitted is fitted on a clone; the pipeline passed in is never
+        modified (pass a fitted one to avoid reloading DINOv2 each call).
+    figsize : tuple of float, default=(13.0, 8.0)
+        Figure size in inches.
+    dpi : int, default=100
+        Resolution.
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        The image, the eigenvalue spectrum with its gaps and ``K0``, the
+        silhouette curve with the chosen ``K``, the patch labels and the
+        refined mask over the image; the title says which ``K`` and why.
+        Save it with ``figure.savefig("explain.png")``.
+
+    Examples
+    --------
+    >>> from sklearn_clasp import make_clasp_pipeline
+    >>> from sklearn_clasp.datasets import make_shapes_image
+    >>> image, _ = make_shapes_image(112, 140, n_shapes=2, random_state=0)
+    >>> pipe = make_clasp_pipeline("handcrafted", short_side=None, random_state=0)
+    >>> fig = explain_figure(image, pipe)
+    >>> len(fig.axes)
+    6
+    >>> fig._suptitle.get_text().startswith("K = ")
+    True
+    """
+    from .pipeline import make_clasp_pipeline, segment_image
+
+    if pipeline is None:
+        pipeline = make_clasp_pipeline()
+    if not isinstance(pipeline, Pipeline) or "segment" not in pipeline.named_steps:
+        raise TypeError(
+            f"explain_figure: pipeline must be a CLASP Pipeline with a 'segment' step "
+            f"(see make_clasp_pipeline); got {type(pipeline).__name__}."
+        )
+    embed = pipeline.steps[0][1]
+    try:
+        check_is_fitted(embed)
+    except NotFittedError:
+        pipeline = clone(pipeline)
+        pipeline.steps[0][1].fit(None)
+    record, mask = segment_image(pipeline, image)
+    seg = pipeline.named_steps["segment"].get_params()
+    refine = pipeline.steps[-1][1].get_params().get("method", "refined")
+    return plot_explanation(
+        record, mask,
+        eigengap_rule=seg.get("eigengap_rule", "relative"),
+        k_min=seg.get("k_min", 2), k_max=seg.get("k_max", 15), beta=seg.get("beta", 0.5),
+        single_segment_threshold=seg.get("single_segment_threshold", 0.05),
+        spectrum=seg.get("spectrum", "affinity"), refine=refine, figsize=figsize, dpi=dpi,
+    )

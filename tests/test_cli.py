@@ -1,0 +1,745 @@
+"""The ``clasp`` command line (sklearn_clasp.cli), also ``python -m sklearn_clasp``.
+
+Weights-free and offline: the handcrafted embedder on tiny images, DINOv2 only
+with random weights or with its weights missing (the download is stubbed).
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.io import savemat
+from threadpoolctl import threadpool_limits
+
+from sklearn_clasp import make_clasp_pipeline
+from sklearn_clasp.cli import (
+    DINOV2_MODELS,
+    build_pipeline,
+    find_mask_files,
+    main,
+    read_label_file,
+    score_prediction,
+)
+from sklearn_clasp.data import SAMPLE_IMAGE_NAMES, sample_image_paths
+from sklearn_clasp.datasets import make_shapes_image
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--embedder", "handcrafted", "--short-side", "none"]
+
+
+@pytest.fixture(autouse=True)
+def _one_openmp_thread():
+    """k-means on a few dozen patches is much slower with OpenMP threads on a busy
+    2-core machine; one thread keeps this file fast."""
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    """Two shape images (one of a size not a multiple of 14) and a non-image file."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    a, _ = make_shapes_image(112, 140, n_shapes=3, noise=4.0, random_state=0)
+    b, _ = make_shapes_image(101, 129, n_shapes=2, noise=4.0, random_state=1)
+    Image.fromarray(a).save(folder / "a.png")
+    Image.fromarray(b).save(folder / "b.jpg", quality=95)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def _read(path):
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _json(path):
+    return json.loads(Path(path).read_text())
+
+
+# --------------------------------------------------------------------------
+# bundled samples
+# --------------------------------------------------------------------------
+def test_sample_images_are_small_rgb_jpegs():
+    paths = sample_image_paths()
+    assert [p.stem for p in paths] == list(SAMPLE_IMAGE_NAMES)
+    for path in paths:
+        assert path.suffix == ".jpg" and path.is_file()
+        assert path.stat().st_size < 60_000
+        with Image.open(path) as im:
+            assert im.format == "JPEG" and im.mode == "RGB"
+            assert max(im.size) <= 320 and min(im.size) >= 200
+    licences = (REPO / "sklearn_clasp" / "data" / "LICENSES.md").read_text()
+    for name in SAMPLE_IMAGE_NAMES:
+        assert f"{name}.jpg" in licences
+    assert "CC0" in licences and "public domain" in licences
+
+
+def test_model_names_match_the_weights_table():
+    from sklearn_clasp.embedding._weights import OFFICIAL_WEIGHTS
+
+    assert sorted(DINOV2_MODELS) == sorted(OFFICIAL_WEIGHTS)
+
+
+# --------------------------------------------------------------------------
+# segment
+# --------------------------------------------------------------------------
+def test_segment_writes_masks_overlays_json_and_a_summary(image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = main(["segment", str(image_dir), "--out", str(out), "--k-max", "12",
+                   "--beta", "0.5", "--seed", "3", "--crf-iterations", "5", *FAST])
+    assert status == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["a.json", "a_mask.png", "a_overlay.png",
+                     "b.json", "b_mask.png", "b_overlay.png"]
+    for stem, (h, w) in [("a", (112, 140)), ("b", (101, 129))]:
+        mask = _read(out / f"{stem}_mask.png")
+        assert mask.shape == (h, w)
+        assert _read(out / f"{stem}_overlay.png").shape == (h, w, 3)
+        record = _json(out / f"{stem}.json")
+        assert Path(record["source"]).parent == image_dir
+        assert record["image_size"] == [h, w]
+        assert record["grid_shape"] == [round(h / 14), round(w / 14)]
+        assert mask.max() < record["n_clusters"]
+        assert all(2 <= int(k) <= 12 for k in record["silhouette_scores"])
+        settings = record["settings"]
+        assert settings["segment__k_max"] == 12 and settings["segment__random_state"] == 3
+        assert settings["embed__short_side"] is None
+        assert settings["refine__n_iter"] == 5 and settings["refine__method"] == "crf"
+    # the mask is the pipeline's, for the same settings
+    pipe = make_clasp_pipeline("handcrafted", k_max=12, random_state=3, short_side=None)
+    pipe.set_params(refine__n_iter=5)
+    expected, = pipe.fit_predict([str(image_dir / "a.png")])
+    np.testing.assert_array_equal(_read(out / "a_mask.png"), expected)
+    stdout = capsys.readouterr().out
+    assert "2 image(s): 2 segmented, 0 skipped" in stdout and "0 failed" in stdout
+    assert "segments per image:" in stdout
+
+
+def test_a_corrupt_image_fails_alone(image_dir, tmp_path, capsys):
+    (image_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    out = tmp_path / "out"
+    status = main(["segment", str(image_dir), "--out", str(out), "--no-crf", *FAST])
+    assert status == 1
+    assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "b.json"]
+    assert not (out / "broken_mask.png").exists()
+    captured = capsys.readouterr()
+    assert "2 segmented" in captured.out and "1 failed" in captured.out
+    failure_lines = [line for line in captured.out.splitlines() if "broken" in line]
+    assert failure_lines and "not a readable image" in failure_lines[0]
+    logged = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [f["name"] for f in logged] == ["broken"]
+
+
+def test_rerun_skips_done_images_and_overwrite_redoes_them(image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["segment", str(image_dir / "a.png"), "--out", str(out), "--no-crf", *FAST]
+    assert main(argv) == 0
+    first = (out / "a.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "0 segmented, 1 skipped" in capsys.readouterr().out
+    assert (out / "a.json").stat().st_mtime_ns == first
+    # other settings: not skipped
+    assert main([*argv, "--k-max", "5"]) == 0
+    assert "1 segmented, 0 skipped" in capsys.readouterr().out
+    assert main([*argv, "--k-max", "5", "--overwrite"]) == 0
+    assert "1 segmented, 0 skipped" in capsys.readouterr().out
+
+
+def test_no_overlay_and_quiet(image_dir, tmp_path, capsys):
+    (image_dir / "broken.png").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    status = main(["segment", str(image_dir), "--out", str(out), "--no-crf", "--no-overlay",
+                   "-q", *FAST])
+    assert status == 1
+    assert not list(out.glob("*_overlay.png")) and (out / "a_mask.png").is_file()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: broken") and captured.err.count("\n") == 1
+
+
+def test_no_input_segments_the_bundled_samples(tmp_path, capsys):
+    out = tmp_path / "out"
+    status = main(["segment", "--out", str(out), "--embedder", "handcrafted",
+                   "--short-side", "56", "--no-crf"])
+    assert status == 0
+    for path in sample_image_paths():
+        mask = _read(out / f"{path.stem}_mask.png")
+        with Image.open(path) as im:
+            assert mask.shape == (im.height, im.width)
+    assert "3 image(s): 3 segmented" in capsys.readouterr().out
+
+
+def test_run_options_reach_segment_collection(image_dir, tmp_path, monkeypatch):
+    from sklearn_clasp import batch
+
+    seen = {}
+
+    def fake(inputs, out_dir, **kwargs):
+        seen.update(kwargs, inputs=inputs, out_dir=out_dir)
+        return batch.CollectionReport([], out_dir=out_dir)
+
+    monkeypatch.setattr(batch, "segment_collection", fake)
+    status = main(["segment", str(image_dir), "--out", str(tmp_path / "o"), "--n-jobs", "2",
+                   "--scheduler", "tcp://10.0.0.1:8786", "--overwrite", "--no-overlay",
+                   "--max-attempts", "5", "--progress", *FAST])
+    assert status == 0
+    assert seen["n_jobs"] == 2 and seen["scheduler"] == "tcp://10.0.0.1:8786"
+    assert seen["overwrite"] is True and seen["write_overlay"] is False
+    assert seen["max_attempts"] == 5 and seen["progress"] is True
+    assert [im.name for im in seen["inputs"]] == ["a", "b"]
+    assert seen["pipeline"].get_params()["embed__short_side"] is None
+    seen.clear()
+    assert main(["segment", str(image_dir), "--out", str(tmp_path / "o"), *FAST]) == 0
+    assert seen["n_jobs"] == 1 and seen["scheduler"] is None and seen["overwrite"] is False
+    assert seen["write_overlay"] is True and seen["max_attempts"] == 3
+    assert seen["progress"] is False  # stderr is not a terminal under pytest
+
+
+def test_every_option_sets_its_parameter():
+    import argparse
+
+    from sklearn_clasp.cli import build_parser
+
+    args = build_parser().parse_args([
+        "segment", "--out", "o", "--embedder", "dinov2", "--model", "dinov2_vitb14",
+        "--weights", "w.pth", "--weights-sha256", "a" * 64, "--no-download", "--device",
+        "auto", "--dtype", "bfloat16", "--facet", "keys", "--layer", "-2", "--batch-size",
+        "4", "--short-side", "224", "--n-neighbors", "10", "--keep-negative", "--k-min", "3",
+        "--k-max", "9", "--beta", "0.25", "--spectrum", "normalized", "--eigengap-rule",
+        "largest", "--single-segment-threshold", "none", "--n-init", "5", "--seed", "7",
+        "--refine", "bilinear", "--crf-iterations", "3", "--crf-gt-prob", "0.7",
+        "--crf-gaussian-sxy", "2", "--crf-gaussian-compat", "1", "--crf-bilateral-sxy", "50",
+        "--crf-bilateral-srgb", "9", "--crf-bilateral-compat", "6",
+    ])
+    assert isinstance(args, argparse.Namespace)
+    params = build_pipeline(vars(args)).get_params()
+    expected = {
+        "embed__model": "dinov2_vitb14", "embed__weights": "w.pth",
+        "embed__weights_sha256": "a" * 64, "embed__download": False,
+        "embed__device": "auto", "embed__dtype": "bfloat16", "embed__facet": "keys",
+        "embed__layer": -2, "embed__batch_size": 4, "embed__short_side": 224,
+        "embed__random_state": 7, "affinity__n_neighbors": 10,
+        "affinity__clip_negative": False, "segment__k_min": 3, "segment__k_max": 9,
+        "segment__beta": 0.25, "segment__spectrum": "normalized",
+        "segment__eigengap_rule": "largest", "segment__single_segment_threshold": None,
+        "segment__n_init": 5, "segment__random_state": 7, "refine__method": "bilinear",
+        "refine__n_iter": 3, "refine__gt_prob": 0.7, "refine__gaussian_sxy": 2.0,
+        "refine__gaussian_compat": 1.0, "refine__bilateral_sxy": 50.0,
+        "refine__bilateral_srgb": 9.0, "refine__bilateral_compat": 6.0,
+    }
+    assert {k: params[k] for k in expected} == expected
+
+
+def test_paper_and_handcrafted_options():
+    from sklearn_clasp.cli import build_parser
+
+    parse = build_parser().parse_args
+    params = build_pipeline(vars(parse(["segment", "--paper", *FAST]))).get_params()
+    assert params["segment__eigengap_rule"] == "elbow"
+    assert params["segment__single_segment_threshold"] is None
+    # explicit options override the paper's settings
+    args = parse(["segment", "--paper", "--eigengap-rule", "relative", "--color-weight", "2",
+                  "--texture-weight", "0", "--position-weight", "0.3", "--color-sigma", "9",
+                  *FAST])
+    params = build_pipeline(vars(args)).get_params()
+    assert params["segment__eigengap_rule"] == "relative"
+    assert params["segment__spectrum"] == "affinity"
+    assert (params["embed__color_weight"], params["embed__texture_weight"],
+            params["embed__position_weight"], params["embed__color_sigma"]) == (2, 0, 0.3, 9)
+    assert build_pipeline(vars(parse(["segment", "--no-crf", *FAST]))).get_params()[
+        "refine__method"] == "nearest"
+
+
+# --------------------------------------------------------------------------
+# config files
+# --------------------------------------------------------------------------
+def test_config_file_values_apply_and_command_line_overrides(image_dir, tmp_path):
+    config = tmp_path / "clasp.toml"
+    config.write_text(
+        "[segment]\n"
+        'embedder = "handcrafted"\n'
+        'short_side = "none"\n'
+        "k_max = 6\n"
+        "beta = 0.25\n"
+        "no_crf = true\n"
+        "seed = 11\n"
+        'out = "results"\n'
+        'inputs = ["images/a.png"]\n'
+    )
+    assert main(["segment", "--config", str(config)]) == 0
+    record = _json(tmp_path / "results" / "a.json")  # paths relative to the file
+    settings = record["settings"]
+    assert settings["segment__k_max"] == 6 and settings["segment__beta"] == 0.25
+    assert settings["refine__method"] == "nearest" and settings["segment__random_state"] == 11
+    assert settings["embed__short_side"] is None
+    out2 = tmp_path / "cli"
+    assert main(["segment", str(image_dir / "b.jpg"), "--config", str(config), "--out",
+                 str(out2), "--k-max", "4"]) == 0
+    assert sorted(p.name for p in out2.glob("*.json")) == ["b.json"]
+    settings = _json(out2 / "b.json")["settings"]
+    assert settings["segment__k_max"] == 4 and settings["segment__beta"] == 0.25
+
+
+def test_config_file_top_level_keys(tmp_path):
+    from sklearn_clasp.cli import build_parser, load_config
+
+    config = tmp_path / "c.toml"
+    config.write_text('k_min = 3\ncrf_iterations = 2\nrefine = "crf"\nweights = "random"\n')
+    seg = build_parser()._subparsers._group_actions[0].choices["segment"]
+    assert load_config(config, seg) == {"k_min": 3, "crf_iterations": 2, "refine": "crf",
+                                        "weights": "random"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("k_maxx = 3\n", "unknown key 'k_maxx'; valid keys: batch_size, beta,"),
+        ("[segment]\nbogus = 1\n", "unknown key 'bogus'"),
+        ("k_max = 0\n", "k_max: expected a positive integer"),
+        ('embedder = "sift"\n', "embedder = 'sift' is not one of dinov2, handcrafted"),
+        ('no_crf = "yes"\n', "no_crf must be true or false"),
+        ("k_max = [1, 2]\n", "k_max must be a single value"),
+        ("k_max = \n", "is not valid TOML"),
+        ("k_max = 3\n[segment]\nk_max = 4\n", "set both at the top level and under"),
+    ],
+)
+def test_bad_config_files_exit_2(text, message, tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    assert main(["segment", "--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(config) in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_config_file_exits_2(tmp_path, capsys):
+    assert main(["segment", "--config", str(tmp_path / "none.toml"), "--out", "o"]) == 2
+    assert "cannot read the config file" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# usage errors and exit codes
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["segment", "--k-min", "5", "--k-max", "3"], "--k-min 5 is larger than --k-max 3"),
+        (["segment", "--embedder", "handcrafted", "--weights", "w.pth"],
+         "--weights only applies to --embedder dinov2"),
+        (["segment", "--color-weight", "2"], "--color-weight only applies to --embedder "
+                                             "handcrafted"),
+        (["segment", "--embedder", "sift"], "invalid choice"),
+        (["segment", "--beta", "-1"], "non-negative"),
+        (["segment", "--short-side", "big"], "positive integer or 'none'"),
+        (["segment", "--crf-gt-prob", "1"], "strictly between 0 and 1"),
+        (["segment", "--single-segment-threshold", "2"], "in [0, 1] or 'none'"),
+        (["segment", "--n-jobs", "0"], "non-zero integer"),
+        (["segment", "--no-crf", "--refine", "crf"], "--no-crf conflicts with --refine crf"),
+        (["segment", "--model", "vit_huge"], "invalid choice"),
+        (["segment", "--quiet", "--verbose"], "not allowed with argument"),
+        (["frobnicate"], "invalid choice"),
+        ([], "usage: clasp"),
+    ],
+)
+def test_usage_errors_exit_2(argv, message, tmp_path, capsys):
+    if argv and argv[0] == "segment":
+        argv = argv + ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_out_and_no_images_are_usage_errors(tmp_path, capsys):
+    assert main(["segment", "--embedder", "handcrafted"]) == 2
+    assert "--out DIR" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["segment", str(empty), "--out", str(tmp_path / "out"), *FAST]) == 2
+    assert "no images found" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "out"),
+                 *FAST]) == 2
+    assert "nope.jpg" in capsys.readouterr().err
+
+
+def test_help_and_version_exit_0(capsys):
+    from sklearn_clasp import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"clasp {__version__}"
+    for command in ("segment", "evaluate", "weights", "explain"):
+        assert main([command, "--help"]) == 0
+        assert f"usage: clasp {command}" in capsys.readouterr().out
+
+
+@pytest.fixture
+def no_weights_anywhere(tmp_path, monkeypatch):
+    """No DINOv2 file on disk, and a download that fails as offline."""
+    from sklearn_clasp.embedding import _weights
+
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    monkeypatch.setenv(_weights.WEIGHTS_ENV_VAR, str(empty))
+    monkeypatch.setattr(_weights, "hub_checkpoint_dir", lambda: tmp_path / "hub")
+
+    def offline(url, timeout=60.0):
+        raise urllib.error.URLError("network unreachable (test)")
+
+    monkeypatch.setattr(_weights, "_open_url", offline)
+    return empty
+
+
+def test_dinov2_without_weights_exits_3_with_the_ways_to_get_them(
+        no_weights_anywhere, image_dir, tmp_path, capsys):
+    status = main(["segment", str(image_dir), "--out", str(tmp_path / "out")])
+    assert status == 3
+    err = capsys.readouterr().err
+    assert "could not load the dinov2 embedder" in err
+    assert "dinov2_vits14_reg4_pretrain.pth" in err
+    assert "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/" in err
+    assert "SKLEARN_CLASP_WEIGHTS" in err and "torch hub cache" in err
+    assert "--weights PATH" in err
+    assert not list((tmp_path / "out").glob("*.json"))
+    # the same with --no-download (nothing attempted)
+    assert main(["segment", str(image_dir), "--out", str(tmp_path / "out"),
+                 "--no-download"]) == 3
+    assert "download=False" in capsys.readouterr().err
+
+
+def test_missing_weights_file_exits_3(image_dir, tmp_path, capsys):
+    missing = tmp_path / "missing.pth"
+    status = main(["segment", str(image_dir), "--out", str(tmp_path / "out"),
+                   "--weights", str(missing)])
+    assert status == 3
+    assert f"weights={str(missing)!r}: no such file" in capsys.readouterr().err
+
+
+def test_dinov2_random_weights_end_to_end(image_dir, tmp_path):
+    out = tmp_path / "out"
+    status = main(["segment", str(image_dir / "b.jpg"), "--out", str(out), "--weights",
+                   "random", "--short-side", "56", "--model", "dinov2_vits14", "--no-crf",
+                   "-q"])
+    assert status == 0
+    record = _json(out / "b.json")
+    assert record["settings"]["embed__model"] == "dinov2_vits14"
+    assert record["settings"]["embed__weights"] == "random"
+    assert record["grid_shape"] == [4, 5]
+    assert _read(out / "b_mask.png").shape == (101, 129)
+
+
+# --------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------
+def _save(path, array):
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+
+
+# truth: left half class 0, right half class 1 (4 x 4)
+TRUTH = np.repeat([[0, 0, 1, 1]], 4, axis=0)
+# prediction: three columns of segment 0, one of segment 1.
+# Hungarian: 0->0 (8 px), 1->1 (4 px). IoU 8/12 and 4/8: mIoU 7/12; accuracy 12/16.
+SHIFTED = np.repeat([[0, 0, 0, 1]], 4, axis=0)
+
+
+@pytest.fixture
+def evaluation(tmp_path):
+    labels, masks = tmp_path / "labels", tmp_path / "masks"
+    labels.mkdir()
+    masks.mkdir()
+    _save(labels / "a.png", TRUTH)
+    _save(masks / "a_mask.png", SHIFTED)
+    _save(masks / "a_overlay.png", np.zeros((4, 4)))  # never read as a mask
+    _save(labels / "b.png", TRUTH + 3)  # any label values
+    _save(masks / "b.png", 1 - TRUTH)  # a perfect split, other ids
+    return labels, masks
+
+
+def test_evaluate_png_labels(evaluation, tmp_path, capsys):
+    labels, masks = evaluation
+    csv_path = tmp_path / "scores.csv"
+    status = main(["evaluate", "--labels", str(labels), "--masks", str(masks),
+                   "--csv", str(csv_path)])
+    assert status == 0
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["name"] for r in rows] == ["a", "b"]
+    assert rows[0]["miou"] == f"{7 / 12:.6f}" and rows[0]["pixel_accuracy"] == "0.750000"
+    assert rows[1]["miou"] == "1.000000" and rows[1]["pixel_accuracy"] == "1.000000"
+    assert [(r["n_clusters"], r["n_classes"], r["n_annotators"]) for r in rows] == [
+        ("2", "2", "1"), ("2", "2", "1")]
+    out = capsys.readouterr().out
+    assert "images scored:    2 of 2 label file(s)" in out
+    assert f"mIoU:             {(7 / 12 + 1) / 2:.3f}" in out  # 0.792
+    assert "pixel accuracy:   0.875" in out
+
+
+def test_evaluate_ignore_index_and_missing_predictions(evaluation, capsys):
+    labels, masks = evaluation
+    truth = TRUTH.copy()
+    truth[:, 2] = 255  # the disputed column is void
+    _save(labels / "a.png", truth)
+    _save(labels / "c.png", TRUTH)  # no prediction for c
+    status = main(["evaluate", "--labels", str(labels), "--masks", str(masks),
+                   "--ignore-index", "255"])
+    assert status == 1
+    out = capsys.readouterr().out
+    assert "images scored:    2 of 3 label file(s)" in out
+    assert "mIoU:             1.000" in out  # a is now perfect on the scored pixels
+    assert "no prediction:    1 (c)" in out
+
+
+def test_evaluate_dataset_protocol(evaluation, capsys):
+    labels, masks = evaluation
+    _save(labels / "b.png", TRUTH)
+    _save(masks / "b.png", TRUTH)
+    # summed confusion: segment 0 -> [16, 4], segment 1 -> [0, 12]:
+    # IoU 16/20 and 12/16 -> mIoU 0.775; accuracy 28/32
+    assert main(["evaluate", "--labels", str(labels), "--masks", str(masks),
+                 "--protocol", "dataset"]) == 0
+    out = capsys.readouterr().out
+    assert "protocol:         dataset" in out
+    assert "mIoU:             0.775" in out and "pixel accuracy:   0.875" in out
+
+
+def test_evaluate_bsds_mat_files(tmp_path, capsys):
+    labels, masks = tmp_path / "gt", tmp_path / "masks"
+    (labels / "test").mkdir(parents=True)
+    masks.mkdir()
+    ground_truth = np.empty((1, 2), dtype=object)
+    ground_truth[0, 0] = {"Segmentation": (TRUTH + 1).astype(np.uint16),
+                          "Boundaries": np.zeros((4, 4), np.uint8)}
+    ground_truth[0, 1] = {"Segmentation": (SHIFTED + 1).astype(np.uint16),
+                          "Boundaries": np.zeros((4, 4), np.uint8)}
+    savemat(labels / "test" / "12003.mat", {"groundTruth": ground_truth})
+    maps = read_label_file(labels / "test" / "12003.mat")
+    assert len(maps) == 2
+    np.testing.assert_array_equal(maps[0], TRUTH + 1)
+    _save(masks / "12003_mask.png", TRUTH)
+    csv_path = tmp_path / "s.csv"
+    assert main(["evaluate", "--labels", str(labels), "--masks", str(masks),
+                 "--csv", str(csv_path)]) == 0
+    row, = csv.DictReader(open(csv_path, newline=""))
+    # annotator 1: perfect; annotator 2: the SHIFTED split (mIoU 7/12, accuracy 0.75)
+    assert row["miou"] == f"{(1 + 7 / 12) / 2:.6f}" and row["miou_best"] == "1.000000"
+    assert row["pixel_accuracy"] == "0.875000" and row["pixel_accuracy_best"] == "1.000000"
+    assert row["n_annotators"] == "2"
+    out = capsys.readouterr().out
+    assert "best annotator:   mIoU 1.000, pixel accuracy 1.000" in out
+
+
+def test_evaluate_segments_images_first(tmp_path, capsys):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for i in range(2):
+        image, truth = make_shapes_image(112, 140, n_shapes=2, noise=3.0, random_state=i)
+        Image.fromarray(image).save(images / f"im{i}.png")
+        _save(labels / f"im{i}.png", truth)
+    out = tmp_path / "seg"
+    csv_path = tmp_path / "s.csv"
+    status = main(["evaluate", "--images", str(images), "--labels", str(labels), "--out",
+                   str(out), "--csv", str(csv_path), *FAST])
+    assert status == 0
+    assert (out / "im0_mask.png").is_file() and (out / "im1.json").is_file()
+    rows = list(csv.DictReader(open(csv_path, newline="")))
+    assert [r["name"] for r in rows] == ["im0", "im1"]
+    assert all(float(r["miou"]) > 0.8 for r in rows)
+    stdout = capsys.readouterr().out
+    assert "2 image(s): 2 segmented" in stdout and "images scored:    2 of 2" in stdout
+
+
+def test_evaluate_usage_errors(evaluation, tmp_path, capsys):
+    labels, masks = evaluation
+    assert main(["evaluate", "--labels", str(labels)]) == 2
+    assert "one of the arguments --masks --images is required" in capsys.readouterr().err
+    assert main(["evaluate", "--labels", str(tmp_path / "nope"), "--masks", str(masks)]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    _save(other / "zzz_mask.png", TRUTH)
+    assert main(["evaluate", "--labels", str(labels), "--masks", str(other)]) == 2
+    assert "no prediction matches a label file" in capsys.readouterr().err
+
+
+def test_evaluate_size_mismatch_is_a_failure(evaluation, capsys):
+    labels, masks = evaluation
+    _save(masks / "b.png", np.zeros((5, 4)))
+    assert main(["evaluate", "--labels", str(labels), "--masks", str(masks)]) == 1
+    out = capsys.readouterr().out
+    assert "images scored:    1 of 2" in out
+    assert "b: the mask is 5 x 4 but the ground truth is 4 x 4" in out
+
+
+def test_label_and_mask_readers(tmp_path):
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[:, 1:] = (200, 10, 10)
+    rgb[1, 2] = (0, 0, 255)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(read_label_file(tmp_path / "rgb.png")[0],
+                                  [[0, 2, 2], [0, 2, 1]])
+    palette = Image.fromarray(np.array([[0, 1], [2, 255]], np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [255] * 759)
+    palette.save(tmp_path / "p.png")
+    np.testing.assert_array_equal(read_label_file(tmp_path / "p.png")[0], [[0, 1], [2, 255]])
+    savemat(tmp_path / "bad.mat", {"x": np.zeros(3)})
+    with pytest.raises(ValueError, match="no 'groundTruth' variable"):
+        read_label_file(tmp_path / "bad.mat")
+    for name in ("x_mask.png", "x.png", "y.png", "y_overlay.png"):
+        _save(tmp_path / name, TRUTH)
+    masks = find_mask_files(tmp_path)
+    assert masks["x"].name == "x_mask.png" and masks["y"].name == "y.png"
+    assert "y_overlay" not in masks and "rgb" in masks
+
+
+def test_score_prediction_mean_and_best():
+    s = score_prediction(SHIFTED, [TRUTH, SHIFTED * 4])
+    assert s["miou"] == pytest.approx((7 / 12 + 1) / 2) and s["miou_best"] == 1.0
+    assert s["pixel_accuracy"] == pytest.approx(0.875) and s["n_annotators"] == 2
+    with pytest.raises(ValueError, match="ground truth #2 is 3 x 4"):
+        score_prediction(SHIFTED, [TRUTH, TRUTH[:3]])
+
+
+# --------------------------------------------------------------------------
+# weights
+# --------------------------------------------------------------------------
+@pytest.fixture
+def weights_dirs(tmp_path, monkeypatch):
+    from sklearn_clasp.embedding import _weights
+
+    env, hub = tmp_path / "weights", tmp_path / "hub"
+    env.mkdir()
+    hub.mkdir()
+    monkeypatch.setenv(_weights.WEIGHTS_ENV_VAR, str(env))
+    monkeypatch.setattr(_weights, "hub_checkpoint_dir", lambda: hub)
+
+    def no_network(url, timeout=60.0):
+        raise AssertionError("the network must not be touched")
+
+    monkeypatch.setattr(_weights, "_open_url", no_network)
+    return env, hub
+
+
+def test_weights_lists_where_and_what(weights_dirs, capsys):
+    env, hub = weights_dirs
+    (hub / "dinov2_vits14_pretrain.pth").write_bytes(b"not the real file")
+    assert main(["weights"]) == 0
+    out = capsys.readouterr().out
+    assert f"$SKLEARN_CLASP_WEIGHTS = {env} (exists)" in out
+    assert f"the torch hub cache: {hub}" in out
+    for model in DINOV2_MODELS:
+        assert f"\n{model}" in out
+    assert "dinov2_vits14_reg4_pretrain.pth (88.3 MB)" in out
+    assert ("https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/"
+            "dinov2_vits14_reg4_pretrain.pth") in out
+    assert "f433177089a681826f849f194ece3bb48f4d63fb38d32fc837e3dc7a4e5641fb" in out
+    assert f"present:  {hub / 'dinov2_vits14_pretrain.pth'}" in out
+    assert out.count("present:  no") == len(DINOV2_MODELS) - 1
+    assert "verified" not in out
+
+
+def test_weights_verify_reports_a_mismatch(weights_dirs, capsys):
+    env, _ = weights_dirs
+    (env / "dinov2_vits14_reg4_pretrain.pth").write_bytes(b"corrupt")
+    assert main(["weights", "--model", "dinov2_vits14_reg", "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"present:  {env / 'dinov2_vits14_reg4_pretrain.pth'}" in out
+    assert "verified: MISMATCH" in out
+    assert "dinov2_vitb14" not in out
+
+
+def test_weights_verify_ok_with_a_known_digest(weights_dirs, monkeypatch, capsys):
+    import hashlib
+
+    from sklearn_clasp.embedding import _weights
+
+    env, _ = weights_dirs
+    data = b"a tiny stand-in checkpoint"
+    (env / "dinov2_vits14_pretrain.pth").write_bytes(data)
+    info = _weights.OFFICIAL_WEIGHTS["dinov2_vits14"]
+    fake = type(info)(info.model, info.filename, info.url,
+                      hashlib.sha256(data).hexdigest(), len(data))
+    monkeypatch.setitem(_weights.OFFICIAL_WEIGHTS, "dinov2_vits14", fake)
+    assert main(["weights", "--model", "dinov2_vits14", "--verify"]) == 0
+    assert "verified: ok" in capsys.readouterr().out
+
+
+def test_weights_download_uses_the_download_function(weights_dirs, monkeypatch, capsys):
+    from sklearn_clasp.embedding import _weights
+
+    env, _ = weights_dirs
+    calls = []
+
+    def fake_download(url, dest, *, sha256=None, allow_unverified=False, timeout=60.0):
+        calls.append((url, Path(dest), sha256))
+        Path(dest).write_bytes(b"weights")
+        return sha256
+
+    monkeypatch.setattr(_weights, "download_weights", fake_download)
+    assert main(["weights", "--download", "--model", "dinov2_vitb14"]) == 0
+    info = _weights.OFFICIAL_WEIGHTS["dinov2_vitb14"]
+    assert calls == [(info.url, env / info.filename, info.sha256)]
+    assert f"dinov2_vitb14: {env / info.filename} (SHA-256 {info.sha256}, verified)" in (
+        capsys.readouterr().out)
+
+    def failing(url, dest, **kwargs):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(_weights, "download_weights", failing)
+    assert main(["weights", "--download"]) == 3  # the default model is not on disk
+    err = capsys.readouterr().err
+    assert "could not get the dinov2_vits14_reg weights" in err and "offline" in err
+
+
+# --------------------------------------------------------------------------
+# explain
+# --------------------------------------------------------------------------
+def test_explain_writes_a_png(image_dir, tmp_path, capsys):
+    fig = tmp_path / "figs" / "a.png"
+    assert main(["explain", str(image_dir / "a.png"), "--out", str(fig), "--dpi", "50",
+                 "--k-max", "6", *FAST]) == 0
+    with Image.open(fig) as im:
+        assert im.format == "PNG" and im.size == (650, 400)  # 13 x 8 inches at 50 dpi
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("K = ") and "K0 = " in lines[0]
+    assert lines[1] == f"figure: {fig}"
+
+
+def test_explain_default_name_and_errors(image_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", str(image_dir / "b.jpg"), "--dpi", "30", "-q", *FAST]) == 0
+    assert (tmp_path / "b_explain.png").is_file() and capsys.readouterr().out == ""
+    assert main(["explain", str(tmp_path / "nope.png"), *FAST]) == 2
+    assert "nope.png: no such image file" in capsys.readouterr().err
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    assert main(["explain", str(tmp_path / "bad.png"), *FAST]) == 1
+    assert "not a readable image" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# python -m sklearn_clasp
+# --------------------------------------------------------------------------
+def test_python_dash_m_is_the_same_command(image_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "sklearn_clasp", *argv], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    done = run("--help")
+    assert done.returncode == 0 and "usage: clasp" in done.stdout
+    for command in ("segment", "evaluate", "weights", "explain"):
+        assert command in done.stdout
+    done = run("segment", str(image_dir / "a.png"), "--out", "out", "--no-crf", *FAST)
+    assert done.returncode == 0, done.stderr
+    assert "1 image(s): 1 segmented" in done.stdout
+    assert (tmp_path / "out" / "a_mask.png").is_file()
+    done = run("segment", "--k-min", "4", "--k-max", "2", "--out", "o", *FAST)
+    assert done.returncode == 2 and "--k-min 4 is larger than --k-max 2" in done.stderr
