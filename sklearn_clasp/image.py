@@ -15,6 +15,7 @@ __all__ = [
     "load_image",
     "as_rgb_uint8",
     "check_image_list",
+    "check_label_map",
     "patch_grid_shape",
     "resize_image",
 ]
@@ -86,6 +87,50 @@ def as_rgb_uint8(image, *, name="image") -> np.ndarray:
             )
         return arr.astype(np.uint8)
     raise TypeError(f"{name}: unsupported image dtype {arr.dtype}.")
+
+
+def check_label_map(labels, *, name="labels", allow_float=False) -> np.ndarray:
+    """Return ``labels`` as a 2-D int64 label map, or raise a clear error.
+
+    Parameters
+    ----------
+    labels : array-like of shape (H, W)
+        Integer (or boolean) labels.
+    name : str, default="labels"
+        How to call the labels in error messages.
+    allow_float : bool, default=False
+        Also accept floating-point arrays holding whole numbers.
+
+    Returns
+    -------
+    labels : ndarray of shape (H, W), dtype int64
+
+    Examples
+    --------
+    >>> check_label_map([[0, 1], [1, 2]]).dtype
+    dtype('int64')
+    """
+    arr = np.asarray(labels)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name}: expected a 2-D label map of shape (H, W); got shape "
+            f"{arr.shape}. Pass one label map per image."
+        )
+    if arr.size == 0:
+        raise ValueError(f"{name}: the label map is empty (shape {arr.shape}).")
+    if arr.dtype == bool or np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.int64, copy=False)
+    if allow_float and np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(
+                f"{name}: labels must be integers; got non-integer floating-point "
+                f"values. Pass integer labels (e.g. labels.astype(int))."
+            )
+        return arr.astype(np.int64)
+    raise TypeError(
+        f"{name}: labels must be integers; got dtype {arr.dtype}. Pass integer "
+        f"labels (e.g. labels.astype(int))."
+    )
 
 
 def load_image(image, *, name=None) -> np.ndarray:

@@ -25,7 +25,7 @@ from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
-from .image import as_rgb_uint8
+from .image import as_rgb_uint8, check_label_map
 from .records import PatchGrid, check_records
 
 __all__ = ["upsample_labels", "dense_crf", "refine_labels", "CRFRefiner"]
@@ -53,28 +53,8 @@ _CRF_PARAM_NAMES = frozenset(_CRF_CONSTRAINTS) | {"n_labels"}
 
 
 def _check_label_map(labels, *, name="labels"):
-    """Return ``labels`` as a 2-D int64 array, or raise a clear error."""
-    arr = np.asarray(labels)
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{name}: expected a 2-D label map of shape (rows, cols); got shape "
-            f"{arr.shape}. Pass one label map per image."
-        )
-    if arr.size == 0:
-        raise ValueError(f"{name}: the label map is empty (shape {arr.shape}).")
-    if arr.dtype == bool or np.issubdtype(arr.dtype, np.integer):
-        return arr.astype(np.int64, copy=False)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise ValueError(
-                f"{name}: labels must be integers; got non-integer floating-point "
-                f"values. Pass integer cluster labels (e.g. labels.astype(int))."
-            )
-        return arr.astype(np.int64)
-    raise TypeError(
-        f"{name}: labels must be integers; got dtype {arr.dtype}. Pass integer "
-        f"cluster labels."
-    )
+    """Labels as 2-D int64 (whole-number floats accepted), or a clear error."""
+    return check_label_map(labels, name=name, allow_float=True)
 
 
 def _check_shape(shape):

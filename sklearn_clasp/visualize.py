@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils._param_validation import Interval, validate_params
 
-from .image import as_rgb_uint8
+from .image import as_rgb_uint8, check_label_map
 
 __all__ = [
     "label_colors",
@@ -70,20 +70,7 @@ _R3_STEPS = np.array([0.8191725134, 0.6710436067, 0.5497004779])
 
 def _check_labels(labels, *, name="labels"):
     """Return ``labels`` as a 2-D int64 array, or raise a clear error."""
-    arr = np.asarray(labels)
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{name}: expected a 2-D label map of shape (H, W); got shape "
-            f"{arr.shape}. Pass one label map per call."
-        )
-    if arr.size == 0:
-        raise ValueError(f"{name}: the label map is empty (shape {arr.shape}).")
-    if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(
-            f"{name}: labels must be integers; got dtype {arr.dtype}. Pass integer "
-            f"labels (e.g. labels.astype(int))."
-        )
-    return arr.astype(np.int64, copy=False)
+    return check_label_map(labels, name=name)
 
 
 def _check_image_for(image, labels, *, name="image", labels_name="labels"):
