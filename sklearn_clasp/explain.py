@@ -13,7 +13,7 @@
 
 titled with the chosen ``K`` and the reason (:func:`explain_reason`).
 
-The functional core works on plain data: :func:`eigengap_scores` (the
+The functional core works on plain data: :func:`~sklearn_clasp.spectral.eigengap_scores` (the
 quantity each eigengap rule maximises) and :func:`explain_reason` (the title)
 take the segmenter's diagnostics (``record.info``), :func:`plot_explanation`
 takes a segmented record and its mask. matplotlib is imported only when a
@@ -34,6 +34,7 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 from sklearn.utils.validation import check_is_fitted
 
 from .records import PatchGrid
+from .spectral import eigengap_scores
 
 __all__ = ["eigengap_scores", "explain_reason", "plot_explanation", "explain_figure"]
 
@@ -63,82 +64,6 @@ def _effective_range(n_eigenvalues, k_min, k_max):
     },
     prefer_skip_nested_validation=True,
 )
-def eigengap_scores(eigenvalues, *, rule="relative", k_min=1, k_max=None):
-    """The score each eigengap rule maximises, gap by gap.
-
-    With eigenvalues ``l_1 >= l_2 >= ...`` and gaps ``d_i = l_i - l_(i+1)``,
-    the score of gap ``i`` is ``d_i / l_i`` (``"relative"``; 0 below a
-    non-positive eigenvalue), ``d_i`` (``"largest"``), or the distance of
-    ``(i, d_i)`` to the chord joining the first and the last gap
-    (``"elbow"``). The gap with the highest score among the eligible ones
-    (ties: the first) is the one :func:`sklearn_clasp.spectral.eigengap_k`
-    picks: ``K0 = i`` for ``"relative"`` and ``"largest"``, ``K0 = i + 1``
-    for ``"elbow"``.
-
-    Parameters
-    ----------
-    eigenvalues : array-like of shape (m + 1,)
-        Leading eigenvalues, descending (``record.info["eigenvalues"]``).
-    rule : {"relative", "largest", "elbow"}, default="relative"
-        The eigengap rule.
-    k_min : int, default=1
-        Gaps below ``k_min`` are not eligible (``"relative"``, ``"largest"``).
-    k_max : int, default=None
-        Only gaps ``1 .. k_max`` are considered.
-
-    Returns
-    -------
-    gap_index : ndarray of shape (m,), dtype int64
-        ``1 .. m``.
-    scores : ndarray of shape (m,)
-        The rule's score of each gap.
-    eligible : ndarray of shape (m,), dtype bool
-        Gaps the rule may pick.
-    best : int
-        Index (1-based) of the winning gap, 0 when there is no gap.
-    k0 : int
-        The resulting first estimate of K.
-
-    Examples
-    --------
-    >>> idx, scores, eligible, best, k0 = eigengap_scores(
-    ...     [1.0, 0.9, 0.3, 0.25], rule="largest", k_min=1)
-    >>> idx.tolist(), scores.round(2).tolist(), best, k0
-    ([1, 2, 3], [0.1, 0.6, 0.05], 2, 2)
-    >>> eigengap_scores([1.0, 0.9, 0.3, 0.25], rule="relative")[1].round(3).tolist()
-    [0.1, 0.667, 0.167]
-    """
-    lam = np.asarray(eigenvalues, dtype=np.float64).ravel()
-    gaps = lam[:-1] - lam[1:]
-    if k_max is not None:
-        gaps = gaps[: max(1, int(k_max))]
-    m = gaps.size
-    index = np.arange(1, m + 1, dtype=np.int64)
-    if m == 0:
-        return index, gaps, np.zeros(0, bool), 0, 1
-    if rule in ("largest", "relative"):
-        lo = int(min(max(k_min, 1), m))
-        if rule == "relative":
-            top = lam[:m]
-            scores = np.where(top > 0, gaps / np.where(top > 0, top, 1.0), 0.0)
-        else:
-            scores = gaps.copy()
-        eligible = index >= lo
-        best = int(np.argmax(np.round(scores[lo - 1:], 12))) + lo
-        return index, scores, eligible, best, best
-    # elbow
-    eligible = np.ones(m, bool)
-    if m < 3:
-        best = int(np.argmax(gaps)) + 1
-        return index, gaps.copy(), eligible, best, best + 1
-    x = index.astype(np.float64)
-    x0, y0, x1, y1 = x[0], gaps[0], x[-1], gaps[-1]
-    dist = np.abs((y1 - y0) * x - (x1 - x0) * gaps + x1 * y0 - y1 * x0)
-    dist /= math.hypot(y1 - y0, x1 - x0)
-    best = int(np.argmax(np.round(dist, 12))) + 1
-    return index, dist, eligible, best, best + 1
-
-
 def _fmt(value, digits=3):
     if value is None:
         return "n/a"
