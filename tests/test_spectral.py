@@ -234,3 +234,12 @@ def test_transform_places_new_samples_in_the_fitted_embedding(spectrum):
     np.testing.assert_allclose(
         segp.transform(cosine_affinity(X[400:], X[:400])), emb_test, atol=1e-6
     )
+
+
+def test_arpack_on_large_dense_affinity_matches_lapack():
+    X, _ = make_planted_partition(5, n_samples=700, n_features=32, random_state=2)
+    A = cosine_affinity(X.astype(np.float32))
+    vals, vecs = leading_eigenpairs(A, 8, random_state=0)  # ARPACK above 512 rows
+    dvals, dvecs = leading_eigenpairs(A, 8, solver="dense")
+    np.testing.assert_allclose(vals, dvals, rtol=1e-5)
+    np.testing.assert_allclose(np.abs(vecs[:, :5].T @ dvecs[:, :5]), np.eye(5), atol=1e-3)
