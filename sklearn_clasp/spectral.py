@@ -432,19 +432,7 @@ def _silhouette_from_sums(sums, sizes, labels):
 # --------------------------------------------------------------------------
 # Functional core
 # --------------------------------------------------------------------------
-def _adaptive_spectral_clustering(
-    affinity,
-    *,
-    features=None,
-    spectrum="affinity",
-    eigengap_rule="relative",
-    k_min=2,
-    k_max=15,
-    beta=0.5,
-    single_segment_threshold=0.05,
-    n_init=3,
-    random_state=None,
-):
+def _adaptive_spectral_clustering(affinity, **kwargs):
     """As adaptive_spectral_clustering, also returning the eigenpairs."""
     shape = affinity.shape if hasattr(affinity, "shape") else np.shape(affinity)
     n = shape[0] if len(shape) else 0
@@ -453,18 +441,7 @@ def _adaptive_spectral_clustering(
     # whole search runs on one BLAS thread. Larger problems keep the caller's
     # setting.
     with threadpool_limits(limits=1 if n <= _SINGLE_THREAD_MAX_N else None, user_api="blas"):
-        return _adaptive_spectral_clustering_impl(
-            affinity,
-            features=features,
-            spectrum=spectrum,
-            eigengap_rule=eigengap_rule,
-            k_min=k_min,
-            k_max=k_max,
-            beta=beta,
-            single_segment_threshold=single_segment_threshold,
-            n_init=n_init,
-            random_state=random_state,
-        )
+        return _adaptive_spectral_clustering_impl(affinity, **kwargs)
 
 
 def _adaptive_spectral_clustering_impl(
