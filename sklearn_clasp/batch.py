@@ -31,6 +31,7 @@ collection, with a safe, unique output name per image.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -38,8 +39,10 @@ import logging
 import math
 import os
 import re
+import stat
 import threading
 import time
+import unicodedata
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,6 +57,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import check_is_fitted
+
+from .image import DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -84,7 +89,14 @@ _RUNTIME_PARAMS = frozenset(
 
 _GLOB_CHARS = frozenset("*?[")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _MAX_NAME = 120
+# Longest output name accepted from a caller's ImageInput: with "_overlay.png" appended
+# it stays well under the 255-byte limit of a file name.
+_MAX_GIVEN_NAME = 200
+# Overlays of larger images are drawn on a downscaled copy: the overlay is computed in
+# floating point, about 180 bytes a pixel at its peak (750 MB at this size).
+_OVERLAY_MAX_PIXELS = 1 << 22
 _WORKER_CACHE = "_sklearn_clasp_pipelines"
 _WORKER_LOCK = "_sklearn_clasp_lock"
 
@@ -107,11 +119,19 @@ def _short_hash(text, n=8):
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:n]
 
 
+def _ascii(text):
+    """Accents folded away (``"café"`` -> ``"cafe"``); undecodable bytes kept as they are."""
+    folded = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in folded if not unicodedata.combining(c))
+
+
 def _safe_name(parts):
     """Join path parts into an output stem of safe characters that stays in its folder."""
-    cleaned = [_UNSAFE.sub("_", p) for p in parts if p not in ("", ".")]
+    cleaned = [_UNSAFE.sub("_", _ascii(p)) for p in parts if p not in ("", ".")]
     name = "__".join(cleaned)
     name = re.sub(r"^\.+", "_", name) or "image"  # no hidden files, no '.' or '..'
+    if not re.search(r"[A-Za-z0-9]", name):  # nothing readable left (e.g. "写真/猫")
+        name = f"image-{_short_hash('/'.join(parts))}"
     if len(name) > _MAX_NAME:
         name = f"{name[: _MAX_NAME - 9]}-{_short_hash(name)}"
     return name
@@ -122,9 +142,23 @@ def _is_image_file(path):
 
 
 def _walk(root, recursive):
-    """Image files under a directory (hidden files and folders skipped), sorted."""
+    """Image files under a directory (hidden files and folders skipped), sorted.
+
+    A directory that cannot be listed is an error when it is ``root`` and a
+    logged warning below it (its images are left out).
+    """
     found = []
-    for folder, dirs, files in os.walk(root):
+
+    def unreadable(exc):
+        if os.path.normpath(exc.filename or "") == os.path.normpath(root):
+            raise PermissionError(
+                f"find_images: cannot list the directory {os.fspath(root)!r} "
+                f"({exc.strerror or exc}). Make it readable or leave it out."
+            ) from None
+        logger.warning("cannot list the directory %r (%s); its images are left out",
+                       exc.filename, exc.strerror or exc)
+
+    for folder, dirs, files in os.walk(root, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         for f in sorted(files):
             path = Path(folder, f)
@@ -139,7 +173,9 @@ def _expand(item, recursive):
     path = Path(text)
     if path.is_dir():
         return [(p, p.relative_to(path).with_suffix("").parts) for p in _walk(path, recursive)]
-    if path.is_file():
+    if path.is_file() or (os.path.lexists(path) and not _GLOB_CHARS & set(text)):
+        # a file named explicitly, or something else there (a broken link, a link loop,
+        # a pipe): taken, so that loading it reports exactly what is wrong
         return [(path, (path.stem,))]
     if _GLOB_CHARS & set(text):
         out = []
@@ -166,11 +202,12 @@ def find_images(inputs, *, recursive=True):
 
     Each image gets an output ``name``, the stem of its output files: its path
     relative to the directory searched (path separators become ``"__"``), or
-    the file stem for files and glob matches, with every character outside
-    ``[A-Za-z0-9._-]`` replaced by ``"_"`` and no leading dot, so outputs
-    always land inside the output directory. Names that would collide (also
-    when only their case differs) each get a short hash of the file's resolved
-    path appended.
+    the file stem for files and glob matches, with accents dropped
+    (``"café"`` -> ``"cafe"``), every other character outside
+    ``[A-Za-z0-9._-]`` replaced by ``"_"``, no leading dot, and names longer
+    than 120 characters shortened with a hash, so outputs always land inside
+    the output directory. Names that would collide (also when only their case
+    differs) each get a short hash of the file's resolved path appended.
 
     Parameters
     ----------
@@ -190,6 +227,8 @@ def find_images(inputs, *, recursive=True):
         If an input matches no image (a missing file, a directory without
         image files, a pattern that matches nothing); the message lists every
         such input.
+    PermissionError
+        If a directory given as an input cannot be listed.
 
     Examples
     --------
@@ -344,8 +383,11 @@ def settings_hash(pipeline):
 
 
 def _file_sha256(path):
+    """SHA-256 of a regular file's bytes (clear errors for links, pipes, permissions)."""
+    from .image import _open_regular_file
+
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with _open_regular_file(path, os.fspath(path)) as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -359,21 +401,102 @@ def _output_paths(out_dir, name):
     }
 
 
-def _atomic_write(path, write):
-    """Write ``path`` through ``write(tmp)`` and :func:`os.replace`: all or nothing."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _temporary_name(path, run_id=None):
+    """The hidden temporary file next to ``path``; ends with ``.<run_id>.tmp`` if given."""
+    tag = f".{run_id}" if run_id else ""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{tag}.tmp")
+
+
+def _write_error(path, exc):
+    """An :class:`OSError` (same errno) that says what could not be written and what to do."""
+    if exc.errno in _DISK_FULL:
+        fix = ("the disk (or quota) is full: free some space or choose another output "
+               "directory, then run again; the images already done are kept")
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "the output directory is not writable: fix its permissions or choose another"
+    else:
+        fix = "check the output directory"
+    return OSError(exc.errno, f"could not write {path.name} in {path.parent} "
+                              f"({exc.strerror or exc}); {fix}. No partial file was left")
+
+
+def _atomic_write(path, write, *, run_id=None):
+    """Write ``path`` through ``write(tmp)`` and :func:`os.replace`: all or nothing.
+
+    The temporary file is created anew (never through an existing file or
+    link); :func:`os.replace` swaps the name ``path`` itself, so a symbolic link
+    there is replaced, not followed.
+    """
+    tmp = _temporary_name(path, run_id)
     try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+                             0o666))
+            write(tmp)
+            fd = os.open(tmp, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.errno is None:
+                raise
+            raise _write_error(path, exc) from exc
     except BaseException:  # also KeyboardInterrupt: leave no partial file behind
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _remove_temporaries(out_dir, run_id):
+    """Remove the temporary files this run left (its workers were stopped mid-write)."""
+    suffix = f".{run_id}.tmp"
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(out_dir) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(suffix):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    if removed:
+        logger.debug("removed %d temporary file(s) of run %s", removed, run_id)
+
+
+def _prepare_out_dir(out_dir, *, who="segment_collection"):
+    """Create ``out_dir`` if needed and check, before any work, that files can be written."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{who}: {str(out_dir)!r} exists and is not a directory; "
+                                 f"choose another output directory.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{who}: cannot create the output directory "
+                                 f"{str(out_dir)!r} ({exc.strerror or exc}); choose another "
+                                 f"output directory.") from None
+    probe = out_dir / f".clasp-write-check-{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        fix = ("free some space" if exc.errno in _DISK_FULL else
+               "fix its permissions")
+        raise OSError(exc.errno, f"{who}: cannot write into the output directory "
+                                 f"{str(out_dir)!r} ({exc.strerror or exc}); {fix} or choose "
+                                 f"another output directory.") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    return out_dir
 
 
 def _jsonable(value):
@@ -394,12 +517,27 @@ def _jsonable(value):
 
 
 def _read_json(path):
+    """A JSON object from a regular file (never through a symbolic link); else None."""
     try:
-        with open(path, encoding="utf-8") as fh:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, encoding="utf-8") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
             data = json.load(fh)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _is_regular(path):
+    """``path`` is a regular file itself (not a symbolic link to one)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _completed(out_dir, name, input_sha256, digest, write_overlay):
@@ -410,24 +548,41 @@ def _completed(out_dir, name, input_sha256, digest, write_overlay):
         record is None
         or record.get("input_sha256") != input_sha256
         or record.get("settings_hash") != digest
-        or not paths["mask"].is_file()
-        or (write_overlay and not paths["overlay"].is_file())
+        or not _is_regular(paths["mask"])
+        or (write_overlay and not _is_regular(paths["overlay"]))
     ):
         return None
     return record
 
 
+def _overlay(image, mask):
+    """The overlay figure; drawn on a downscaled copy above ``_OVERLAY_MAX_PIXELS``."""
+    from .image import resize_image
+    from .visualize import overlay
+
+    height, width = mask.shape
+    if height * width > _OVERLAY_MAX_PIXELS:
+        scale = math.sqrt(_OVERLAY_MAX_PIXELS / (height * width))
+        h, w = max(1, int(height * scale)), max(1, int(width * scale))
+        rows = ((np.arange(h) + 0.5) * (height / h)).astype(np.intp)
+        cols = ((np.arange(w) + 0.5) * (width / w)).astype(np.intp)
+        image, mask = resize_image(image, (h, w), resample="area"), mask[rows[:, None], cols]
+    return overlay(image, mask)
+
+
 def _write_outputs(out_dir, name, image, mask, meta, write_overlay):
     """Write mask, overlay and (last) the JSON record, each atomically."""
-    from .visualize import overlay, save_png
+    from .visualize import save_png
 
     paths = _output_paths(out_dir, name)
+    run_id = meta.get("run_id")
     start = time.perf_counter()
     # The old record must never vouch for new files: remove it first.
     paths["json"].unlink(missing_ok=True)
-    _atomic_write(paths["mask"], lambda p: save_png(p, mask))
+    _atomic_write(paths["mask"], lambda p: save_png(p, mask), run_id=run_id)
     if write_overlay:
-        _atomic_write(paths["overlay"], lambda p: save_png(p, overlay(image, mask)))
+        _atomic_write(paths["overlay"], lambda p: save_png(p, _overlay(image, mask)),
+                      run_id=run_id)
     else:
         paths["overlay"].unlink(missing_ok=True)  # a stale one would not match the mask
     meta["timings"]["write"] = time.perf_counter() - start
@@ -436,7 +591,8 @@ def _write_outputs(out_dir, name, image, mask, meta, write_overlay):
         "overlay": paths["overlay"].name if write_overlay else None,
     }
     text = json.dumps(_jsonable(meta), indent=2, allow_nan=False) + "\n"
-    _atomic_write(paths["json"], lambda p: p.write_text(text, encoding="utf-8"))
+    _atomic_write(paths["json"], lambda p: p.write_text(text, encoding="utf-8"),
+                  run_id=run_id)
 
 
 def _append_failure(out_dir, result):
@@ -449,8 +605,19 @@ def _append_failure(out_dir, result):
         "run_id": result.get("run_id"),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    try:
-        with open(out_dir / FAILURES_FILE, "a", encoding="utf-8") as fh:
+    path = out_dir / FAILURES_FILE
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC
+    try:  # appended in one write; never through a symbolic link
+        try:
+            fd = os.open(path, flags, 0o666)
+        except OSError:
+            if not os.path.islink(path):
+                raise
+            logger.warning("%s is a symbolic link; replaced by a file (its target is left "
+                           "alone)", path)
+            path.unlink()
+            fd = os.open(path, flags | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(_jsonable(line)) + "\n")
     except OSError as exc:
         logger.warning("could not append to %s: %s", out_dir / FAILURES_FILE, exc)
@@ -491,6 +658,7 @@ def _result(job, status, *, n_clusters=None, seconds=0.0, error=None, error_type
 
 def _failed(job, exc, *, attempts=None, run_id=None, reason=None):
     message = reason or f"{type(exc).__name__}: {exc}"
+    message = re.sub(r"\s*\n\s*", " ", message.strip())  # one line in the summary
     return _result(job, "failed", error=message, error_type=type(exc).__name__,
                    attempts=attempts, run_id=run_id)
 
@@ -576,16 +744,17 @@ def _version():
     return __version__
 
 
-def _load(path):
+def _load(path, context):
     from .image import load_image
 
-    return load_image(path)
+    return load_image(path, max_pixels=context.get("max_image_pixels",
+                                                   DEFAULT_MAX_IMAGE_PIXELS))
 
 
 def _segment_path(job, out_dir, embed, tail, context):
     """Load, embed, segment, refine and write one image (the Dask task's work)."""
     start = time.perf_counter()
-    image = _load(job.path)
+    image = _load(job.path, context)
     job.timings["load"] = time.perf_counter() - start
     start = time.perf_counter()
     (record,) = embed.transform([image])
@@ -639,7 +808,8 @@ def _prepare_chunk(jobs, out_dir, state, context, overwrite, max_attempts, emit)
                 emit(_from_record(job, done, "skipped"))
                 continue
             start = time.perf_counter()
-            image, exc, tries = _try(lambda: _load(job.path), max_attempts, job.name)
+            image, exc, tries = _try(lambda: _load(job.path, context), max_attempts,
+                                     job.name)
             job.timings["load"] = time.perf_counter() - start
         job.attempts = tries
         if exc is not None:
@@ -800,7 +970,8 @@ def _dask_task(index, path, name, out_dir, template, context, overwrite):
     job = _Job(index=index, name=name, path=Path(path))
     _check_visible("output directory", out_dir, out_dir.is_dir)
     job.attempts = _claim_attempt(out_dir, name, run_id)
-    _check_visible("image", job.path, job.path.is_file)
+    # lexists: a broken link or a link loop is there; hashing it says what is wrong
+    _check_visible("image", job.path, lambda: os.path.lexists(job.path))
     job.sha256 = _file_sha256(job.path)
     done = _completed(out_dir, name, job.sha256, context["digest"], context["write_overlay"])
     if done is not None and (done.get("run_id") == run_id or not overwrite):
@@ -995,6 +1166,27 @@ def _check_pipeline(pipeline):
         )
 
 
+def _check_names(images):
+    """Refuse ImageInput names that could leave the output directory or collide."""
+    bad = [im.name for im in images
+           if not isinstance(im.name, str) or not _SAFE.fullmatch(im.name)
+           or len(im.name) > _MAX_GIVEN_NAME]
+    if bad:
+        raise ValueError(
+            f"segment_collection: unsafe output name(s) {bad[:5]}: a name must be made of "
+            f"[A-Za-z0-9._-], not start with '.', and have at most {_MAX_GIVEN_NAME} "
+            f"characters. Let find_images name the inputs (pass the paths, or its list)."
+        )
+    seen = Counter(im.name.casefold() for im in images)
+    dup = sorted(name for name, n in seen.items() if n > 1)
+    if dup:
+        raise ValueError(
+            f"segment_collection: output name(s) {dup[:5]} given to more than one image "
+            f"(names that differ only in case collide too); their outputs would overwrite "
+            f"each other. Give each image its own name, or let find_images name them."
+        )
+
+
 def _inside(path, folder):
     try:
         Path(os.path.realpath(path)).relative_to(folder)
@@ -1017,6 +1209,7 @@ def _inside(path, folder):
         "max_attempts": [Interval(Integral, 1, None, closed="left")],
         "write_overlay": ["boolean"],
         "chunk_size": [None, Interval(Integral, 1, None, closed="left")],
+        "max_image_pixels": [None, Interval(Integral, 1, None, closed="left")],
     },
     prefer_skip_nested_validation=True,
 )
@@ -1034,6 +1227,7 @@ def segment_collection(
     max_attempts=3,
     write_overlay=True,
     chunk_size=None,
+    max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
 ):
     """Segment a collection of image files; write masks, overlays and records.
 
@@ -1053,10 +1247,14 @@ def segment_collection(
 
     An image whose record exists with the same ``input_sha256`` and
     ``settings_hash`` and whose mask (and overlay, if asked for) exists is
-    skipped, so an interrupted run resumes where it stopped. An image that
-    fails (unreadable file, error in a step) is retried up to ``max_attempts``
-    times, then recorded as failed in the report and in
-    ``out_dir/failures.jsonl``; the others go on.
+    skipped, so an interrupted run resumes where it stopped: the JSON records
+    are the index of finished inputs. An interruption (``KeyboardInterrupt``)
+    stops the workers, removes this run's temporary files and is raised again;
+    only complete files are left. An image that fails (unreadable or damaged
+    file, an image over ``max_image_pixels``, an error in a step, a full disk)
+    is retried up to ``max_attempts`` times, then recorded as failed in the
+    report and in ``out_dir/failures.jsonl`` with a one-line reason; the
+    others go on.
 
     Each image is segmented on its own, with the later steps fitted afresh on
     it, so the results do not depend on ``n_jobs``, on the batching or on the
@@ -1067,9 +1265,12 @@ def segment_collection(
     inputs : str, path-like, list of those, or list of ImageInput
         Image files, directories (searched recursively) and glob patterns, as
         for :func:`find_images`, or its output. Images inside ``out_dir``
-        are left out.
+        are left out. The names of given ``ImageInput`` items must be safe
+        (``[A-Za-z0-9._-]``, no leading dot) and unique, as
+        :func:`find_images` makes them.
     out_dir : str or path-like
-        Output directory, created if missing.
+        Output directory, created if missing. It must be writable: this is
+        checked before any image is read.
     pipeline : Pipeline, default=None
         A CLASP pipeline (:func:`~sklearn_clasp.pipeline.make_clasp_pipeline`);
         ``None`` means ``make_clasp_pipeline("dinov2")``. It is not modified:
@@ -1103,6 +1304,12 @@ def segment_collection(
     chunk_size : int, default=None
         Images loaded and embedded at a time (memory is bounded by about this
         many images); ``None`` means ``max(8, 2 * n_jobs)``.
+    max_image_pixels : int or None, default=DEFAULT_MAX_IMAGE_PIXELS
+        Largest image (width x height, read from the file's header before
+        decoding) that is segmented; a larger one fails with
+        :class:`~sklearn_clasp.image.ImageTooLargeError`. A guard against
+        decompression bombs; ``None`` for no limit (see
+        :func:`~sklearn_clasp.image.load_image`).
 
     Returns
     -------
@@ -1114,9 +1321,15 @@ def segment_collection(
     ------
     FileNotFoundError
         If an input matches no image.
+    OSError
+        If ``out_dir`` cannot be created or written to (before any work), or
+        is not a directory (:class:`NotADirectoryError`).
     ValueError
-        If both ``client`` and ``scheduler`` are given, or ``security``
-        without ``scheduler``.
+        If both ``client`` and ``scheduler`` are given, ``security`` without
+        ``scheduler``, or ``ImageInput`` items with unsafe or duplicate names.
+    KeyboardInterrupt
+        When interrupted, after stopping the work and removing this run's
+        temporary files.
 
     See Also
     --------
@@ -1159,9 +1372,10 @@ def segment_collection(
     if isinstance(inputs, (list, tuple)) and inputs and all(
             isinstance(x, ImageInput) for x in inputs):
         images = list(inputs)
+        _check_names(images)
     else:
         images = find_images(inputs)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_out_dir(out_dir)
     out_real = Path(os.path.realpath(out_dir))
     kept = [im for im in images if not _inside(im.path, out_real)]
     if len(kept) < len(images):
@@ -1175,6 +1389,7 @@ def segment_collection(
         "settings": pipeline_settings(pipeline),
         "run_id": uuid.uuid4().hex[:16],
         "write_overlay": write_overlay,
+        "max_image_pixels": max_image_pixels,
     }
     logger.info("segmenting %d image(s) into %s (settings %s, run %s)", len(jobs), out_dir,
                 digest[:12], context["run_id"])
@@ -1208,8 +1423,11 @@ def segment_collection(
             _run_local(jobs, out_dir, pipeline, context, n_jobs=n_jobs, overwrite=overwrite,
                        max_attempts=max_attempts, chunk_size=chunk_size, emit=emit)
     except KeyboardInterrupt:
-        logger.warning("interrupted after %d of %d image(s); run again to resume",
-                       len(results), len(jobs))
+        # the local workers are stopped by now (joblib kills them on an interruption); one
+        # killed mid-write leaves its temporary file: remove this run's
+        _remove_temporaries(out_dir, context["run_id"])
+        logger.warning("interrupted with %d of %d image(s) accounted for; every output "
+                       "written is complete: run again to resume", len(results), len(jobs))
         raise
     finally:
         bar.close()

@@ -18,8 +18,11 @@ Subcommands:
 Every CLASP parameter is an option, and can come from a TOML file
 (``--config FILE``; command-line options override it). Exit status: 0 success,
 1 some images failed, 2 usage error (bad option, unreadable config file, no
-images), 3 the embedder could not be loaded (e.g. DINOv2 weights missing
-offline). Library code logs; only this module prints.
+images, an output directory that cannot be written), 3 the embedder could not
+be loaded (e.g. DINOv2 weights missing offline), 130 interrupted (Ctrl-C,
+SIGINT), 143 terminated (SIGTERM); an interrupted run keeps only complete
+outputs, and running it again finishes the rest. Library code logs; only this
+module prints.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import csv
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -55,7 +60,8 @@ __all__ = [
 
 logger = logging.getLogger("sklearn_clasp.cli")
 
-#: Exit statuses.
+#: Exit statuses (an interruption by signal N exits with 128 + N: 130 for SIGINT,
+#: 143 for SIGTERM).
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_EMBEDDER = 0, 1, 2, 3
 
 PROG = "clasp"
@@ -180,6 +186,12 @@ def _short_side(text):
     if str(text).lower() in ("none", "0"):
         return _NONE
     return _int(text, low=1, what="a positive integer or 'none'")
+
+
+def _max_pixels(text):
+    if str(text).lower() == "none":
+        return _NONE
+    return _int(str(text).replace("_", ""), low=1, what="a positive integer or 'none'")
 
 
 def _threshold(text):
@@ -314,12 +326,25 @@ def _add_run_options(parser, *, out_help):
     run.add_argument("--scheduler", metavar="ADDRESS",
                      help="run on a Dask cluster, e.g. tcp://host:8786 (needs "
                           "sklearn-clasp[dask])")
+    run.add_argument("--tls-ca-file", type=Path, metavar="FILE",
+                     help="with --scheduler tls://...: the CA certificate (PEM) that signed "
+                          "the cluster's certificates; TLS is then required")
+    run.add_argument("--tls-cert", type=Path, metavar="FILE",
+                     help="with --tls-ca-file: this client's certificate (PEM)")
+    run.add_argument("--tls-key", type=Path, metavar="FILE",
+                     help="with --tls-ca-file: this client's private key (PEM), unless it is "
+                          "in --tls-cert")
     run.add_argument("--overwrite", action="store_true", default=None,
                      help="segment again even where outputs with the same settings exist")
     run.add_argument("--no-overlay", action="store_true", default=None,
                      help="do not write the <name>_overlay.png files")
     run.add_argument("--max-attempts", type=_positive_int, metavar="N",
                      help="tries per image on a cluster whose workers die (default 3)")
+    run.add_argument("--max-image-pixels", type=_max_pixels, metavar="N",
+                     help="refuse images of more than N pixels (width x height, read from "
+                          "the file header before decoding: a decompression-bomb guard; "
+                          "default 178956970, about 16000 x 11000; 'none': no limit; above "
+                          "Pillow's own limit, Pillow's is lifted for this command too)")
     run.add_argument("--progress", action="store_true", default=None,
                      help="show a progress bar (default: only when stderr is a terminal)")
 
@@ -334,7 +359,8 @@ def build_parser():
                     "adaptive spectral clustering that picks the number of segments, "
                     "DenseCRF refinement.",
         epilog="Exit status: 0 success, 1 some images failed, 2 usage error, 3 the "
-               "embedder could not be loaded. 'clasp COMMAND --help' for each command.",
+               "embedder could not be loaded, 130/143 interrupted (SIGINT/SIGTERM; the "
+               "outputs written are complete). 'clasp COMMAND --help' for each command.",
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -350,7 +376,8 @@ def build_parser():
                     "print a summary. A re-run skips images already done with the same "
                     "settings. With no INPUT, segment the bundled sample images.",
         epilog="Exit status: 0 all done or skipped, 1 some images failed, 2 usage error, "
-               "3 the embedder could not be loaded.",
+               "3 the embedder could not be loaded, 130/143 interrupted (SIGINT/SIGTERM): "
+               "the outputs written are complete and a re-run finishes the rest.",
     )
     seg.add_argument("inputs", nargs="*", metavar="INPUT",
                      help="image files, directories or glob patterns (quote them)")
@@ -533,6 +560,9 @@ def load_config(path, parser):
         options["inputs"] = [str(base / Path(p).expanduser()) for p in options["inputs"]]
     if options.get("weights") not in (None, "random"):
         options["weights"] = str(base / Path(options["weights"]).expanduser())
+    for key in _TLS_OPTIONS:
+        if key in options:
+            options[key] = base / options[key].expanduser()
     return options
 
 
@@ -714,25 +744,88 @@ def _find_inputs(inputs):
 
 
 def _make_out_dir(out):
+    """Create ``--out`` and check it can be written, before any work (else exit 2)."""
+    from .batch import _prepare_out_dir
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        _prepare_out_dir(out, who="--out")
     except OSError as exc:
-        raise UsageError(f"cannot create the output directory {out}: "
-                         f"{exc.strerror or exc}") from None
+        raise UsageError(exc.strerror or str(exc)) from None
+
+
+def _max_image_pixels(options):
+    value = options.get("max_image_pixels")
+    if value is None:
+        from .image import DEFAULT_MAX_IMAGE_PIXELS
+
+        return DEFAULT_MAX_IMAGE_PIXELS
+    return None if value == _NONE else value
+
+
+@contextlib.contextmanager
+def _pillow_limit(max_pixels):
+    """Raise Pillow's process-wide decompression-bomb limit to ``max_pixels`` meanwhile.
+
+    Pillow refuses images above ``2 * PIL.Image.MAX_IMAGE_PIXELS`` on its own; when
+    ``--max-image-pixels`` allows more, this command (the program, not the library)
+    lifts Pillow's limit to match, and puts it back at the end.
+    """
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    if old is None or (max_pixels is not None and max_pixels <= 2 * old):
+        yield
+        return
+    Image.MAX_IMAGE_PIXELS = None if max_pixels is None else (max_pixels + 1) // 2
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+_TLS_OPTIONS = ("tls_ca_file", "tls_cert", "tls_key")
+
+
+def _dask_security(options):
+    """A ``distributed.security.Security`` from the TLS options, or ``None``."""
+    given = {k: options.get(k) for k in _TLS_OPTIONS if options.get(k) is not None}
+    if not given:
+        return None
+    if options.get("scheduler") is None:
+        raise UsageError("--tls-ca-file/--tls-cert/--tls-key apply to a Dask cluster: add "
+                         "--scheduler tls://HOST:PORT")
+    if "tls_ca_file" not in given or "tls_cert" not in given:
+        raise UsageError("TLS needs --tls-ca-file and --tls-cert (and --tls-key unless the "
+                         "key is in the certificate file)")
+    for key, path in given.items():
+        if not Path(path).is_file():
+            raise UsageError(f"{_flag(key)} {path}: no such file")
+    try:
+        from distributed.security import Security
+    except ImportError:
+        raise UsageError("--tls-ca-file needs the Dask extra: pip install "
+                         "'sklearn-clasp[dask]'") from None
+    key = given.get("tls_key")
+    return Security(tls_ca_file=str(given["tls_ca_file"]), tls_client_cert=str(given["tls_cert"]),
+                    tls_client_key=None if key is None else str(key), require_encryption=True)
 
 
 def _segment(inputs, out, options, pipeline):
     """Run segment_collection with the run options; returns the report."""
     from .batch import segment_collection
 
+    security = _dask_security(options)
     if options.get("scheduler") is None:
         _load_embedder(pipeline, options["embedder"])
-    return segment_collection(
-        inputs, out, pipeline=pipeline, n_jobs=options["n_jobs"],
-        scheduler=options.get("scheduler"), overwrite=bool(options["overwrite"]),
-        progress=_show_progress(options), max_attempts=options["max_attempts"],
-        write_overlay=not options["no_overlay"],
-    )
+    max_pixels = _max_image_pixels(options)
+    with _pillow_limit(max_pixels):
+        return segment_collection(
+            inputs, out, pipeline=pipeline, n_jobs=options["n_jobs"],
+            scheduler=options.get("scheduler"), security=security,
+            overwrite=bool(options["overwrite"]),
+            progress=_show_progress(options), max_attempts=options["max_attempts"],
+            write_overlay=not options["no_overlay"], max_image_pixels=max_pixels,
+        )
 
 
 def run_segment(args, parser):
@@ -754,10 +847,21 @@ def run_segment(args, parser):
     report = _segment(images, out, options, pipeline)
     if options.get("quiet"):
         for failure in report.failures:
-            print(f"error: {_failure_line(failure)}", file=sys.stderr)
+            _echo(f"error: {_failure_line(failure)}", sys.stderr)
     else:
-        print(report.summary())
+        _echo(report.summary())
     return EXIT_SOME_FAILED if report.n_failed else EXIT_OK
+
+
+def _echo(text, file=None):
+    """Print ``text``; characters the stream cannot encode (undecodable file names) are
+    escaped instead of failing."""
+    file = sys.stdout if file is None else file
+    try:
+        print(text, file=file)
+    except UnicodeEncodeError:
+        encoding = getattr(file, "encoding", None) or "utf-8"
+        print(text.encode(encoding, "backslashreplace").decode(encoding), file=file)
 
 
 def _failure_line(failure):
@@ -828,7 +932,7 @@ def _read_png_labels(path):
     try:
         with Image.open(path) as im:
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path}: not a readable PNG label map ({exc})") from None
     if arr.dtype == bool:
         return arr.astype(np.int64)
@@ -951,7 +1055,7 @@ def _read_mask(path):
     try:
         with Image.open(path) as im:
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path}: not a readable mask PNG ({exc})") from None
     if arr.ndim != 2:
         raise ValueError(f"{path}: a mask must be a single-channel integer PNG, got "
@@ -1096,7 +1200,7 @@ def run_evaluate(args, parser):
                     continue
                 masks[Path(result["source"]).stem] = out / f"{result['name']}_mask.png"
             if not options.get("quiet"):
-                print(report.summary())
+                _echo(report.summary())
                 print()
         else:
             if not args.masks.is_dir():
@@ -1212,8 +1316,8 @@ def run_explain(args, parser):
     _load_embedder(pipeline, options["embedder"])
     try:
         figure = explain_figure(image, pipeline, dpi=args.dpi)
-    except ValueError as exc:
-        print(f"error: {image}: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # a damaged, unreadable or too large image
+        _echo(f"error: {image}: {exc}", sys.stderr)
         return EXIT_SOME_FAILED
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -1260,8 +1364,10 @@ def main(argv=None):
     -------
     status : int
         0 success (all images done or skipped), 1 some images failed, 2 usage
-        error (bad options, unreadable config, no images found), 3 the
-        embedder could not be loaded.
+        error (bad options, unreadable config, no images found, an output
+        directory that cannot be written), 3 the embedder could not be loaded,
+        128 + N interrupted by signal N (130: SIGINT, Ctrl-C; 143: SIGTERM,
+        which is handled like SIGINT while the command runs).
 
     Examples
     --------
@@ -1280,20 +1386,90 @@ def main(argv=None):
     quiet, verbose = bool(getattr(args, "quiet", False)), bool(getattr(args, "verbose", False))
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
     start = time.perf_counter()
-    with _logging_to_stderr(level), warnings.catch_warnings():
+    with _logging_to_stderr(level), warnings.catch_warnings(), _interruptible() as stop:
         if quiet:
             warnings.simplefilter("ignore")
         try:
             status = args.func(args, parser)
         except UsageError as exc:
-            print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+            _echo(f"{PROG} {args.command}: error: {exc}", sys.stderr)
             return EXIT_USAGE
         except EmbedderError as exc:
-            print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+            _echo(f"{PROG} {args.command}: error: {exc}", sys.stderr)
             return EXIT_EMBEDDER
-        except KeyboardInterrupt:
-            print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            stop.ignore()  # a second signal must not cut the clean-up short
+            _echo(f"{PROG} {args.command}: interrupted ({signal.Signals(signum).name}); the "
+                  f"outputs written are complete: run the same command again to finish",
+                  sys.stderr)
+            return 128 + int(signum)
+        finally:
+            _stop_local_workers()
     logger.debug("%s finished in %.2f s with status %d", args.command,
                  time.perf_counter() - start, status)
     return status
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP), raised like Ctrl-C so that a run stops the same clean way."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """While a command runs: SIGTERM and SIGHUP raise :class:`_Terminated` (main thread)."""
+
+    _HANDLED = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+    def __init__(self):
+        self._previous = {}
+
+    def _raise(self, signum, frame):
+        raise _Terminated(signum)
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in self._HANDLED:
+            self._previous[signum] = signal.signal(signum, self._raise)
+
+    def ignore(self):
+        """Ignore further SIGINT/SIGTERM/SIGHUP until the command returns."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, *self._HANDLED):
+            previous = signal.signal(signum, signal.SIG_IGN)
+            self._previous.setdefault(signum, previous)
+
+    def restore(self):
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Install the SIGTERM/SIGHUP handlers of :class:`_Signals` for the command's duration."""
+    handlers = _Signals()
+    handlers.install()
+    try:
+        yield handlers
+    finally:
+        handlers.restore()
+
+
+def _stop_local_workers():
+    """End joblib's reusable worker processes (kept idle for reuse otherwise) at the end of
+    a command, so that none outlives it."""
+    module = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(module, "_executor", None) if module is not None else None
+    if executor is None:
+        return
+    try:
+        executor.shutdown(wait=True, kill_workers=True)
+    except Exception as exc:  # never mask the command's own status
+        logger.debug("stopping the worker processes failed: %s", exc)

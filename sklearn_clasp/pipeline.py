@@ -222,6 +222,15 @@ def segment_image(pipeline, image):
     ------
     sklearn.exceptions.NotFittedError
         If the embedder needs fitting and was not fitted.
+    ValueError
+        If ``image`` is a file that is not a readable image: damaged, empty,
+        not an image, or over the pixel limit
+        (:class:`~sklearn_clasp.image.ImageTooLargeError`); the message names
+        the file and the fix (see :func:`~sklearn_clasp.image.load_image`).
+    OSError
+        If ``image`` is a file that cannot be opened: missing
+        (:class:`FileNotFoundError`), unreadable (:class:`PermissionError`),
+        a symbolic link loop.
 
     Examples
     --------

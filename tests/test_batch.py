@@ -335,15 +335,15 @@ def test_interrupted_run_leaves_complete_outputs_and_resumes(tmp_path, monkeypat
     real_write = batch_module._atomic_write
     written = []
 
-    def interrupting_write(path, write):
+    def interrupting_write(path, write, **kwargs):
         # Ctrl-C while writing the third image's overlay (its mask is already written)
         if path.name == "img2_overlay.png":
             def partial(tmp):
                 tmp.write_bytes(b"half a PNG")
                 raise KeyboardInterrupt
-            return real_write(path, partial)
+            return real_write(path, partial, **kwargs)
         written.append(path.name)
-        return real_write(path, write)
+        return real_write(path, write, **kwargs)
 
     monkeypatch.setattr(batch_module, "_atomic_write", interrupting_write)
     with pytest.raises(KeyboardInterrupt):
@@ -488,3 +488,73 @@ def test_image_that_kills_its_worker_fails_alone(tmp_path):
     # the pool works again afterwards (another refiner class: other settings, all redone)
     again = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe(), n_jobs=2)
     assert again.n_done == 4
+
+
+def test_a_killed_writer_leaves_no_temporary_file_after_an_interruption(tmp_path,
+                                                                        monkeypatch):
+    """A worker killed mid-write cannot clean up; the interrupted run removes its files."""
+    _write_images(tmp_path / "in", n=3)
+    out = tmp_path / "out"
+    real_write = batch_module._atomic_write
+
+    def killed_mid_write(path, write, **kwargs):
+        if path.name == "img1_mask.png":  # as if SIGKILLed: the temporary file stays
+            batch_module._temporary_name(path, kwargs["run_id"]).write_bytes(b"half")
+            raise KeyboardInterrupt
+        return real_write(path, write, **kwargs)
+
+    (out / "stranger").mkdir(parents=True)  # others' files are left alone
+    (out / ".someone-else.tmp").write_bytes(b"x")
+    monkeypatch.setattr(batch_module, "_atomic_write", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    assert _listing(out) == sorted([".someone-else.tmp", "stranger"]
+                                   + _expected_files(["img0"]))
+
+
+def test_images_over_the_pixel_limit_fail_alone(tmp_path):
+    _write_images(tmp_path / "in", n=3)  # 56x70, 84x98, 112x140
+    report = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe(),
+                                max_image_pixels=84 * 98, max_attempts=1)
+    assert [r["status"] for r in report.results] == ["done", "done", "failed"]
+    (failure,) = report.failures
+    assert failure["error"].startswith("ImageTooLargeError: ")
+    assert "140 x 112 pixels (15680 pixels) is more than the limit of 8232" in failure["error"]
+    assert _listing(tmp_path / "out") == sorted(_expected_files(["img0", "img1"])
+                                                + [FAILURES_FILE])
+    with pytest.raises(InvalidParameterError, match="max_image_pixels"):
+        segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe(),
+                           max_image_pixels=0)
+
+
+def test_find_images_takes_broken_links_named_or_found_so_that_they_are_reported(tmp_path):
+    folder = tmp_path / "in"
+    _write_images(folder, n=1)
+    (folder / "dangling.png").symlink_to(folder / "gone.png")
+    (folder / "loop.png").symlink_to("loop.png")
+    assert sorted(n for _, n in find_images(folder)) == ["dangling", "img0", "loop"]
+    assert [n for _, n in find_images(folder / "loop.png")] == ["loop"]
+    report = segment_collection(folder, tmp_path / "out", pipeline=_pipe(), max_attempts=1)
+    errors = {r["name"]: r["error"] for r in report.failures}
+    assert "broken symbolic link" in errors["dangling"]
+    assert "symbolic link loop" in errors["loop"]
+
+
+def test_directories_that_cannot_be_listed(tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "in"
+    _write_images(folder, n=1)
+    _write_images(folder / "locked", n=1, prefix="hidden")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level("WARNING", logger="sklearn_clasp.batch"):
+        assert [n for _, n in find_images(folder)] == ["img0"]
+    assert "cannot list the directory" in caplog.text and "locked" in caplog.text
+    with pytest.raises(PermissionError, match="cannot list the directory .*locked.* Make it "
+                                              "readable"):
+        find_images(folder / "locked")

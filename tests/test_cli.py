@@ -29,6 +29,7 @@ from sklearn_clasp.cli import (
 )
 from sklearn_clasp.data import SAMPLE_IMAGE_NAMES, sample_image_paths
 from sklearn_clasp.datasets import make_shapes_image
+from sklearn_clasp.image import DEFAULT_MAX_IMAGE_PIXELS
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--embedder", "handcrafted", "--short-side", "none"]
@@ -202,6 +203,18 @@ def test_run_options_reach_segment_collection(image_dir, tmp_path, monkeypatch):
     assert seen["n_jobs"] == 1 and seen["scheduler"] is None and seen["overwrite"] is False
     assert seen["write_overlay"] is True and seen["max_attempts"] == 3
     assert seen["progress"] is False  # stderr is not a terminal under pytest
+    assert seen["max_image_pixels"] == DEFAULT_MAX_IMAGE_PIXELS  # the guard is on by default
+    for value, expected in [("1000", 1000), ("20_000_000", 20_000_000), ("none", None)]:
+        seen.clear()
+        assert main(["segment", str(image_dir), "--out", str(tmp_path / "o"),
+                     "--max-image-pixels", value, *FAST]) == 0
+        assert seen["max_image_pixels"] == expected
+    config = tmp_path / "c.toml"
+    config.write_text("max_image_pixels = 5000\n")
+    seen.clear()
+    assert main(["segment", str(image_dir), "--out", str(tmp_path / "o"), "--config",
+                 str(config), *FAST]) == 0
+    assert seen["max_image_pixels"] == 5000
 
 
 def test_every_option_sets_its_parameter():
@@ -310,6 +323,9 @@ def test_config_file_top_level_keys(tmp_path):
         ("k_max = [1, 2]\n", "k_max must be a single value"),
         ("k_max = \n", "is not valid TOML"),
         ("k_max = 3\n[segment]\nk_max = 4\n", "set both at the top level and under"),
+        ("max_image_pixels = -5\n", "max_image_pixels: expected a positive integer or 'none'"),
+        ("max_pixels = 5\n", "unknown key 'max_pixels'"),
+        ("[segmentt]\nk_max = 4\n", "unknown key 'segmentt'"),
     ],
 )
 def test_bad_config_files_exit_2(text, message, tmp_path, capsys):
@@ -324,6 +340,75 @@ def test_bad_config_files_exit_2(text, message, tmp_path, capsys):
 def test_missing_config_file_exits_2(tmp_path, capsys):
     assert main(["segment", "--config", str(tmp_path / "none.toml"), "--out", "o"]) == 2
     assert "cannot read the config file" in capsys.readouterr().err
+
+
+def _bomb_png(path, width, height):
+    """A small grayscale PNG whose header claims ``width x height`` pixels."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def test_max_image_pixels_refuses_big_images_and_can_lift_pillows_limit(image_dir, tmp_path,
+                                                                        capsys):
+    _bomb_png(image_dir / "bomb.png", 13_500, 13_500)  # 182 MP: over Pillow's own 179 MP
+    out = tmp_path / "out"
+    assert main(["segment", str(image_dir), "--out", str(out), *FAST, "-q"]) == 1
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "bomb" in x]
+    assert "ImageTooLargeError" in line and "--max-image-pixels" in line
+    # a small limit refuses the ordinary images too
+    assert main(["segment", str(image_dir / "a.png"), "--out", str(tmp_path / "o2"), *FAST,
+                 "--max-image-pixels", "1000", "-q"]) == 1
+    assert "140 x 112 pixels (15680 pixels) is more than the limit of 1000" in \
+        capsys.readouterr().err
+    # lifted above Pillow's own limit for this command only: the file is then read (and
+    # found to hold no pixel data), and Pillow's process-wide limit is put back
+    from PIL import Image as PILImage
+
+    before = PILImage.MAX_IMAGE_PIXELS
+    assert main(["segment", str(image_dir / "bomb.png"), "--out", str(tmp_path / "o3"),
+                 *FAST, "--max-image-pixels", "200000000", "--max-attempts", "1",
+                 "-q"]) == 1
+    assert "could not decode the image" in capsys.readouterr().err
+    assert PILImage.MAX_IMAGE_PIXELS == before
+
+
+def test_undecodable_file_names_are_printed_escaped(image_dir, tmp_path, capsys):
+    name = os.fsdecode(b"bad-\xff.png")  # not UTF-8
+    (image_dir / name).write_bytes(b"not an image")
+
+    class Strict:
+        """A UTF-8 stream that refuses lone surrogates (as with PYTHONIOENCODING=utf-8)."""
+
+        encoding = "utf-8"
+
+        def __init__(self):
+            self.text = []
+
+        def write(self, text):
+            text.encode("utf-8")
+            self.text.append(text)
+
+        def flush(self):
+            pass
+
+    stream = Strict()
+    from unittest import mock
+
+    with mock.patch("sys.stdout", stream):
+        status = main(["segment", str(image_dir), "--out", str(tmp_path / "out"), *FAST,
+                       "--max-attempts", "1"])
+    assert status == 1
+    printed = "".join(stream.text)
+    assert "bad-\\udcff.png" in printed and "1 failed" in printed
 
 
 # --------------------------------------------------------------------------
@@ -343,6 +428,8 @@ def test_missing_config_file_exits_2(tmp_path, capsys):
         (["segment", "--crf-gt-prob", "1"], "strictly between 0 and 1"),
         (["segment", "--single-segment-threshold", "2"], "in [0, 1] or 'none'"),
         (["segment", "--n-jobs", "0"], "non-zero integer"),
+        (["segment", "--max-image-pixels", "0"], "positive integer or 'none'"),
+        (["segment", "--max-image-pixels", "lots"], "positive integer or 'none'"),
         (["segment", "--no-crf", "--refine", "crf"], "--no-crf conflicts with --refine crf"),
         (["segment", "--model", "vit_huge"], "invalid choice"),
         (["segment", "--quiet", "--verbose"], "not allowed with argument"),

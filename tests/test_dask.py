@@ -259,3 +259,21 @@ def test_workers_that_cannot_see_the_files_say_so(tmp_path, client):
     assert "same view of the files" in failure["error"]
     assert failure["attempts"] == 2
     assert _listing(tmp_path / "out") == sorted(_expected_files(["a"]) + [FAILURES_FILE])
+
+
+def test_broken_and_oversized_files_on_the_cluster_fail_with_their_reasons(tmp_path, client):
+    """The loading limits travel to the workers; every bad file gets its own reason."""
+    _write_images(tmp_path / "in", ["img0", "img1", "big"])  # big: 112 x 140
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "in" / "empty.png").write_bytes(b"")
+    report = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe(),
+                                client=client, max_attempts=2, max_image_pixels=84 * 98)
+    assert (report.n_done, report.n_failed) == (2, 3)
+    errors = {r["name"]: r["error"] for r in report.failures}
+    assert errors["big"].startswith("ImageTooLargeError: ")
+    assert "more than the limit of 8232 pixels" in errors["big"]
+    assert "not a readable image file" in errors["broken"]
+    assert "the file is empty (0 bytes)" in errors["empty"]
+    assert all(r["attempts"] == 2 for r in report.failures)
+    assert _listing(tmp_path / "out") == sorted(_expected_files(["img0", "img1"])
+                                                + [FAILURES_FILE])

@@ -1,0 +1,376 @@
+"""Output paths: names derived from inputs never leave the output directory, never
+collide, never write through a symbolic link; the output directory is checked up
+front; a full disk leaves no partial file."""
+
+import errno
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from threadpoolctl import threadpool_limits
+
+from sklearn_clasp import HandcraftedPatchEmbedder, make_clasp_pipeline
+from sklearn_clasp import batch as batch_module
+from sklearn_clasp import visualize
+from sklearn_clasp.batch import FAILURES_FILE, ImageInput, find_images, segment_collection
+from sklearn_clasp.cli import main
+from sklearn_clasp.datasets import make_shapes_image
+
+ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
+SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+FAST = ["--embedder", "handcrafted", "--short-side", "none", "--no-crf"]
+
+
+@pytest.fixture(autouse=True)
+def _one_openmp_thread():
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
+
+
+def _pipe():
+    return make_clasp_pipeline("handcrafted", short_side=None, refine="nearest",
+                               random_state=0)
+
+
+def _image(path, seed=0, size=(56, 70)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image, _ = make_shapes_image(*size, n_shapes=1 + seed % 3, noise=3.0, random_state=seed)
+    Image.fromarray(image).save(path, format="PNG")
+    return path
+
+
+def _outputs_inside(out, name):
+    for suffix in (".json", "_mask.png", "_overlay.png"):
+        target = out / f"{name}{suffix}"
+        assert target.resolve().parent == out.resolve()
+        assert len(os.fsencode(target.name)) <= 255
+
+
+def _hidden(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture
+def embedded(monkeypatch):
+    """The sources of the images the handcrafted embedder embeds."""
+    seen = []
+    original = HandcraftedPatchEmbedder.transform
+
+    def counting(self, X):
+        seen.extend(os.fspath(x) if isinstance(x, (str, os.PathLike)) else "array" for x in X)
+        return original(self, X)
+
+    monkeypatch.setattr(HandcraftedPatchEmbedder, "transform", counting)
+    return seen
+
+
+# --------------------------------------------------------------------------
+# names
+# --------------------------------------------------------------------------
+
+
+def test_dot_dot_and_absolute_inputs_stay_inside(tmp_path):
+    inside = tmp_path / "in"
+    _image(inside / "a.png")
+    _image(inside / "sub" / "b.png", seed=1)
+    for odd in ["..png", "...png", ".. ..png"]:
+        _image(inside / odd, seed=2)
+    inputs = [str(inside / "sub" / ".." / "a.png"),  # '..' in the path
+              str(inside / "sub" / ".." / "sub"),  # a directory through '..'
+              str(inside / "sub" / ".." / "*.png"),  # a glob through '..'
+              os.path.abspath(inside / "..png")]  # absolute
+    found = find_images(inputs)
+    names = [n for _, n in found]
+    assert len(set(names)) == len(names)
+    out = tmp_path / "out"
+    for name in names:
+        assert SAFE.fullmatch(name), name
+        _outputs_inside(out, name)
+    report = segment_collection(found, out, pipeline=_pipe())
+    assert report.n_done == len(found)
+    assert {p.parent for p in out.rglob("*")} == {out}  # nothing written anywhere else
+
+
+@pytest.mark.parametrize("name", ["../escape", "/etc/evil", "a/b", ".hidden", "..", ".",
+                                  "", "a" * 201, "tab\there", "ok\n"])
+def test_unsafe_names_given_directly_are_refused(tmp_path, name):
+    path = _image(tmp_path / "in" / "a.png")
+    with pytest.raises(ValueError, match="unsafe output name") as err:
+        segment_collection([ImageInput(path, name)], tmp_path / "out", pipeline=_pipe())
+    assert "find_images" in str(err.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escape").exists()
+
+
+def test_duplicate_names_given_directly_are_refused(tmp_path):
+    a = _image(tmp_path / "x" / "a.png")
+    b = _image(tmp_path / "y" / "a.png", seed=1)
+    with pytest.raises(ValueError, match=r"\['a'\] given to more than one image"):
+        segment_collection([ImageInput(a, "a"), ImageInput(b, "A")], tmp_path / "out",
+                           pipeline=_pipe())
+
+
+def test_names_that_collide_after_sanitising_all_get_outputs(tmp_path):
+    folder = tmp_path / "in"
+    stems = ["a b", "a_b", "a?b", "a*b", "a%b"]
+    for i, stem in enumerate(stems):
+        _image(folder / f"{stem}.png", seed=i)
+    found = find_images(folder)
+    names = {p.name: n for p, n in found}
+    assert len(set(names.values())) == len(stems)
+    for stem in stems:
+        assert names[f"{stem}.png"].startswith("a_b-")
+    out = tmp_path / "out"
+    report = segment_collection(found, out, pipeline=_pipe())
+    assert report.n_done == len(stems)
+    sources = {json.loads((out / f"{n}.json").read_text())["source"] for n in names.values()}
+    assert sources == {str((folder / f"{s}.png").resolve()) for s in stems}
+
+
+def test_same_stem_in_different_folders(tmp_path):
+    x = _image(tmp_path / "in" / "x" / "photo.png")
+    y = _image(tmp_path / "in" / "y" / "photo.png", seed=1)
+    # searched from their common folder: the relative path tells them apart
+    assert sorted(n for _, n in find_images(tmp_path / "in")) == ["x__photo", "y__photo"]
+    # named one by one: a hash of each resolved path
+    found = find_images([x, y])
+    names = [n for _, n in found]
+    assert len(set(names)) == 2 and all(n.startswith("photo-") for n in names)
+    out = tmp_path / "out"
+    assert segment_collection(found, out, pipeline=_pipe()).n_done == 2
+    for path, name in found:
+        assert json.loads((out / f"{name}.json").read_text())["source"] == str(path.resolve())
+
+
+def test_names_differing_only_in_case_do_not_share_outputs(tmp_path):
+    _image(tmp_path / "in" / "Cat.png")
+    _image(tmp_path / "in" / "cat.png", seed=1)
+    names = sorted(n for _, n in find_images(tmp_path / "in"))
+    assert names[0].startswith("Cat-") and names[1].startswith("cat-")
+    assert names[0].casefold() != names[1].casefold()
+
+
+def test_very_long_names_are_shortened_with_a_hash(tmp_path):
+    deep = tmp_path / "in" / ("d" * 200) / ("e" * 200)
+    a = _image(deep / ("f" * 240 + ".png"))
+    b = _image(deep / ("f" * 239 + "g.png"), seed=1)
+    found = find_images(tmp_path / "in")
+    names = [n for _, n in found]
+    assert len(set(names)) == 2
+    out = tmp_path / "out"
+    for name in names:
+        assert len(name) <= 120
+        _outputs_inside(out, name)
+    assert segment_collection(found, out, pipeline=_pipe()).n_done == 2
+    assert {json.loads(p.read_text())["source"] for p in out.glob("*.json")} == {
+        str(a.resolve()), str(b.resolve())}
+
+
+def test_non_ascii_names(tmp_path):
+    folder = tmp_path / "in"
+    _image(folder / "café.png")
+    _image(folder / "cafe\u0301 2.png", seed=1)  # decomposed accent
+    _image(folder / "写真" / "猫.png", seed=2)
+    _image(folder / "写真" / "犬.png", seed=0)
+    _image(tmp_path / "in" / os.fsdecode(b"bad-\xff.png"), seed=1)  # not UTF-8
+    names = sorted(n for _, n in find_images(folder))
+    assert names[:3] == ["bad-_", "cafe", "cafe_2"]
+    assert all(n.startswith("image-") for n in names[3:]) and len(set(names)) == 5
+    report = segment_collection(folder, tmp_path / "out", pipeline=_pipe())
+    assert report.n_done == 5
+    summary = report.summary()
+    assert "5 image(s): 5 segmented" in summary
+
+
+# --------------------------------------------------------------------------
+# symbolic links in the output tree
+# --------------------------------------------------------------------------
+
+
+def test_symlinks_in_the_output_directory_are_replaced_not_followed(tmp_path):
+    _image(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+    victims = {}
+    for name in ["a_mask.png", "a_overlay.png", FAILURES_FILE]:
+        victim = tmp_path / f"victim-{name}"
+        victim.write_text("precious")
+        victims[name] = victim
+        (out / name).symlink_to(victim)
+    # a record outside that claims the image is done must not be trusted through a link
+    fake = tmp_path / "victim-a.json"
+    fake.write_text(json.dumps({"input_sha256": "x", "settings_hash": "y"}))
+    (out / "a.json").symlink_to(fake)
+
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=1)
+    assert (report.n_done, report.n_failed) == (1, 1)
+    for name, victim in victims.items():
+        assert victim.read_text() == "precious", name
+        assert not (out / name).is_symlink()
+    assert fake.read_text().startswith('{"input_sha256": "x"')
+    for name in ["a.json", "a_mask.png", "a_overlay.png"]:
+        assert (out / name).is_file() and not (out / name).is_symlink()
+    with Image.open(out / "a_mask.png") as im:
+        assert im.size == (70, 56)
+    (line,) = (out / FAILURES_FILE).read_text().splitlines()
+    assert json.loads(line)["name"] == "broken"
+
+
+def test_a_linked_record_is_not_taken_as_proof_of_completion(tmp_path, embedded):
+    _image(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    # move the complete record outside and link it back: the link is not trusted
+    (out / "a.json").rename(tmp_path / "a.json")
+    (out / "a.json").symlink_to(tmp_path / "a.json")
+    embedded.clear()
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    assert report.n_done == 1 and len(embedded) == 1
+    assert not (out / "a.json").is_symlink()
+
+
+# --------------------------------------------------------------------------
+# the output directory, checked before any work
+# --------------------------------------------------------------------------
+
+
+def _deny_writes_in(monkeypatch, folder, err=errno.EACCES):
+    """Make file creation in ``folder`` fail as the kernel would for ``err``."""
+    real_open = os.open
+    folder = os.path.abspath(folder)
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and os.path.dirname(os.path.abspath(path)) == folder:
+            raise OSError(err, os.strerror(err), os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+
+
+@pytest.mark.parametrize("how", ["chmod", "simulated"])
+def test_unwritable_output_directory_fails_before_any_work(tmp_path, monkeypatch, embedded,
+                                                           capsys, how):
+    _image(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    if how == "chmod":
+        if ROOT:
+            pytest.skip("running as root: directory permissions do not stop root")
+        out.chmod(0o555)
+    else:
+        _deny_writes_in(monkeypatch, out)
+    try:
+        with pytest.raises(PermissionError, match="cannot write into the output directory"):
+            segment_collection(tmp_path / "in", out, pipeline=_pipe())
+        assert embedded == []  # nothing was read or embedded
+        assert main(["segment", str(tmp_path / "in"), "--out", str(out), *FAST]) == 2
+        err = capsys.readouterr().err
+        assert f"--out: cannot write into the output directory '{out}'" in err
+        assert "fix its permissions or choose another output directory" in err
+        assert embedded == []
+    finally:
+        out.chmod(0o755)
+    assert list(out.iterdir()) == []
+
+
+def test_output_directory_that_cannot_be_created(tmp_path, capsys):
+    _image(tmp_path / "in" / "a.png")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError, match="cannot create the output directory"):
+        segment_collection(tmp_path / "in", tmp_path / "file" / "out", pipeline=_pipe())
+    assert main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "file" / "out"),
+                 *FAST]) == 2
+    assert "cannot create the output directory" in capsys.readouterr().err
+
+
+def test_output_directory_through_a_symlink_is_the_users_choice(tmp_path):
+    _image(tmp_path / "in" / "a.png")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    assert segment_collection(tmp_path / "in", tmp_path / "link", pipeline=_pipe()).n_done == 1
+    assert (tmp_path / "real" / "a.json").is_file()
+
+
+# --------------------------------------------------------------------------
+# a full disk
+# --------------------------------------------------------------------------
+
+
+def test_disk_full_fails_the_image_with_no_partial_file(tmp_path, monkeypatch):
+    for i in range(3):
+        _image(tmp_path / "in" / f"img{i}.png", seed=i)
+    real_save = visualize.save_png
+
+    def filling_save(path, array):
+        if "img1_mask" in os.fspath(path):  # the disk fills up while writing img1's mask
+            with open(path, "wb") as fh:
+                fh.write(b"\x89PNG\r\n\x1a\n half")
+            raise OSError(errno.ENOSPC, "No space left on device", os.fspath(path))
+        return real_save(path, array)
+
+    monkeypatch.setattr(visualize, "save_png", filling_save)
+    out = tmp_path / "out"
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=2)
+    assert (report.n_done, report.n_failed) == (2, 1)
+    (failure,) = report.failures
+    assert failure["name"] == "img1" and failure["attempts"] == 2
+    error = failure["error"]
+    assert error.startswith("OSError: [Errno 28] could not write img1_mask.png in ")
+    assert "the disk (or quota) is full" in error and "No partial file was left" in error
+    assert "\n" not in error
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"img{i}{s}" for i in (0, 2) for s in (".json", "_mask.png", "_overlay.png")]
+        + [FAILURES_FILE])
+
+    # space freed: the re-run does the missing image only
+    monkeypatch.setattr(visualize, "save_png", real_save)
+    again = segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    assert [r["status"] for r in again.results] == ["skipped", "done", "skipped"]
+
+
+def test_disk_full_while_writing_the_record_leaves_it_unvouched(tmp_path, monkeypatch):
+    _image(tmp_path / "in" / "a.png")
+    real_write = batch_module._atomic_write
+
+    def full_on_json(path, write, **kwargs):
+        if path.suffix == ".json":
+            def partial(tmp):
+                tmp.write_text('{"input_sha256": ')
+                raise OSError(errno.EDQUOT, "Disk quota exceeded")
+            return real_write(path, partial, **kwargs)
+        return real_write(path, write, **kwargs)
+
+    monkeypatch.setattr(batch_module, "_atomic_write", full_on_json)
+    out = tmp_path / "out"
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=1)
+    assert report.n_failed == 1 and "quota" in report.failures[0]["error"]
+    assert not (out / "a.json").exists() and _hidden(out) == []
+    monkeypatch.setattr(batch_module, "_atomic_write", real_write)
+    assert segment_collection(tmp_path / "in", out, pipeline=_pipe()).n_done == 1
+
+
+def test_atomic_replace_swaps_a_link_and_never_touches_its_target(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "out").mkdir()
+    link = tmp_path / "out" / "x.json"
+    link.symlink_to(victim)
+    batch_module._atomic_write(link, lambda p: p.write_text("new"))
+    assert victim.read_text() == "precious"
+    assert not link.is_symlink() and link.read_text() == "new"
+    assert _hidden(tmp_path / "out") == []
+
+
+def test_overlays_of_huge_images_are_drawn_downscaled(monkeypatch):
+    monkeypatch.setattr(batch_module, "_OVERLAY_MAX_PIXELS", 100)
+    image = np.zeros((40, 30, 3), dtype=np.uint8)
+    mask = np.zeros((40, 30), dtype=np.int64)
+    mask[:, 15:] = 1
+    small = batch_module._overlay(image, mask)
+    assert small.shape[0] * small.shape[1] <= 100
+    assert small.shape[:2] == (11, 8)
+    monkeypatch.setattr(batch_module, "_OVERLAY_MAX_PIXELS", 10_000)
+    assert batch_module._overlay(image, mask).shape == (40, 30, 3)
