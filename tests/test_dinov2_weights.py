@@ -7,6 +7,7 @@ is replaced in every test, and the hub cache is a temporary directory.
 import dataclasses
 import io
 import logging
+import os
 import urllib.error
 import warnings
 
@@ -323,6 +324,21 @@ def test_file_digest_follows_changes(tmp_path):
     assert file_sha256(p) != a
 
 
+def test_file_digest_not_fooled_by_a_restored_mtime(tmp_path):
+    """Same size, modification time set back: the status-change time still tells."""
+    import time
+
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"good")
+    st = p.stat()
+    good = file_sha256(p)
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    p.write_bytes(b"evil")
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert p.stat().st_mtime_ns == st.st_mtime_ns and p.stat().st_size == st.st_size
+    assert file_sha256(p) == __import__("hashlib").sha256(b"evil").hexdigest() != good
+
+
 def test_random_weights_warn():
     with pytest.warns(UserWarning, match="random weights"):
         load_dinov2("dinov2_vits14", weights="random", random_state=0)
@@ -330,3 +346,212 @@ def test_random_weights_warn():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="weights_sha256 has no meaning"):
             load_dinov2("dinov2_vits14", weights="random", weights_sha256="0" * 64)
+
+
+# ------------------------------------------- what is hashed, and when
+
+
+def _record_hash_and_load(monkeypatch):
+    """Record, in order, every hashing of file bytes and every ``torch.load``."""
+    events = []
+    hash_stream, torch_load = _weights._hash_stream, torch.load
+
+    def hashing(fh):
+        events.append("hash")
+        return hash_stream(fh)
+
+    def loading(*args, **kwargs):
+        events.append("load")
+        return torch_load(*args, **kwargs)
+
+    monkeypatch.setattr(_weights, "_hash_stream", hashing)
+    monkeypatch.setattr(torch, "load", loading)
+    return events
+
+
+def test_official_file_is_hashed_before_it_is_parsed(monkeypatch, _isolated, reg_checkpoint):
+    _, data, sha = reg_checkpoint
+    cached = _isolated / "checkpoints" / REG_FILE
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(data)
+    _trust(monkeypatch, sha)
+    events = _record_hash_and_load(monkeypatch)
+    DinoPatchEmbedder().fit()
+    assert events == ["hash", "load"]  # hashed once, then parsed once
+
+    # a tampered copy is refused by its digest and never parsed
+    events.clear()
+    cached.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(ChecksumMismatchError, match="delete it"):
+        DinoPatchEmbedder().fit()
+    assert events == ["hash"]
+
+
+def test_user_file_is_hashed_before_it_is_parsed(monkeypatch, tmp_path, reg_checkpoint):
+    _, data, sha = reg_checkpoint
+    path = tmp_path / "mine.pth"
+    path.write_bytes(data)
+    events = _record_hash_and_load(monkeypatch)
+    emb = DinoPatchEmbedder(weights=path).fit()
+    assert events == ["hash", "load"] and emb.weights_sha256_ == sha
+
+
+def test_file_swapped_after_the_check_is_not_loaded(monkeypatch, tmp_path, reg_checkpoint,
+                                                     plain_checkpoint):
+    """The digest is checked on the open file that is parsed, not on the path."""
+    from sklearn_clasp.embedding import _dinov2
+
+    _, data, sha = reg_checkpoint
+    path = tmp_path / "mine.pth"
+    path.write_bytes(data)
+    resolve = _dinov2.resolve_weights
+
+    def resolve_then_swap(*args, **kwargs):
+        result = resolve(*args, **kwargs)
+        other = tmp_path / "other.pth"
+        other.write_bytes(plain_checkpoint.read_bytes())
+        os.replace(other, path)  # another user swaps the file in a shared directory
+        return result
+
+    monkeypatch.setattr(_dinov2, "resolve_weights", resolve_then_swap)
+    events = _record_hash_and_load(monkeypatch)
+    with pytest.raises(ChecksumMismatchError, match="changed since it was checked") as err:
+        DinoPatchEmbedder(weights=path).fit()
+    assert sha in str(err.value) and str(path) in str(err.value)
+    assert "load" not in events
+
+
+def test_user_file_that_is_an_official_file(monkeypatch, tmp_path, caplog, reg_checkpoint,
+                                            plain_checkpoint):
+    path, _, sha = reg_checkpoint
+    _trust(monkeypatch, sha)  # pretend our stand-in is the official REG file
+    with caplog.at_level(logging.INFO, logger=_weights.__name__):
+        DinoPatchEmbedder(weights=path).fit()
+    assert f"is the official {REG} checkpoint (SHA-256 {sha})" in caplog.text
+    # the official file of another model is refused by its digest, before parsing
+    events = _record_hash_and_load(monkeypatch)
+    with pytest.raises(ValueError, match=rf"is the official {REG} checkpoint.*"
+                                         rf"pass model='{REG}'"):
+        DinoPatchEmbedder("dinov2_vits14", weights=path).fit()
+    assert "load" not in events
+    # any other file: its digest is logged, and a file named like the official one
+    # but with another digest is pointed out
+    plain_sha = file_sha256(plain_checkpoint)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=_weights.__name__):
+        DinoPatchEmbedder("dinov2_vits14", weights=plain_checkpoint).fit()
+    assert f"SHA-256 {plain_sha} (not an official checkpoint" in caplog.text
+    assert "is named like the official dinov2_vits14 file" in caplog.text
+
+
+# ------------------------------------------------------ unreadable files
+
+
+def test_corrupt_truncated_and_empty_files_name_the_file(tmp_path, reg_checkpoint):
+    _, data, _ = reg_checkpoint
+    cases = {
+        "truncated.pth": data[: len(data) // 2],
+        "tail_cut.pth": data[:-100],
+        "junk.pth": b"this is not a checkpoint at all",
+        "empty.pth": b"",
+    }
+    for name, content in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError) as err:
+            load_dinov2(REG, weights=path)
+        msg = str(err.value)
+        assert not isinstance(err.value, _weights.UnsafeCheckpointError)
+        assert f"could not read weights file {path}" in msg, msg
+        assert ("empty (0 bytes)" if not content else "corrupt, truncated") in msg
+        assert len(msg) < 500
+
+
+def test_non_string_keys_refused(tmp_path):
+    torch.save({0: torch.zeros(1)}, tmp_path / "intkeys.pth")
+    with pytest.raises(ValueError, match=r"not a plain state dict of tensors with string "
+                                         r"keys \(top level: keys 0\)"):
+        load_dinov2("dinov2_vits14", weights=tmp_path / "intkeys.pth")
+
+
+# --------------------------------------------------------- another model
+
+
+def _shaped_like(model):
+    """A state dict with ``model``'s keys and shapes, a few KB on disk (stride-0 tensors)."""
+    net = build_dinov2(model, device="meta")
+    return {k: torch.zeros(1).expand(v.shape) for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "file_model, model, expected",
+    [
+        ("dinov2_vitb14", "dinov2_vits14", "shape mismatches: blocks.0.attn.proj.bias is "
+                                           "(768,) in the file, (384,) in the model"),
+        ("dinov2_vits14_reg", "dinov2_vits14", "unexpected keys: register_tokens."),
+        ("dinov2_vitl14_reg", "dinov2_vitb14_reg", "unexpected keys: blocks.12."),
+    ],
+)
+def test_checkpoint_of_another_model_names_both(tmp_path, file_model, model, expected):
+    path = tmp_path / "other.pth"
+    torch.save(_shaped_like(file_model), path)
+    assert path.stat().st_size < 200_000
+    with pytest.raises(ValueError) as err:
+        load_dinov2(model, weights=path)
+    msg = str(err.value)
+    assert f"weights file {path} does not fit model {model!r}" in msg
+    assert expected in msg
+    assert f"looks like a {file_model!r} checkpoint: pass model={file_model!r}" in msg
+    assert len(msg) < 800  # a few keys, not a dump of 200 shapes
+
+
+def test_near_miss_is_described_by_its_architecture(tmp_path):
+    sd = _shaped_like("dinov2_vitb14")
+    sd["pos_embed"] = torch.zeros(1).expand(1, 257, 768)  # trained at 224 px
+    torch.save(sd, tmp_path / "b224.pth")
+    with pytest.raises(ValueError, match=r"architecture of 'dinov2_vitb14' \(embed dim 768, "
+                                         r"12 blocks, 0 register tokens\)"):
+        load_dinov2("dinov2_vits14", weights=tmp_path / "b224.pth")
+    sd = _shaped_like("dinov2_vits14")
+    sd = {k: v for k, v in sd.items() if not k.startswith("blocks.11.")}
+    torch.save(sd, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match=r"missing keys: blocks\.11\..*embed dim 384, 11 "
+                                         r"blocks, 0 register tokens\) matches no official"):
+        load_dinov2("dinov2_vits14", weights=tmp_path / "short.pth")
+
+
+def test_long_key_names_are_shortened(tmp_path, plain_checkpoint):
+    sd = torch.load(plain_checkpoint, weights_only=True)
+    sd["x" * 10_000] = torch.zeros(1)
+    torch.save(sd, tmp_path / "long.pth")
+    with pytest.raises(ValueError, match=r"unexpected keys: x{57}\.\.\.\.") as err:
+        load_dinov2("dinov2_vits14", weights=tmp_path / "long.pth")
+    assert len(str(err.value)) < 500
+
+
+# ------------------------------------------------------------ safetensors
+
+
+def test_safetensors_file(tmp_path, reg_checkpoint):
+    st = pytest.importorskip("safetensors.torch")
+    path, _, _ = reg_checkpoint
+    sd = torch.load(path, weights_only=True)
+    st.save_file(sd, tmp_path / "w.safetensors")
+    a = DinoPatchEmbedder(weights=tmp_path / "w.safetensors", short_side=None).fit()
+    b = DinoPatchEmbedder(weights=path, short_side=None).fit()
+    np.testing.assert_array_equal(_features(a), _features(b))
+    assert a.weights_sha256_ == file_sha256(tmp_path / "w.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes((tmp_path / "w.safetensors").read_bytes()[:999])
+    with pytest.raises(ValueError, match="bad.safetensors: it is corrupt, truncated"):
+        load_dinov2(REG, weights=tmp_path / "bad.safetensors")
+
+
+def test_safetensors_without_the_package(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # import fails
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    (tmp_path / "w.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(ImportError, match=r"w\.safetensors is a \.safetensors file.*"
+                                          r"pip install safetensors"):
+        load_dinov2(REG, weights=tmp_path / "w.safetensors")

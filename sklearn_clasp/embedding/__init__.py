@@ -11,22 +11,32 @@ does not import torch.
 from ._handcrafted import HandcraftedPatchEmbedder, handcrafted_patch_features
 
 __all__ = [
+    "ChecksumMismatchError",
     "DinoPatchEmbedder",
     "HandcraftedPatchEmbedder",
+    "UnsafeCheckpointError",
+    "WeightsUnavailableError",
     "handcrafted_patch_features",
     "load_dinov2",
 ]
 
-_LAZY = {"DinoPatchEmbedder", "load_dinov2"}
+# name -> submodule that defines it (imported on first access: it imports torch)
+_LAZY = {
+    "DinoPatchEmbedder": "_dinov2",
+    "load_dinov2": "_dinov2",
+    "ChecksumMismatchError": "_weights",
+    "UnsafeCheckpointError": "_weights",
+    "WeightsUnavailableError": "_weights",
+}
 
 
 def __getattr__(name):
     if name in _LAZY:
-        from . import _dinov2
+        from importlib import import_module
 
-        return getattr(_dinov2, name)
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | _LAZY)
+    return sorted(set(globals()) | set(_LAZY))

@@ -28,6 +28,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 
 from ..image import check_image_list, load_image, patch_grid_shape, resize_image
+from ._handcrafted import _log_patch_budget
 from ..records import PatchGrid
 from ._vit import MODEL_CONFIGS, DinoVisionTransformer, build_dinov2
 from ._weights import load_checkpoint, load_state_dict_strict, resolve_weights
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 #: ImageNet normalisation used by DINOv2 (RGB, on images scaled to [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+#: ImageNet standard deviations used by DINOv2 (RGB, on images scaled to [0, 1]).
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -70,7 +72,9 @@ def _load_dinov2(model, weights, *, weights_sha256, download, allow_unverified, 
         model, weights, weights_sha256=weights_sha256, download=download,
         allow_unverified=allow_unverified,
     )
-    state_dict = load_checkpoint(path)
+    # the open file is checked against the digest just resolved, then parsed
+    # with weights_only=True: a file swapped in meanwhile is refused unread
+    state_dict = load_checkpoint(path, sha256=sha256)
     load_state_dict_strict(net, state_dict, name=model, source=f"weights file {path}")
     logger.info("loaded %s from %s", model, path)
     return net.eval().requires_grad_(False), str(path), sha256
@@ -88,7 +92,9 @@ def load_dinov2(model="dinov2_vits14_reg", weights=None, *, weights_sha256=None,
     weights : None, path-like or "random", default=None
         ``None``: the official checkpoint, from ``$SKLEARN_CLASP_WEIGHTS`` or
         the torch hub cache, else downloaded (SHA-256 verified). A path: that
-        file, loaded with ``strict=True``. ``"random"``: random weights (warns).
+        file (``.pth`` state dict or ``.safetensors``), read without running
+        pickled code and loaded with ``strict=True``. ``"random"``: random
+        weights (warns).
     weights_sha256 : str, default=None
         Expected SHA-256 of the file (checked when given).
     download : bool, default=True
@@ -118,7 +124,7 @@ def load_dinov2(model="dinov2_vits14_reg", weights=None, *, weights_sha256=None,
     return net
 
 
-def prepare_dino_input(image, *, short_side=448, patch_size=14):
+def prepare_dino_input(image, *, short_side=448, patch_size=14, max_patches=None):
     """Resize an RGB ``uint8`` image to the model input size.
 
     Parameters
@@ -129,6 +135,9 @@ def prepare_dino_input(image, *, short_side=448, patch_size=14):
         ``patch_size``, the paper's policy). See
         :func:`~sklearn_clasp.image.patch_grid_shape`.
     patch_size : int, default=14
+    max_patches : int or None, default=None
+        Patch budget: the grid is shrunk (aspect ratio kept) to at most this
+        many patches; ``None`` sets no limit.
 
     Returns
     -------
@@ -144,7 +153,7 @@ def prepare_dino_input(image, *, short_side=448, patch_size=14):
     ((56, 70, 3), (4, 5))
     """
     h, w = patch_grid_shape(image.shape[0], image.shape[1], short_side=short_side,
-                            patch_size=patch_size)
+                            patch_size=patch_size, max_patches=max_patches)
     return resize_image(image, (h * patch_size, w * patch_size)), (h, w)
 
 
@@ -199,6 +208,30 @@ def dino_patch_features(model, inputs, *, facet="tokens", layer=-1, batch_size=8
 def _cached_patch_features(image, key, compute):
     """What :class:`joblib.Memory` stores: ``compute()`` keyed by ``(image, key)``."""
     return compute()
+
+
+def _check_cache_location(memory):
+    """Warn when someone else could have written the entries of a feature cache."""
+    location = getattr(memory, "location", None)
+    if location is None or not hasattr(os, "geteuid"):
+        return
+    try:
+        st = os.stat(location)
+    except OSError:
+        return
+    if st.st_uid != os.geteuid():
+        who = "is owned by another user"
+    elif st.st_mode & 0o022:
+        who = "is writable by other users"
+    else:
+        return
+    warnings.warn(
+        f"memory={location!r}: the feature cache directory {who}. Its entries are "
+        f"pickles, loaded (and able to run code) on a cache hit; use a directory that "
+        f"only you can write to.",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 @contextmanager
@@ -272,8 +305,11 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
         ``$SKLEARN_CLASP_WEIGHTS`` and the torch hub cache
         (``torch.hub.get_dir()/checkpoints``), else downloaded from the
         official URL; official files are always SHA-256 verified. A path: a
-        local checkpoint in the official layout (loaded with ``strict=True``).
-        ``"random"``: random weights, for tests and smoke runs (warns).
+        local checkpoint in the official layout, a ``.pth`` state dict (read
+        with ``torch.load(weights_only=True)``, which refuses pickled code) or
+        a ``.safetensors`` file (needs the ``safetensors`` package), loaded
+        with ``strict=True``; its SHA-256 is logged. ``"random"``: random
+        weights, for tests and smoke runs (warns).
     weights_sha256 : str, default=None
         Expected SHA-256 of the weight file; checked when given.
     download : bool, default=True
@@ -283,6 +319,14 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
         The image is scaled so that its shorter side is this many pixels, then
         each side is rounded to a multiple of 14. ``None`` keeps the image
         size and only rounds it (the CLASP paper's policy).
+    max_patches : int or None, default=10_000
+        Patch budget: a grid with more patches is shrunk, aspect ratio kept,
+        to at most this many (see
+        :func:`~sklearn_clasp.image.patch_grid_shape`), so huge images and
+        extreme aspect ratios are downscaled for the backbone instead of
+        exhausting memory; ``info["patch_budget_applied"]`` says when. The
+        default leaves every grid up to 1400 x 1400 pixels (100 x 100
+        patches) alone, the paper's sizes included. ``None`` sets no limit.
     facet : {"tokens", "keys"}, default="tokens"
         ``"tokens"``: output tokens of block ``layer`` after the final layer
         norm (with ``layer=-1`` the official ``x_norm_patchtokens``).
@@ -304,6 +348,11 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
         Cache features on disk keyed by the resized image bytes and every
         setting that affects them (model weights, facet, layer, dtype), so
         repeated runs (e.g. a grid search over later steps) skip the backbone.
+        ``None`` caches nothing and writes nothing. The cache entries are
+        pickles, loaded on a cache hit: whoever can write to the directory can
+        run code in this process, so give a directory that only you can
+        write to (a directory owned by another user or writable by others is
+        used with a warning).
     random_state : int, RandomState instance or None, default=None
         Seeds ``weights="random"``; unused otherwise.
 
@@ -352,6 +401,7 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
         "weights_sha256": [None, str],
         "download": ["boolean"],
         "short_side": [Interval(Integral, 1, None, closed="left"), None],
+        "max_patches": [Interval(Integral, 1, None, closed="left"), None],
         "facet": [StrOptions({"tokens", "keys"})],
         "layer": [Integral],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -370,6 +420,7 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
         weights_sha256=None,
         download=True,
         short_side=448,
+        max_patches=10_000,
         facet="tokens",
         layer=-1,
         batch_size=8,
@@ -384,6 +435,7 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
         self.weights_sha256 = weights_sha256
         self.download = download
         self.short_side = short_side
+        self.max_patches = max_patches
         self.facet = facet
         self.layer = layer
         self.batch_size = batch_size
@@ -455,6 +507,7 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
         if self.memory is None:
             return dino_patch_features(self.model_, inputs, **kw), [False] * len(inputs)
         memory = check_memory(self.memory)
+        _check_cache_location(memory)
         cached = memory.cache(_cached_patch_features, ignore=["compute"])
         key = (self._model_identity(), self.facet, self.layer_, str(self.dtype_))
         hit = [cached.check_call_in_cache(x, key, None) for x in inputs]
@@ -490,16 +543,19 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
             input), ``grid_shape`` ``(h, w)``, ``features`` ``(h, w, D)``
             float32, ``source`` (the path, or ``"image[i]"``) and ``info``
             (``embedder``, ``model``, ``input_size``, ``patch_size``,
-            ``facet``, ``layer``, ``dtype``, ``cached``).
+            ``facet``, ``layer``, ``dtype``, ``cached``,
+            ``patch_budget_applied``).
         """
         check_is_fitted(self, "model_")
         items = check_image_list(X, step=type(self).__name__)
         p = self.model_.patch_size
-        sources, images, inputs, grids = [], [], [], []
+        sources, images, inputs, grids, budget = [], [], [], [], []
         for i, item in enumerate(items):
             source = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"image[{i}]"
             image = load_image(item, name=source)
-            x, grid = prepare_dino_input(image, short_side=self.short_side, patch_size=p)
+            x, grid = prepare_dino_input(image, short_side=self.short_side, patch_size=p,
+                                         max_patches=self.max_patches)
+            budget.append(_log_patch_budget(image.shape, grid, self.short_side, p, source))
             sources.append(source)
             images.append(image)
             inputs.append(x)
@@ -521,7 +577,10 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
                     "layer": self.layer_,
                     "dtype": str(self.dtype_).removeprefix("torch."),
                     "cached": bool(hit),
+                    "patch_budget_applied": applied,
                 },
             )
-            for image, grid, feat, source, hit in zip(images, grids, features, sources, cached)
+            for image, grid, feat, source, hit, applied in zip(
+                images, grids, features, sources, cached, budget
+            )
         ]

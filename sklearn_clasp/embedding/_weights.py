@@ -14,6 +14,14 @@ always checked against their published SHA-256 before use; a download is
 written to a temporary file, verified, then renamed into place. Nothing here
 touches the network unless a download is needed and allowed.
 
+Weight files are untrusted input. :func:`load_checkpoint` opens a file once,
+checks the SHA-256 of the open file (so that it cannot be swapped between the
+check and the load), and parses it with ``torch.load(..., weights_only=True)``
+(or, for ``.safetensors`` files, with the optional ``safetensors`` package),
+which refuses pickled objects that could run code. Only a plain state dict of
+tensors is accepted, and :func:`load_state_dict_strict` checks its key names
+and shapes against the chosen model before anything is copied.
+
 The SHA-256 digests and sizes below are those of the files served at the
 official URLs, as recorded by independent projects (finegrain-ai/refiners
 ``src/refiners/conversion/models/dinov2.py`` lists all eight; each one is
@@ -25,9 +33,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
+import re
 import tempfile
+import threading
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,12 +54,14 @@ __all__ = [
     "WEIGHTS_ENV_VAR",
     "WeightsUnavailableError",
     "ChecksumMismatchError",
+    "UnsafeCheckpointError",
     "official_weights",
     "hub_checkpoint_dir",
     "find_official_weights",
     "resolve_weights",
     "download_weights",
     "file_sha256",
+    "verify_file",
     "load_checkpoint",
     "load_state_dict_strict",
 ]
@@ -126,8 +140,32 @@ class ChecksumMismatchError(ValueError):
     """A weight file's SHA-256 differs from the expected one."""
 
 
+class UnsafeCheckpointError(ValueError):
+    """A weight file holds pickled objects or code beyond tensors; it was not loaded.
+
+    The restricted unpickler of ``torch.load(..., weights_only=True)`` stops
+    at the first object that is not a tensor or a plain container, without
+    calling anything the file names.
+    """
+
+
 def official_weights(model):
-    """The :class:`WeightsInfo` of a model's official checkpoint."""
+    """The :class:`WeightsInfo` of a model's official checkpoint.
+
+    Parameters
+    ----------
+    model : str
+        Torch hub entry name, e.g. ``"dinov2_vits14_reg"``.
+
+    Returns
+    -------
+    info : WeightsInfo
+
+    Raises
+    ------
+    ValueError
+        For an unknown name; the message lists the known ones.
+    """
     try:
         return OFFICIAL_WEIGHTS[model]
     except KeyError:
@@ -137,7 +175,13 @@ def official_weights(model):
 
 
 def hub_checkpoint_dir() -> Path:
-    """The torch hub checkpoint cache, ``torch.hub.get_dir()/checkpoints``."""
+    """The torch hub checkpoint cache, ``torch.hub.get_dir()/checkpoints``.
+
+    Returns
+    -------
+    directory : Path
+        Not created if missing.
+    """
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
@@ -155,37 +199,102 @@ def _check_sha256_string(sha256, name="weights_sha256"):
     return s
 
 
-@lru_cache(maxsize=64)
-def _sha256_cached(path, size, mtime_ns, inode):
+# SHA-256 of files already hashed in this process, keyed by what identifies a
+# file's content without reading it: (device, inode, size, mtime_ns, ctime_ns).
+# ctime cannot be set back by a user, so a rewrite always changes the key.
+_DIGEST_MEMO: dict = {}
+_DIGEST_MEMO_SIZE = 64
+_DIGEST_LOCK = threading.Lock()
+
+
+def _stat_key(st):
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_stream(fh):
+    """SHA-256 (hex) of what is left to read in the binary file ``fh``."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
+
+
+def _handle_sha256(fh):
+    """SHA-256 of the open binary file ``fh`` from its start (remembered per file state)."""
+    key = _stat_key(os.fstat(fh.fileno()))
+    with _DIGEST_LOCK:
+        digest = _DIGEST_MEMO.get(key)
+    if digest is None:
+        fh.seek(0)
+        digest = _hash_stream(fh)
+        if _stat_key(os.fstat(fh.fileno())) == key:  # not written to while hashed
+            with _DIGEST_LOCK:
+                while len(_DIGEST_MEMO) >= _DIGEST_MEMO_SIZE:
+                    _DIGEST_MEMO.pop(next(iter(_DIGEST_MEMO)))
+                _DIGEST_MEMO[key] = digest
+    return digest
 
 
 def file_sha256(path) -> str:
     """SHA-256 of a file, hex.
 
-    The digest is remembered for the process, keyed by path, size,
-    modification time and inode, so re-verifying an unchanged file is free;
-    any change to the file invalidates it.
+    The digest is remembered for the process, keyed by the file's device,
+    inode, size, modification and status-change times, so re-verifying an
+    unchanged file is free; any change to the file invalidates it.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+
+    Returns
+    -------
+    digest : str
+        64 lowercase hexadecimal digits.
     """
-    path = os.path.realpath(os.fspath(path))
-    st = os.stat(path)
-    return _sha256_cached(path, st.st_size, st.st_mtime_ns, st.st_ino)
+    with open(os.fspath(path), "rb") as fh:
+        return _handle_sha256(fh)
+
+
+def _mismatch_error(name, actual, expected, what, advice):
+    return ChecksumMismatchError(
+        f"{what} {name} has SHA-256 {actual}, expected {expected}. {advice}"
+    )
+
+
+_VERIFY_ADVICE = (
+    "The file is corrupt, truncated or not the expected checkpoint: delete it and let it "
+    "be downloaded again, or pass weights=PATH (with the matching weights_sha256) to use "
+    "another file deliberately."
+)
 
 
 def verify_file(path, sha256, *, what="weights file"):
-    """Raise :class:`ChecksumMismatchError` unless ``path`` has SHA-256 ``sha256``."""
+    """Check that a file has the SHA-256 ``sha256``.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    sha256 : str
+        Expected digest, 64 hexadecimal digits.
+    what : str, default="weights file"
+        How to call the file in the error message.
+
+    Returns
+    -------
+    digest : str
+        The file's SHA-256 (equal to ``sha256``).
+
+    Raises
+    ------
+    ChecksumMismatchError
+        If the digests differ; the message gives both.
+    """
+    sha256 = _check_sha256_string(sha256, "sha256")
     actual = file_sha256(path)
     if actual != sha256:
-        raise ChecksumMismatchError(
-            f"{what} {os.fspath(path)} has SHA-256 {actual}, expected {sha256}. The file "
-            f"is corrupt, truncated or not the expected checkpoint: delete it and let it be "
-            f"downloaded again, or pass weights=PATH (with the matching weights_sha256) to "
-            f"use another file deliberately."
-        )
+        raise _mismatch_error(os.fspath(path), actual, sha256, what, _VERIFY_ADVICE)
     return actual
 
 
@@ -278,12 +387,43 @@ def find_official_weights(model):
 
     Looks in ``$SKLEARN_CLASP_WEIGHTS`` then the torch hub cache; does not
     verify (see :func:`resolve_weights`).
+
+    Parameters
+    ----------
+    model : str
+        Torch hub entry name.
+
+    Returns
+    -------
+    path : Path or None
     """
     info = official_weights(model)
     for directory in (_env_dir(), hub_checkpoint_dir()):
         if directory is not None and (directory / info.filename).is_file():
             return directory / info.filename
     return None
+
+
+def _check_user_file(model, path, digest):
+    """Log what a user-given file is; refuse the official file of another model."""
+    info = official_weights(model)
+    official = {w.sha256: w.model for w in OFFICIAL_WEIGHTS.values() if w.sha256}.get(digest)
+    if official == model:
+        logger.info("weights file %s is the official %s checkpoint (SHA-256 %s)", path,
+                    model, digest)
+    elif official is not None:
+        raise ValueError(
+            f"weights file {path} is the official {official} checkpoint (by its SHA-256), "
+            f"not that of {model}: pass model={official!r}, or the {model} file "
+            f"({info.filename})."
+        )
+    else:
+        logger.info("weights file %s: SHA-256 %s (not an official checkpoint; its keys and "
+                    "shapes are checked against %s)", path, digest, model)
+        if path.name == info.filename:
+            logger.warning(
+                "%s is named like the official %s file but its SHA-256 %s differs from the "
+                "published %s; it is loaded as a user file", path, model, digest, info.sha256)
 
 
 def resolve_weights(model, weights=None, *, weights_sha256=None, download=True,
@@ -311,6 +451,23 @@ def resolve_weights(model, weights=None, *, weights_sha256=None, download=True,
         The file, verified where a digest is known.
     sha256 : str
         Its SHA-256.
+
+    Raises
+    ------
+    WeightsUnavailableError
+        If the file is missing and may not or cannot be downloaded.
+    ChecksumMismatchError
+        If a file's SHA-256 differs from the expected one (nothing is read
+        from it).
+    ValueError
+        If ``weights`` is the official file of another model (recognised by
+        its SHA-256).
+
+    Notes
+    -----
+    The SHA-256 of a file passed as ``weights`` is logged (INFO level); a
+    file whose digest is that of the official checkpoint of ``model`` is
+    thereby verified even without ``weights_sha256``.
     """
     weights_sha256 = _check_sha256_string(weights_sha256)
     if weights is not None:
@@ -322,8 +479,11 @@ def resolve_weights(model, weights=None, *, weights_sha256=None, download=True,
                 f"{model}, or weights='random'."
             )
         if weights_sha256 is not None:
-            return path, verify_file(path, weights_sha256)
-        return path, file_sha256(path)
+            digest = verify_file(path, weights_sha256)
+        else:
+            digest = file_sha256(path)
+        _check_user_file(model, path, digest)
+        return path, digest
 
     info = official_weights(model)
     expected = weights_sha256 or info.sha256
@@ -350,19 +510,152 @@ def resolve_weights(model, weights=None, *, weights_sha256=None, download=True,
     return dest, digest
 
 
-def load_checkpoint(path):
-    """Read a checkpoint file safely (``weights_only=True``) to a state dict on CPU."""
+_SAFETENSORS_SUFFIX = ".safetensors"
+
+# what torch's weights_only refusal says was refused, most specific first
+_REFUSAL_REASONS = (
+    re.compile(r"Unsupported global: GLOBAL \S+ was not an allowed global by default"),
+    re.compile(r"Trying to load unsupported GLOBAL \S+ whose module \S+ is blocked"),
+    re.compile(r"Unsupported operand \d+"),
+    re.compile(r"Cannot use ``weights_only=True`` with TorchScript archives"),
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _brief(text, limit=200):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _refusal_reason(exc):
+    """The part of torch's weights_only refusal that says what was refused."""
+    text = _ANSI.sub("", str(exc))
+    for pattern in _REFUSAL_REASONS:
+        match = pattern.search(text)
+        if match:
+            return match.group(0)
+    return "objects other than tensors"
+
+
+def _unsafe_error(name, exc):
+    return UnsafeCheckpointError(
+        f"refused to load weights file {name}: it holds pickled Python objects or code "
+        f"besides tensors, which could run arbitrary code when loaded ({_refusal_reason(exc)}). "
+        f"Nothing from it was executed: weights files are only read with torch.load("
+        f"weights_only=True). Use a plain state dict of tensors (saved with "
+        f"torch.save(model.state_dict(), path)) or a .safetensors file from a source you "
+        f"trust."
+    )
+
+
+def _corrupt_error(name, exc):
+    detail = f"{type(exc).__name__}: {_brief(exc)}" if str(exc) else type(exc).__name__
+    return ValueError(
+        f"could not read weights file {name}: it is corrupt, truncated or not a PyTorch "
+        f"checkpoint ({detail}). Copy or download it again, or pass another file."
+    )
+
+
+def _read_torch(fh, name):
     try:
-        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated zip, non-tensor payloads
+        with warnings.catch_warnings():
+            # torch's notes on pickle protocols and TorchScript dispatch; the
+            # error raised below says what matters
+            warnings.filterwarnings("ignore", message=".*(pickle protocol|TorchScript)",
+                                    category=UserWarning)
+            return torch.load(fh, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise _unsafe_error(name, exc) from None
+        raise _corrupt_error(name, exc) from exc
+    except Exception as exc:  # truncated zip, EOF, unknown format, TorchScript
+        if "weights_only" in str(exc):
+            raise _unsafe_error(name, exc) from None
+        raise _corrupt_error(name, exc) from exc
+
+
+def _read_safetensors(fh, name):
+    try:
+        from safetensors.torch import load as load_safetensors
+    except ImportError:
+        raise ImportError(
+            f"weights file {name} is a .safetensors file, which needs the optional "
+            f"safetensors package: pip install safetensors (or pass a .pth state dict)"
+        ) from None
+    try:
+        return load_safetensors(fh.read())
+    except Exception as exc:  # bad header, truncated data
+        raise _corrupt_error(name, exc) from exc
+
+
+def load_checkpoint(path, *, sha256=None):
+    """Read a weight file safely into a state dict of tensors on CPU.
+
+    The file is opened once; if ``sha256`` is given, the open file is hashed
+    and checked before anything in it is parsed, so it cannot be replaced
+    between the check and the load. ``.safetensors`` files are read with the
+    optional ``safetensors`` package; anything else with
+    ``torch.load(..., weights_only=True)``, which refuses pickled objects
+    that could run code (arbitrary classes, functions, TorchScript).
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.pth``/``.pt`` file holding a plain state dict (``torch.save``
+        of ``model.state_dict()``), or a ``.safetensors`` file.
+    sha256 : str or None, default=None
+        Expected SHA-256 of the file.
+
+    Returns
+    -------
+    state_dict : dict of str to torch.Tensor
+
+    Raises
+    ------
+    WeightsUnavailableError
+        If the file does not exist.
+    ChecksumMismatchError
+        If the file's SHA-256 is not ``sha256`` (nothing is parsed).
+    UnsafeCheckpointError
+        If the file holds pickled objects other than tensors (nothing from it
+        is executed).
+    ValueError
+        If the file is empty, corrupt or truncated, or is not a plain state
+        dict of tensors with string keys.
+    ImportError
+        For a ``.safetensors`` file without the ``safetensors`` package.
+    """
+    name = os.fspath(path)
+    expected = _check_sha256_string(sha256, "sha256")
+    try:
+        fh = open(name, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise WeightsUnavailableError(f"weights file {name}: no such file") from None
+    with fh:
+        if expected is not None:
+            actual = _handle_sha256(fh)
+            if actual != expected:
+                raise _mismatch_error(
+                    name, actual, expected, "weights file",
+                    "It changed since it was checked, or is not the expected file; it was "
+                    "not loaded.")
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ValueError(f"could not read weights file {name}: it is empty (0 bytes). "
+                             f"Copy or download it again.")
+        fh.seek(0)
+        if name.lower().endswith(_SAFETENSORS_SUFFIX):
+            obj = _read_safetensors(fh, name)
+        else:
+            obj = _read_torch(fh, name)
+    if not isinstance(obj, dict) or not all(
+            isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+        if isinstance(obj, dict):
+            top = "keys " + ", ".join(_brief(repr(k), 60) for k in list(obj)[:5])
+        else:
+            top = f"a {type(obj).__name__}"
         raise ValueError(
-            f"could not read {os.fspath(path)} as a PyTorch checkpoint of tensors ({exc}). "
-            f"Only plain state dicts are loaded (torch.load with weights_only=True)."
-        ) from exc
-    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(
-            f"{os.fspath(path)} is not a plain state dict of tensors (top level: {keys}). "
+            f"{name} is not a plain state dict of tensors with string keys (top level: "
+            f"{top}). "
             f"If it is a training checkpoint, save its backbone's state_dict() (e.g. the "
             f"'teacher' backbone with the 'backbone.' prefix removed) and pass that file."
         )
@@ -388,9 +681,46 @@ def _expected_shapes(name):
     return dict(_expected_shapes_cached(name))
 
 
+def _architecture(shapes):
+    """``(embed_dim, depth, n_registers)`` read off a state dict's shapes, or ``None``."""
+    cls = shapes.get("cls_token")
+    if cls is None or len(cls) != 3:
+        return None
+    blocks = [k.split(".")[1] for k in shapes if k.startswith("blocks.")]
+    depth = 1 + max((int(b) for b in blocks if b.isdigit()), default=-1)
+    registers = shapes.get("register_tokens", (1, 0))
+    return cls[2], depth, registers[1] if len(registers) == 3 else 0
+
+
+def _describe_file(state_dict, name):
+    """What ``state_dict`` is, for the mismatch message, in a sentence (or "")."""
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    guesses = [g for g in _guess_model(state_dict) if g != name]
+    if guesses:
+        return f" The file looks like a {guesses[0]!r} checkpoint: pass model={guesses[0]!r}."
+    arch = _architecture(shapes)
+    if arch is not None:
+        dim, depth, regs = arch
+        text = f"embed dim {dim}, {depth} blocks, {regs} register tokens"
+        like = [m for m, c in MODEL_CONFIGS.items()
+                if (c.embed_dim, c.depth, c.num_register_tokens) == arch]
+        if like and like[0] != name:
+            return (f" The file has the architecture of {like[0]!r} ({text}): pass "
+                    f"model={like[0]!r} if that is what it is.")
+        if not like:
+            return f" The file ({text}) matches no official DINOv2 model."
+    if any(k.startswith(("module.", "backbone.", "teacher.", "student.")) for k in shapes):
+        return " Its keys carry a prefix (module./backbone./teacher.): strip it first."
+    return ""
+
+
+def _short_key(key, limit=60):
+    return key if len(key) <= limit else key[: limit - 3] + "..."
+
+
 def _short_list(items, n=5):
     items = sorted(items)
-    text = ", ".join(items[:n])
+    text = ", ".join(_short_key(k) for k in items[:n])
     return text + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
@@ -398,7 +728,24 @@ def load_state_dict_strict(model, state_dict, *, name, source):
     """Load ``state_dict`` into ``model`` with ``strict=True`` after a readable check.
 
     Mismatching key names or shapes raise a :class:`ValueError` naming the
-    model, the source, and a few offending keys (not a full dump).
+    model, the source, a few offending keys (not a full dump) and, where it
+    can be told from the shapes, which model the file is for.
+
+    Parameters
+    ----------
+    model : DinoVisionTransformer
+        The backbone to load into.
+    state_dict : dict of str to torch.Tensor
+        The weights (see :func:`load_checkpoint`).
+    name : str
+        The model's name, for the message.
+    source : str
+        Where the weights come from, for the message.
+
+    Returns
+    -------
+    model : DinoVisionTransformer
+        ``model``, loaded.
     """
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state_dict.items()}
@@ -417,15 +764,9 @@ def load_state_dict_strict(model, state_dict, *, name, source):
                              for k in shown)
             more = f" ({len(wrong)} in all)" if len(wrong) > 3 else ""
             parts.append(f"shape mismatches: {desc}{more}")
-        hint = ""
-        guesses = [g for g in _guess_model(state_dict) if g != name]
-        if guesses:
-            hint = f" The file looks like a {guesses[0]!r} checkpoint: pass model={guesses[0]!r}."
-        elif any(k.startswith(("module.", "backbone.", "teacher.", "student.")) for k in got):
-            hint = " Its keys carry a prefix (module./backbone./teacher.): strip it first."
         raise ValueError(
             f"{source} does not fit model {name!r} (official DINOv2 layout): "
-            + "; ".join(parts) + "." + hint
+            + "; ".join(parts) + "." + _describe_file(state_dict, name)
         )
     model.load_state_dict(state_dict, strict=True)
     return model
