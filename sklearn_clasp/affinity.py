@@ -7,6 +7,7 @@ holds the functional core, :func:`cosine_affinity`, and the transformer
 
 from __future__ import annotations
 
+import logging
 import numbers
 
 import numpy as np
@@ -19,6 +20,18 @@ from .records import check_records, is_record_sequence
 
 __all__ = ["cosine_affinity", "CosineAffinity"]
 
+logger = logging.getLogger(__name__)
+
+
+#: Default of ``max_dense_samples`` (CosineAffinity and the segmenter): the
+#: largest number of patches whose dense affinity is built. Its float32 matrix
+#: then takes at most 400 MB (``4 n**2`` bytes; 120 MB for the 5,476 patches of
+#: a 1036 x 1036 image).
+MAX_DENSE_SAMPLES = 10_000
+
+# Row blocks of the k-nearest-neighbour affinity hold about this many bytes.
+_BLOCK_BYTES = 64 * 2**20
+
 
 def _unit_rows(X):
     """Rows scaled to unit length; all-zero rows stay zero."""
@@ -27,14 +40,68 @@ def _unit_rows(X):
     return X / norms[:, None]
 
 
-def _keep_top_k(S, n_neighbors):
-    """Sparse matrix keeping, in each row, the ``n_neighbors`` largest entries."""
-    n_rows, n_cols = S.shape
+def _check_features(X, name, *, dtype=None):
+    """``X`` as a finite 2-D float matrix, or an error naming it and the fix."""
+    X = np.asarray(X)
+    if X.dtype == object or not (
+        np.issubdtype(X.dtype, np.number) or X.dtype == bool
+    ):
+        raise TypeError(
+            f"cosine_affinity: {name} must hold numbers; got dtype {X.dtype}."
+        )
+    if X.ndim != 2:
+        raise ValueError(
+            f"cosine_affinity: {name} must be a 2-D (n_samples, n_features) "
+            f"matrix; got shape {X.shape}. Reshape a patch grid (h, w, d) to "
+            f"(h * w, d), or a single sample to (1, d)."
+        )
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(
+            f"cosine_affinity: {name} is empty (shape {X.shape}); pass at least "
+            f"one sample with at least one feature."
+        )
+    if dtype is not None:
+        X = X.astype(dtype, copy=False)
+    elif X.dtype == np.float16:
+        X = X.astype(np.float32)
+    elif not np.issubdtype(X.dtype, np.floating):
+        X = X.astype(np.float64)
+    if not np.all(np.isfinite(X)):
+        raise ValueError(
+            f"cosine_affinity: {name} contains NaN or infinite values; remove or "
+            f"impute them (e.g. check the embedder's input image)."
+        )
+    return X
+
+
+def _knn_affinity(Xn, Yn, n_neighbors, *, square, clip_negative):
+    """Sparse CSR keeping each row's ``n_neighbors`` largest similarities.
+
+    Computed in row blocks of about ``_BLOCK_BYTES``, so the dense
+    ``(n_X, n_Y)`` similarity matrix is never held in memory.
+    """
+    n_rows, n_cols = Xn.shape[0], Yn.shape[0]
     k = min(int(n_neighbors), n_cols)
-    idx = np.argpartition(-S, k - 1, axis=1)[:, :k]
-    rows = np.repeat(np.arange(n_rows), k)
-    vals = S[rows, idx.ravel()]
-    out = sparse.csr_matrix((vals, (rows, idx.ravel())), shape=S.shape)
+    block = max(1, min(n_rows, _BLOCK_BYTES // (Xn.itemsize * n_cols)))
+    indices = np.empty((n_rows, k), dtype=np.int64)
+    values = np.empty((n_rows, k), dtype=Xn.dtype)
+    for start in range(0, n_rows, block):
+        stop = min(start + block, n_rows)
+        S = Xn[start:stop] @ Yn.T
+        np.clip(S, -1.0, 1.0, out=S)
+        if square:  # exact self-similarity, also for all-zero rows
+            S[np.arange(stop - start), np.arange(start, stop)] = 1.0
+        if clip_negative:
+            np.maximum(S, 0.0, out=S)
+        np.negative(S, out=S)
+        idx = np.argpartition(S, k - 1, axis=1)[:, :k]
+        indices[start:stop] = idx
+        values[start:stop] = -np.take_along_axis(S, idx, axis=1)
+    out = sparse.csr_matrix(
+        (values.ravel(), indices.ravel(), np.arange(0, n_rows * k + 1, k)),
+        shape=(n_rows, n_cols),
+    )
+    out.sum_duplicates()
     out.eliminate_zeros()
     return out
 
@@ -45,7 +112,8 @@ def cosine_affinity(X, Y=None, *, clip_negative=True, n_neighbors=None):
     Parameters
     ----------
     X : ndarray of shape (n_samples_X, n_features)
-        Feature vectors, one per row (one per patch for an image).
+        Feature vectors, one per row (one per patch for an image). Must be
+        finite.
     Y : ndarray of shape (n_samples_Y, n_features), default=None
         Second set of vectors. ``None`` means ``Y = X``: the square,
         symmetric affinity of ``X`` with itself.
@@ -57,14 +125,16 @@ def cosine_affinity(X, Y=None, *, clip_negative=True, n_neighbors=None):
         (itself included) and return a sparse CSR matrix. For the square
         affinity (``Y=None``) the result is made symmetric by keeping an edge
         when either end chose it (the element-wise maximum with its
-        transpose).
+        transpose). The similarities are computed in row blocks of about
+        64 MB, so the dense matrix is never held in memory.
 
     Returns
     -------
     affinity : ndarray or sparse matrix of shape (n_samples_X, n_samples_Y)
         Same floating dtype as ``X`` (float32 stays float32). All-zero
         feature vectors have similarity 0 with everything, and 1 with
-        themselves in the square case.
+        themselves in the square case. The dense square affinity takes
+        ``n_samples_X ** 2`` times 4 bytes (float32) or 8 bytes (float64).
 
     Examples
     --------
@@ -76,26 +146,36 @@ def cosine_affinity(X, Y=None, *, clip_negative=True, n_neighbors=None):
            [0.707, 1.   , 0.   ],
            [0.   , 0.   , 1.   ]])
     """
-    X = np.asarray(X)
-    if not np.issubdtype(X.dtype, np.floating):
-        X = X.astype(np.float64)
-    Xn = _unit_rows(X)
+    X = _check_features(X, "X")
     square = Y is None
-    if square:
-        S = Xn @ Xn.T
-    else:
-        Y = np.asarray(Y, dtype=X.dtype)
-        S = Xn @ _unit_rows(Y).T
+    if not square:
+        Y = _check_features(Y, "Y", dtype=X.dtype)
+        if Y.shape[1] != X.shape[1]:
+            raise ValueError(
+                f"cosine_affinity: X has {X.shape[1]} features but Y has "
+                f"{Y.shape[1]}; both must come from the same embedder."
+            )
+    if n_neighbors is not None:
+        if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, numbers.Integral) \
+                or n_neighbors < 1:
+            raise ValueError(
+                f"cosine_affinity: n_neighbors must be a positive int or None; got "
+                f"{n_neighbors!r}."
+            )
+    Xn = _unit_rows(X)
+    if n_neighbors is not None:
+        Yn = Xn if square else _unit_rows(Y)
+        S = _knn_affinity(Xn, Yn, n_neighbors, square=square, clip_negative=clip_negative)
+        if square:
+            S = S.maximum(S.T).tocsr()
+        return S
+    S = Xn @ Xn.T if square else Xn @ _unit_rows(Y).T
     np.clip(S, -1.0, 1.0, out=S)
     if square:
         # Exact self-similarity, also for all-zero rows.
         np.fill_diagonal(S, 1.0)
     if clip_negative:
         np.maximum(S, 0.0, out=S)
-    if n_neighbors is not None:
-        S = _keep_top_k(S, n_neighbors)
-        if square:
-            S = S.maximum(S.T).tocsr()
     return S
 
 
@@ -104,10 +184,11 @@ class CosineAffinity(TransformerMixin, BaseEstimator):
 
     On a list of :class:`~sklearn_clasp.records.PatchGrid` records (the output
     of a patch embedder) each image gets the affinity between its own patches,
-    stored in the record's ``affinity`` field. On a plain
-    ``(n_samples, n_features)`` matrix it behaves like a kernel:
-    ``fit_transform(X)`` is the square affinity of ``X``, and ``transform(Z)``
-    the affinity of ``Z`` to the fitted ``X``.
+    stored in the record's ``affinity`` field, and ``info["affinity"]`` says
+    which kind it got (``"dense"``, ``"knn"`` or ``"deferred"``, see
+    ``max_dense_samples``). On a plain ``(n_samples, n_features)`` matrix it
+    behaves like a kernel: ``fit_transform(X)`` is the square affinity of
+    ``X``, and ``transform(Z)`` the affinity of ``Z`` to the fitted ``X``.
 
     Parameters
     ----------
@@ -119,6 +200,17 @@ class CosineAffinity(TransformerMixin, BaseEstimator):
         return sparse matrices; the square affinity is symmetrised with the
         element-wise maximum. ``None`` keeps the dense, fully connected
         affinity of the CLASP paper.
+    max_dense_samples : int or None, default=10_000
+        Memory bound for records: an image with more patches than this gets no
+        dense affinity (it would take more than ``4 * max_dense_samples**2``
+        bytes, 400 MB at the default); its record is passed on with
+        ``affinity=None`` and ``info["affinity"] = "deferred"``, and
+        :class:`~sklearn_clasp.spectral.AdaptiveSpectralSegmenter` clusters it
+        from its features within its own memory bound (landmark patches). A
+        log message at INFO level says so. Has no effect with
+        ``n_neighbors`` set (the sparse affinity is computed in blocks, in
+        bounded memory) nor on plain matrices. ``None`` always builds the
+        dense affinity.
 
     Attributes
     ----------
@@ -144,11 +236,14 @@ class CosineAffinity(TransformerMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "clip_negative": ["boolean"],
         "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "max_dense_samples": [Interval(numbers.Integral, 1, None, closed="left"), None],
     }
 
-    def __init__(self, *, clip_negative=True, n_neighbors=None):
+    def __init__(self, *, clip_negative=True, n_neighbors=None,
+                 max_dense_samples=MAX_DENSE_SAMPLES):
         self.clip_negative = clip_negative
         self.n_neighbors = n_neighbors
+        self.max_dense_samples = max_dense_samples
 
     def _affinity(self, X, Y=None):
         return cosine_affinity(
@@ -159,13 +254,35 @@ class CosineAffinity(TransformerMixin, BaseEstimator):
         records = check_records(X, need=("features",), step="CosineAffinity")
         out = []
         for rec in records:
+            feats = rec.features
+            if feats.ndim != 3 or feats.shape[:2] != tuple(rec.grid_shape):
+                raise ValueError(
+                    f"CosineAffinity: the features of {rec.name!r} have shape "
+                    f"{feats.shape} but its patch grid is {tuple(rec.grid_shape)}; "
+                    f"expected (h, w, n_features) with (h, w) the grid shape."
+                )
             feats = rec.feature_matrix
             if not np.all(np.isfinite(feats)):
                 raise ValueError(
                     f"CosineAffinity: the features of {rec.name!r} contain NaN or "
                     f"infinite values; check the embedder's input image."
                 )
-            out.append(rec.replace(affinity=self._affinity(feats)))
+            n = feats.shape[0]
+            if self.n_neighbors is not None:
+                kind = "knn"
+            elif self.max_dense_samples is not None and n > self.max_dense_samples:
+                kind = "deferred"
+                logger.info(
+                    "CosineAffinity: %s has %d patches, more than max_dense_samples="
+                    "%d: no dense affinity (it would take %.0f MB); the segmenter "
+                    "clusters it from its features", rec.name, n,
+                    self.max_dense_samples, feats.itemsize * n * n / 2**20,
+                )
+                out.append(rec.replace(affinity=None, info={"affinity": kind}))
+                continue
+            else:
+                kind = "dense"
+            out.append(rec.replace(affinity=self._affinity(feats), info={"affinity": kind}))
         return out
 
     @_fit_context(prefer_skip_nested_validation=True)

@@ -29,6 +29,11 @@ The algorithm, for one affinity matrix ``A`` of ``n`` patches:
    normalised affinity is small, every cut of the graph has a high
    conductance (at least ``(1 - l_2) / 2``), i.e. no part of the image is
    markedly more similar to itself than to the rest.
+
+Memory: no ``n x n`` matrix is made besides the affinity itself. Past
+``max_dense_samples`` samples the estimator, when it builds the affinity
+itself, clusters random landmark samples exactly and extends the result to
+the others (Nystroem), so memory stays bounded whatever ``n``.
 """
 
 from __future__ import annotations
@@ -36,15 +41,16 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import time
 
 import numpy as np
 from scipy import linalg, sparse
-from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, _fit_context
 from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state
 from threadpoolctl import threadpool_limits
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from sklearn.utils.extmath import _deterministic_vector_sign_flip
 from sklearn.utils.validation import (
     check_is_fitted,
@@ -53,7 +59,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from .affinity import _unit_rows, cosine_affinity
+from .affinity import MAX_DENSE_SAMPLES, _unit_rows, cosine_affinity
 from .records import PatchGrid, check_records, is_record_sequence
 
 __all__ = [
@@ -90,19 +96,51 @@ _SINGLE_THREAD_MAX_N = 2048
 # --------------------------------------------------------------------------
 # Spectrum
 # --------------------------------------------------------------------------
+def _is_symmetric(A, block=512):
+    """Exact symmetry of a dense square matrix, block by block (no n x n copy)."""
+    n = A.shape[0]
+    for i in range(0, n, block):
+        for j in range(i, n, block):
+            if not np.array_equal(A[i:i + block, j:j + block], A[j:j + block, i:i + block].T):
+                return False
+    return True
+
+
 def _as_float_affinity(affinity):
-    """The affinity as a symmetric float matrix; float32 stays float32 (faster)."""
+    """The affinity as a symmetric float matrix; float32 stays float32 (faster).
+
+    Raises a clear error for a non-square, empty or non-finite affinity.
+    """
     if sparse.issparse(affinity):
         A = affinity.tocsr()
         if A.dtype not in (np.float32, np.float64):
             A = A.astype(np.float64)
+    else:
+        A = np.asarray(affinity)
+        if A.dtype == object or not (np.issubdtype(A.dtype, np.number) or A.dtype == bool):
+            raise TypeError(f"the affinity must hold numbers; got dtype {A.dtype}.")
+        if A.dtype not in (np.float32, np.float64):
+            A = A.astype(np.float64)
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(
+            f"the affinity must be a square (n, n) matrix; got shape {A.shape}. "
+            f"Pass features with features=..., or compute cosine_affinity(X) first."
+        )
+    if A.shape[0] == 0:
+        raise ValueError("the affinity is empty (0 x 0); pass at least one sample.")
+    values = A.data if sparse.issparse(A) else A
+    # One pass, no n x n temporary: the float64 sum is finite iff every entry is
+    # (for affinities, whose entries are far below 1e300).
+    if not np.isfinite(values.sum(dtype=np.float64)):
+        raise ValueError(
+            "the affinity contains NaN or infinite values; check the features it "
+            "was computed from (NaN or infinite features, or a bad image)."
+        )
+    if sparse.issparse(A):
         if (A != A.T).nnz:
-            A = 0.5 * (A + A.T)
-        return A.tocsr()
-    A = np.asarray(affinity)
-    if A.dtype not in (np.float32, np.float64):
-        A = A.astype(np.float64)
-    if A.ndim == 2 and A.shape[0] == A.shape[1] and not np.array_equal(A, A.T):
+            A = (0.5 * (A + A.T)).tocsr()
+        return A
+    if not _is_symmetric(A):
         A = 0.5 * (A + A.T)
     return A
 
@@ -122,7 +160,47 @@ def _normalize(A):
     if sparse.issparse(A):
         Dm = sparse.diags(inv_sqrt)
         return (Dm @ A @ Dm).tocsr()
-    return A * inv_sqrt[:, None] * inv_sqrt[None, :]
+    M = A * inv_sqrt[:, None]  # one n x n allocation, scaled in place
+    M *= inv_sqrt[None, :]
+    return M
+
+
+def _second_normalized_eigenvalue(A, random_state):
+    """``l_2`` of ``D+^-1/2 max(A, 0) D+^-1/2`` (the one-segment test).
+
+    For a dense ``A`` the normalised matrix is never formed: ARPACK multiplies
+    by ``D^-1/2 A D^-1/2`` as an operator, so the test needs no n x n copy
+    (one only when ``A`` has negative entries to drop).
+    """
+    n = A.shape[0]
+    if sparse.issparse(A) or n <= 64:
+        positive = A.maximum(0) if sparse.issparse(A) else np.maximum(A, 0.0)
+        return float(
+            leading_eigenpairs(_normalize(positive), 2, solver="arpack",
+                               random_state=random_state)[0][1]
+        )
+    positive = A if A.min() >= 0 else np.maximum(A, 0.0)
+    degree = positive.sum(axis=1, dtype=np.float64)
+    inv_sqrt = np.zeros(n, dtype=np.float64)
+    nz = degree > 0
+    inv_sqrt[nz] = 1.0 / np.sqrt(degree[nz])
+    inv_sqrt = inv_sqrt.astype(A.dtype)
+
+    def matvec(v):
+        v = np.asarray(v, dtype=A.dtype).reshape(n, -1)
+        out = inv_sqrt[:, None] * (positive @ (inv_sqrt[:, None] * v))
+        return out if out.shape[1] > 1 else out.ravel()
+
+    op = LinearOperator((n, n), matvec=matvec, matmat=matvec, dtype=A.dtype)
+    rng = check_random_state(random_state)
+    v0 = rng.uniform(-1, 1, n).astype(A.dtype)
+    try:
+        vals = eigsh(op, k=2, which="LA", v0=v0, return_eigenvectors=False)
+    except ArpackNoConvergence:
+        logger.debug("ARPACK did not converge; using dense LAPACK")
+        vals = linalg.eigh(_normalize(positive), eigvals_only=True,
+                           subset_by_index=[n - 2, n - 1])
+    return float(np.sort(vals)[0])
 
 
 def leading_eigenpairs(matrix, n_components, *, solver="auto", random_state=None):
@@ -429,6 +507,30 @@ def _silhouette_from_sums(sums, sizes, labels):
     return float(s.mean())
 
 
+def _silhouette_scores_sparse_affinity(affinity, labelings):
+    """Exact silhouettes under ``D = max(1 - A, 0)`` (zero diagonal) for a sparse
+    ``A``, without the dense ``n x n`` distance matrix: a sample's summed
+    distance to cluster ``c`` is ``n_c - sum_(j in c, j != i) min(A_ij, 1)``
+    (minus 1 for its own cluster, itself excluded)."""
+    S = affinity.tocsr(copy=True)
+    np.minimum(S.data, 1.0, out=S.data)
+    S.setdiag(0)
+    S.eliminate_zeros()
+    n = S.shape[0]
+    scores = []
+    for labels in labelings:
+        labels = np.asarray(labels)
+        k = int(labels.max()) + 1
+        onehot = sparse.csr_matrix(
+            (np.ones(n), (np.arange(n), labels)), shape=(n, k)
+        )
+        sizes = np.bincount(labels, minlength=k).astype(np.float64)
+        sums = sizes[None, :] - (S @ onehot).toarray()
+        sums[np.arange(n), labels] -= 1.0
+        scores.append(_silhouette_from_sums(sums, sizes, labels))
+    return scores
+
+
 # --------------------------------------------------------------------------
 # Functional core
 # --------------------------------------------------------------------------
@@ -444,6 +546,37 @@ def _adaptive_spectral_clustering(affinity, **kwargs):
         return _adaptive_spectral_clustering_impl(affinity, **kwargs)
 
 
+def _check_k_bounds(k_min, k_max):
+    if k_min > k_max:
+        raise ValueError(
+            f"k_min={k_min} is larger than k_max={k_max}; choose k_min <= k_max."
+        )
+
+
+def _effective_k_bounds(n, k_min, k_max, *, clip_k_min, name="the input"):
+    """The K search bounds for ``n >= 3`` samples: K is at most ``n - 1``.
+
+    ``k_max`` above ``n - 1`` is clipped. ``k_min`` above ``n - 1`` is clipped
+    too when ``clip_k_min`` (images, whose grid size the embedder decides),
+    else it is an error (a plain matrix: the caller chose its size).
+    """
+    hi = int(min(k_max, n - 1))
+    if k_min > n - 1:
+        if not clip_k_min:
+            raise ValueError(
+                f"k_min={k_min} needs at least {k_min + 1} samples (the silhouette "
+                f"needs K <= n_samples - 1), but {name} has {n}; lower k_min to at "
+                f"most {n - 1} or pass more samples."
+            )
+        lo = hi
+    else:
+        lo = int(k_min)
+    if (lo, hi) != (k_min, k_max):
+        logger.info("%s has %d samples: K searched in [%d, %d] instead of "
+                    "[k_min=%d, k_max=%d]", name, n, lo, hi, k_min, k_max)
+    return lo, hi
+
+
 def _adaptive_spectral_clustering_impl(
     affinity,
     *,
@@ -456,37 +589,60 @@ def _adaptive_spectral_clustering_impl(
     single_segment_threshold=0.05,
     n_init=3,
     random_state=None,
+    clip_k_min=False,
+    name="the input",
 ):
+    _check_k_bounds(k_min, k_max)
     A = _as_float_affinity(affinity)
     n = A.shape[0]
-    if A.ndim != 2 or A.shape[0] != A.shape[1]:
-        raise ValueError(f"the affinity must be a square matrix; got shape {A.shape}")
-    if features is not None and len(features) != n:
-        raise ValueError(
-            f"features has {len(features)} rows but the affinity is {n} x {n}"
-        )
+    if features is not None:
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[0] != n:
+            raise ValueError(
+                f"features must be an (n, n_features) matrix with one row per "
+                f"affinity row; got shape {features.shape} for a {n} x {n} affinity."
+            )
+        if not np.all(np.isfinite(features)):
+            raise ValueError(
+                f"the features of {name} contain NaN or infinite values; remove or "
+                f"impute them (or check the embedder's input image)."
+            )
     rng = check_random_state(random_state)
-    info = {"single_segment": False}
+    info = {"single_segment": False, "sparse_affinity": bool(sparse.issparse(A)),
+            "n_landmarks": None}
     if n < 3:
-        labels = np.arange(n, dtype=np.int64) if n == 2 else np.zeros(n, np.int64)
-        info.update(n_clusters=int(n), eigengap_k=int(n), eigenvalues=np.ones(n),
-                    silhouette_scores={}, silhouette=0.0, second_eigenvalue=np.nan)
+        # Nothing to choose: one sample is one segment; two are two segments
+        # unless the one-segment test (on the 2 x 2 matrix) joins them.
+        second = np.nan
+        if n == 2 and single_segment_threshold is not None:
+            P = np.maximum(A.toarray() if sparse.issparse(A) else A, 0.0)
+            second = float(linalg.eigvalsh(_normalize(P.astype(np.float64)))[0])
+        k = 1 if n == 1 or second < single_segment_threshold else 2
+        labels = np.arange(n, dtype=np.int64) if k == 2 else np.zeros(n, np.int64)
+        info.update(n_clusters=k, eigengap_k=k, eigenvalues=np.ones(n),
+                    silhouette_scores={}, silhouette=0.0, second_eigenvalue=second,
+                    single_segment=bool(n == 2 and k == 1), k_bounds=(k, k))
         return labels, info, np.ones(n), np.eye(n)
 
-    k_max_eff = int(min(k_max, n - 1))
-    k_min_eff = int(min(k_min, k_max_eff))
+    k_min_eff, k_max_eff = _effective_k_bounds(
+        n, k_min, k_max, clip_k_min=clip_k_min, name=name
+    )
+    info["k_bounds"] = (k_min_eff, k_max_eff)
+    timings = info["timings"] = {}
+    start = time.perf_counter()
     n_eig = min(k_max_eff + 1, n)
     M = _normalize(A) if spectrum == "normalized" else A
     vals, vecs = leading_eigenpairs(M, n_eig, random_state=rng)
+    del M
+    timings["eigen"] = time.perf_counter() - start
+    start = time.perf_counter()
     if spectrum == "normalized":
         second = float(vals[1])
     elif single_segment_threshold is not None:
-        positive = A.maximum(0) if sparse.issparse(A) else np.maximum(A, 0.0)
-        second = float(
-            leading_eigenpairs(_normalize(positive), 2, solver="arpack", random_state=rng)[0][1]
-        )
+        second = _second_normalized_eigenvalue(A, rng)
     else:
         second = float("nan")
+    timings["one_segment_test"] = time.perf_counter() - start
     info["second_eigenvalue"] = second
     info["eigenvalues"] = vals
     k0 = eigengap_k(vals, rule=eigengap_rule, k_min=k_min_eff, k_max=k_max_eff)
@@ -499,11 +655,14 @@ def _adaptive_spectral_clustering_impl(
                     single_segment=True)
         return np.zeros(n, dtype=np.int64), info, vals, vecs
 
+    start = time.perf_counter()
     candidates = _k_range(k0, beta=beta, k_min=k_min_eff, k_max=k_max_eff)
     labelings = []
-    # The embeddings are tiny (n x K): k-means is faster on one thread than it
-    # is paying OpenMP's start-up on every call.
-    with threadpool_limits(limits=1, user_api="openmp"):
+    # The embeddings are tiny (n x K): k-means is faster on one thread (OpenMP
+    # and BLAS) than it is paying thread start-ups on every call. The
+    # silhouettes from features are thin products too (n x d by d x K): one
+    # BLAS thread, whatever n.
+    with threadpool_limits(limits=1):
         for k in candidates:
             emb = _row_normalize(vecs[:, :k])
             km = KMeans(n_clusters=k, n_init=n_init, random_state=rng.randint(2**31 - 1))
@@ -511,7 +670,10 @@ def _adaptive_spectral_clustering_impl(
     valid = [i for i, lab in enumerate(labelings) if 2 <= lab.max() + 1 <= n - 1]
     to_score = [labelings[i] for i in valid]
     if features is not None:
-        computed = silhouette_scores_cosine(features, to_score)
+        with threadpool_limits(limits=1, user_api="blas"):
+            computed = silhouette_scores_cosine(features, to_score)
+    elif sparse.issparse(A):
+        computed = _silhouette_scores_sparse_affinity(A, to_score)
     else:
         computed = silhouette_scores_for_labels(_distance_matrix(A), to_score)
     scores = dict.fromkeys(candidates, float("nan"))
@@ -527,9 +689,27 @@ def _adaptive_spectral_clustering_impl(
         silhouette_scores=scores,
         silhouette=float(np.nan_to_num(scores[candidates[best]])),
     )
+    timings["k_search"] = time.perf_counter() - start
     return labels, info, vals, vecs
 
 
+_CORE_CONSTRAINTS = {
+    "spectrum": [StrOptions({"normalized", "affinity"})],
+    "eigengap_rule": [StrOptions({"relative", "largest", "elbow"})],
+    "k_min": [Interval(numbers.Integral, 1, None, closed="left")],
+    "k_max": [Interval(numbers.Integral, 1, None, closed="left")],
+    "beta": [Interval(numbers.Real, 0, None, closed="left")],
+    "single_segment_threshold": [Interval(numbers.Real, 0, 1, closed="both"), None],
+    "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
+    "random_state": ["random_state"],
+}
+
+
+@validate_params(
+    {"affinity": ["array-like", "sparse matrix"], "features": ["array-like", None],
+     **_CORE_CONSTRAINTS},
+    prefer_skip_nested_validation=True,
+)
 def adaptive_spectral_clustering(
     affinity,
     *,
@@ -551,23 +731,29 @@ def adaptive_spectral_clustering(
     ----------
     affinity : ndarray or sparse matrix of shape (n, n)
         Symmetric non-negative affinity (an asymmetric one is symmetrised as
-        ``(A + A.T) / 2``).
+        ``(A + A.T) / 2``). Must be finite and not empty.
     features : ndarray of shape (n, n_features), default=None
         The features the affinity came from. When given, the silhouette uses
-        their cosine distance; otherwise ``1 - affinity``.
+        their cosine distance; otherwise ``1 - affinity`` (computed from the
+        non-zero entries alone for a sparse affinity, in ``O(nnz K)``).
     spectrum : {"affinity", "normalized"}, default="affinity"
         Decompose ``A`` itself (the paper) or the normalised affinity
         ``D^-1/2 A D^-1/2`` (equivalently the normalised Laplacian).
     eigengap_rule : {"relative", "largest", "elbow"}, default="relative"
         How ``K0`` is read off the eigengaps (see :func:`eigengap_k`).
-    k_min, k_max : int, default=2, 15
-        Range of the silhouette search.
+    k_min : int, default=2
+        Smallest K of the silhouette search, at most ``k_max`` and at most
+        ``n - 1`` (a larger one raises ``ValueError``).
+    k_max : int, default=15
+        Largest K considered; clipped to ``n - 1`` (``info["k_bounds"]``).
     beta : float, default=0.5
-        Relative half-width of the search around ``K0``.
+        Relative half-width of the search around ``K0``, at least 0 (0 tries
+        ``K0`` alone).
     single_segment_threshold : float or None, default=0.05
         Return one segment when the second eigenvalue of the normalised
-        (non-negative part of the) affinity is below this value (no cut separates the patches; see the
-        module docstring). ``None`` never returns one segment.
+        (non-negative part of the) affinity is below this value (no cut
+        separates the patches; see the module docstring). ``None`` never
+        returns one segment.
     n_init : int, default=3
         k-means restarts for each ``K``.
     random_state : int, RandomState instance or None, default=None
@@ -577,12 +763,21 @@ def adaptive_spectral_clustering(
     -------
     labels : ndarray of shape (n,), dtype int64
         Cluster of each sample, ``0 .. K-1``, numbered by first appearance.
+        With fewer than 3 samples there is nothing to choose: one sample gets
+        label 0; two get labels 0 and 1, or both 0 when the one-segment test
+        (on their 2 x 2 affinity) joins them.
     info : dict
         ``n_clusters``, ``eigengap_k`` (K0), ``eigenvalues`` (the leading
         eigenvalues of the decomposed matrix, descending),
         ``silhouette_scores`` (dict K -> score, empty for one segment),
         ``silhouette`` (score of the result; 0.0 for one segment),
-        ``second_eigenvalue`` (of the normalised affinity), ``single_segment``.
+        ``second_eigenvalue`` (of the normalised affinity), ``single_segment``,
+        ``k_bounds`` (the K search bounds actually used, ``(k_min,
+        min(k_max, n - 1))``), ``sparse_affinity``, ``n_landmarks``
+        (``None`` here; see :class:`AdaptiveSpectralSegmenter`) and
+        ``timings`` (seconds spent on the ``"eigen"`` decomposition, the
+        ``"one_segment_test"`` and the ``"k_search"``: k-means and
+        silhouettes).
 
     Examples
     --------
@@ -591,8 +786,8 @@ def adaptive_spectral_clustering(
     >>> rng = np.random.RandomState(0)
     >>> X = np.repeat(np.eye(3), 20, axis=0) + 0.05 * rng.randn(60, 3)
     >>> labels, info = adaptive_spectral_clustering(cosine_affinity(X), random_state=0)
-    >>> info["n_clusters"]
-    3
+    >>> info["n_clusters"], info["k_bounds"]
+    (3, (2, 15))
     """
     labels, info, _, _ = _adaptive_spectral_clustering(
         affinity,
@@ -607,6 +802,102 @@ def adaptive_spectral_clustering(
         random_state=random_state,
     )
     return labels, info
+
+
+# --------------------------------------------------------------------------
+# Many samples: landmarks and the Nystroem extension
+# --------------------------------------------------------------------------
+def _spectral_extension(A_new, V, eigenvalues, degrees_fit):
+    """Row-normalised Nystroem extension ``a(x) V / lambda`` of new samples.
+
+    ``A_new`` is their ``(n_new, n_fit)`` affinity to the fitted samples; with
+    ``degrees_fit`` (normalised spectrum) it is normalised first.
+    """
+    A = A_new.toarray() if sparse.issparse(A_new) else np.asarray(A_new)
+    if degrees_fit is not None:
+        d_new = A.sum(axis=1)
+        inv_new = np.where(d_new > 0, 1.0 / np.sqrt(np.where(d_new > 0, d_new, 1)), 0.0)
+        inv_fit = np.where(degrees_fit > 0,
+                           1.0 / np.sqrt(np.where(degrees_fit > 0, degrees_fit, 1)), 0.0)
+        A = A * inv_new[:, None] * inv_fit[None, :]
+    lam = np.asarray(eigenvalues[: V.shape[1]], dtype=np.float64)
+    scale = np.where(np.abs(lam) > 1e-12, 1.0 / np.where(lam == 0, 1, lam), 0.0)
+    return _row_normalize((A @ V) * scale[None, :])
+
+
+def _segment_features(X, *, max_dense_samples, random_state, clip_k_min=False,
+                      name="the input", **core):
+    """Cluster features on their cosine affinity, in bounded memory.
+
+    Up to ``max_dense_samples`` samples (or with it ``None``): the dense
+    affinity and the exact algorithm. Beyond: ``m = max_dense_samples``
+    landmark samples drawn at random (without replacement, from
+    ``random_state``) are clustered exactly on their own dense affinity;
+    every other sample is placed in the landmarks' spectral embedding by the
+    Nystroem extension and takes the segment whose mean embedding is closest.
+    Memory: the ``m x m`` affinity plus row blocks of about 64 MB.
+
+    Returns ``labels, info, fit`` where ``fit`` holds what ``transform``
+    needs: ``X_fit`` (the clustered rows), ``vecs`` (their leading
+    eigenvectors, ``n_clusters`` columns), ``vals``, ``degrees`` and
+    ``landmarks`` (indices or None), and ``embedding`` (row-normalised
+    spectral embedding of all ``n`` samples).
+    """
+    n = X.shape[0]
+    rng = check_random_state(random_state)
+    landmarks = None
+    if max_dense_samples is not None and n > max_dense_samples:
+        landmarks = np.sort(rng.choice(n, size=int(max_dense_samples), replace=False))
+        logger.info(
+            "%s has %d samples, more than max_dense_samples=%d: clustering %d "
+            "random landmark samples and extending to the rest (Nystroem)",
+            name, n, max_dense_samples, landmarks.size,
+        )
+        X_fit = X[landmarks]
+    else:
+        X_fit = X
+    start = time.perf_counter()
+    A = cosine_affinity(X_fit)
+    seconds = time.perf_counter() - start
+    labels_fit, info, vals, vecs = _adaptive_spectral_clustering(
+        A, features=X_fit, random_state=rng, clip_k_min=clip_k_min, name=name, **core
+    )
+    info.setdefault("timings", {})["affinity"] = seconds
+    k = info["n_clusters"]
+    degrees = (
+        np.asarray(A.sum(axis=1), dtype=np.float64).ravel()
+        if core.get("spectrum") == "normalized" else None
+    )
+    del A
+    V = vecs[:, :k]
+    emb_fit = _row_normalize(V)
+    fit = dict(X_fit=X_fit, vecs=V, vals=vals, degrees=degrees, landmarks=landmarks)
+    if landmarks is None:
+        fit["embedding"] = emb_fit
+        return labels_fit, info, fit
+    info["n_landmarks"] = int(landmarks.size)
+    labels = np.zeros(n, dtype=np.int64)
+    embedding = np.empty((n, k), dtype=emb_fit.dtype)
+    start = time.perf_counter()
+    if k > 1:
+        centres = np.stack([emb_fit[labels_fit == c].mean(axis=0) for c in range(k)])
+        block = max(1, (64 * 2**20) // (X_fit.itemsize * X_fit.shape[0]))
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            emb = _spectral_extension(cosine_affinity(X[start:stop], X_fit), V, vals,
+                                      degrees)
+            embedding[start:stop] = emb
+            d2 = (emb * emb).sum(1)[:, None] - 2.0 * emb @ centres.T + \
+                (centres * centres).sum(1)[None, :]
+            labels[start:stop] = np.argmin(d2, axis=1)
+        labels[landmarks] = labels_fit
+        labels = _relabel(labels)
+    else:
+        embedding[:] = 1.0
+    embedding[landmarks] = emb_fit
+    fit["embedding"] = embedding
+    info["timings"]["extension"] = time.perf_counter() - start
+    return labels, info, fit
 
 
 def _row_normalize(E):
@@ -647,7 +938,9 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
     Images are segmented one at a time, so ``transform`` on records re-runs
     the segmentation on its input. With a plain matrix, ``fit_transform``
     returns the row-normalised spectral embedding (``n_clusters_`` columns)
-    that k-means clustered, and ``transform`` places new samples in it.
+    that k-means clustered (with landmarks, see ``max_dense_samples``, its
+    Nystroem extension to every sample), and ``transform`` places new
+    samples in it.
 
     Parameters
     ----------
@@ -680,9 +973,22 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         above it: ``benchmarks/RESULTS.md``); check it for other features.
     n_init : int, default=3
         k-means restarts per K.
+    max_dense_samples : int or None, default=10_000
+        Memory bound when the segmenter builds the affinity itself (feature
+        input, or records without an affinity): up to this many samples, the
+        dense cosine affinity (``4 n**2`` bytes in float32: 120 MB for the
+        5,476 patches of a 1036 x 1036 image, 400 MB at 10,000). Beyond it,
+        ``max_dense_samples`` landmark samples drawn from ``random_state``
+        are clustered exactly and every other sample gets the segment whose
+        mean spectral embedding (Nystroem extension) is closest; memory
+        stays about that of ``max_dense_samples`` samples
+        (``info["n_landmarks"]``, a log message at INFO level). A given
+        affinity (``affinity="precomputed"``, or records from
+        :class:`CosineAffinity`) is always used as it is. ``None`` always
+        builds the dense affinity.
     random_state : int, RandomState instance or None, default=None
-        Makes the k-means and eigensolver starts, hence the labels,
-        repeatable.
+        Makes the k-means and eigensolver starts (and the landmarks), hence
+        the labels, repeatable.
 
     Attributes
     ----------
@@ -696,13 +1002,18 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         Leading eigenvalues of the decomposed matrix, descending.
     silhouette_scores_ : dict or list of dict
         K -> silhouette of the K-means partition; empty for one segment.
-    eigenvectors_ : ndarray of shape (n_samples, n_clusters_)
-        Leading eigenvectors of the decomposed matrix (plain-matrix input),
-        used by :meth:`transform`.
-    degrees_ : ndarray of shape (n_samples,) or None
+    eigenvectors_ : ndarray of shape (n_fit, K)
+        Leading ``K = n_clusters_`` eigenvectors of the decomposed matrix
+        (plain-matrix input), used by :meth:`transform`; ``n_fit`` is
+        ``n_samples``, or the number of landmarks.
+    degrees_ : ndarray of shape (n_fit,) or None
         Affinity degrees of the fitted samples (``spectrum="normalized"``).
-    X_fit_ : ndarray of shape (n_samples, n_features) or None
-        The fitted features (``affinity="cosine"``).
+    X_fit_ : ndarray of shape (n_fit, n_features) or None
+        The fitted features (``affinity="cosine"``): all samples, or the
+        landmarks.
+    landmark_indices_ : ndarray of shape (n_fit,) or None
+        Rows of ``X`` used as landmarks (plain-matrix input with more than
+        ``max_dense_samples`` samples), else ``None``.
     n_features_in_ : int
         Features seen in :meth:`fit` (plain-matrix input).
 
@@ -731,6 +1042,7 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         "beta": [Interval(numbers.Real, 0, None, closed="left")],
         "single_segment_threshold": [Interval(numbers.Real, 0, 1, closed="both"), None],
         "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_dense_samples": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
     }
 
@@ -745,6 +1057,7 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         beta=0.5,
         single_segment_threshold=0.05,
         n_init=3,
+        max_dense_samples=MAX_DENSE_SAMPLES,
         random_state=None,
     ):
         self.affinity = affinity
@@ -755,15 +1068,12 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         self.beta = beta
         self.single_segment_threshold = single_segment_threshold
         self.n_init = n_init
+        self.max_dense_samples = max_dense_samples
         self.random_state = random_state
 
     # -- helpers ----------------------------------------------------------
     def _check_params(self):
-        if self.k_min > self.k_max:
-            raise ValueError(
-                f"k_min={self.k_min} is larger than k_max={self.k_max}; "
-                f"choose k_min <= k_max."
-            )
+        _check_k_bounds(self.k_min, self.k_max)
 
     def _core_kwargs(self, random_state):
         return dict(
@@ -778,6 +1088,8 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         )
 
     def _segment_array(self, X, random_state):
+        """Segment a plain matrix; set what transform needs; return the labels,
+        the diagnostics and the spectral embedding of the samples."""
         if self.affinity == "precomputed":
             if X.shape[0] != X.shape[1]:
                 raise ValueError(
@@ -790,42 +1102,62 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
                     "spectrum='normalized'; clip negative affinities or use "
                     "spectrum='affinity')"
                 )
-            A, feats = X, None
+            labels, info, vals, vecs = _adaptive_spectral_clustering(
+                X, features=None, name="X", **self._core_kwargs(random_state)
+            )
+            k = info["n_clusters"]
+            A = _as_float_affinity(X)
+            fit = dict(
+                X_fit=None, vecs=vecs[:, :k], vals=vals, landmarks=None,
+                degrees=(np.asarray(A.sum(axis=1)).ravel()
+                         if self.spectrum == "normalized" else None),
+                embedding=_row_normalize(vecs[:, :k]),
+            )
         else:
-            A, feats = cosine_affinity(X), X
-        labels, info, vals, vecs = _adaptive_spectral_clustering(
-            A, features=feats, **self._core_kwargs(random_state)
-        )
+            labels, info, fit = _segment_features(
+                X, max_dense_samples=self.max_dense_samples, name="X",
+                **self._core_kwargs(random_state),
+            )
         # What transform needs to embed new samples (the Nystroem extension).
-        k = info["n_clusters"]
-        A = _as_float_affinity(A)
-        self.X_fit_ = feats
-        self.degrees_ = (
-            np.asarray(A.sum(axis=1)).ravel() if self.spectrum == "normalized" else None
-        )
-        self.eigenvectors_ = vecs[:, :k]
-        return labels, info
+        self.X_fit_ = fit["X_fit"]
+        self.degrees_ = fit["degrees"]
+        self.eigenvectors_ = fit["vecs"]
+        self.landmark_indices_ = fit["landmarks"]
+        return labels, info, fit["embedding"]
 
     def _segment_record(self, rec, random_state):
-        if rec.affinity is not None:
-            A = rec.affinity
-            feats = rec.feature_matrix if rec.features is not None else None
-        else:
+        if rec.features is not None:
+            feats = rec.features
+            if feats.ndim != 3 or feats.shape[:2] != tuple(rec.grid_shape):
+                raise ValueError(
+                    f"AdaptiveSpectralSegmenter: the features of {rec.name!r} have "
+                    f"shape {feats.shape} but its patch grid is "
+                    f"{tuple(rec.grid_shape)}; expected (h, w, n_features)."
+                )
             feats = rec.feature_matrix
             if not np.all(np.isfinite(feats)):
                 raise ValueError(
                     f"AdaptiveSpectralSegmenter: the features of {rec.name!r} "
-                    f"contain NaN or infinite values."
+                    f"contain NaN or infinite values; check the embedder's input "
+                    f"image."
                 )
-            A = cosine_affinity(feats)
-        if A.shape != (rec.n_patches, rec.n_patches):
-            raise ValueError(
-                f"AdaptiveSpectralSegmenter: record {rec.name!r} has a "
-                f"{A.shape[0]} x {A.shape[1]} affinity for {rec.n_patches} patches."
+        else:
+            feats = None
+        kwargs = dict(self._core_kwargs(random_state), clip_k_min=True,
+                      name=repr(rec.name))
+        if rec.affinity is not None:
+            A = rec.affinity
+            if A.shape != (rec.n_patches, rec.n_patches):
+                raise ValueError(
+                    f"AdaptiveSpectralSegmenter: record {rec.name!r} has a "
+                    f"{A.shape[0]} x {A.shape[1]} affinity for {rec.n_patches} "
+                    f"patches; recompute it with CosineAffinity."
+                )
+            labels, info, _, _ = _adaptive_spectral_clustering(A, features=feats, **kwargs)
+        else:
+            labels, info, _ = _segment_features(
+                feats, max_dense_samples=self.max_dense_samples, **kwargs
             )
-        labels, info = adaptive_spectral_clustering(
-            A, features=feats, **self._core_kwargs(random_state)
-        )
         return rec.replace(labels=labels.reshape(rec.grid_shape), info=info)
 
     def _set_fitted(self, labels, infos, many):
@@ -880,9 +1212,9 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         )
         if self.affinity == "precomputed" and not sparse.issparse(X):
             X = check_symmetric(X, raise_warning=False)
-        labels, info = self._segment_array(X, self.random_state)
+        labels, info, embedding = self._segment_array(X, self.random_state)
         self._set_fitted([labels], [info], False)
-        return X
+        return embedding.astype(X.dtype, copy=False)
 
     def fit_predict(self, X, y=None):
         """Segment ``X`` and return the labels.
@@ -912,13 +1244,12 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        Xt : list of PatchGrid, or ndarray of shape (n_samples, n_clusters_)
+        Xt : list of PatchGrid, or ndarray of shape (n_samples, K)
+            The segmented records, or the row-normalised spectral embedding
+            (``K = n_clusters_`` columns).
         """
         self._validate_params()
-        out = self._fit(X)
-        if is_record_sequence(X):
-            return out
-        return _row_normalize(self.eigenvectors_).astype(out.dtype, copy=False)
+        return self._fit(X)
 
     def transform(self, X):
         """Segment each record of ``X``, or embed the matrix ``X`` spectrally.
@@ -935,7 +1266,9 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        Xt : list of PatchGrid, or ndarray of shape (n_samples, n_clusters_)
+        Xt : list of PatchGrid, or ndarray of shape (n_samples, K)
+            The segmented records, or the samples in the spectral embedding
+            (``K = n_clusters_`` columns).
         """
         check_is_fitted(self, "labels_")
         if is_record_sequence(X):
@@ -953,20 +1286,12 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _nystroem(self, X):
         if self.affinity == "precomputed":
-            A = X.toarray() if sparse.issparse(X) else np.asarray(X)
+            A = X
         else:
             A = cosine_affinity(X, self.X_fit_)
-        V = self.eigenvectors_
-        if self.degrees_ is not None:
-            d_new = A.sum(axis=1)
-            inv_new = np.where(d_new > 0, 1.0 / np.sqrt(np.where(d_new > 0, d_new, 1)), 0.0)
-            d_fit = self.degrees_
-            inv_fit = np.where(d_fit > 0, 1.0 / np.sqrt(np.where(d_fit > 0, d_fit, 1)), 0.0)
-            A = A * inv_new[:, None] * inv_fit[None, :]
-        lam = np.asarray(self.eigenvalues_[: V.shape[1]], dtype=np.float64)
-        scale = np.where(np.abs(lam) > 1e-12, 1.0 / np.where(lam == 0, 1, lam), 0.0)
-        emb = (A @ V) * scale[None, :]
-        return _row_normalize(emb).astype(X.dtype, copy=False)
+        emb = _spectral_extension(A, self.eigenvectors_, self.eigenvalues_,
+                                  self.degrees_)
+        return emb.astype(X.dtype, copy=False)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

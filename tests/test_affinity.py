@@ -89,3 +89,98 @@ def test_params_roundtrip():
     assert ca.set_params(n_neighbors=3).n_neighbors == 3
     with pytest.raises(ValueError):
         CosineAffinity(n_neighbors=0).fit(np.ones((3, 2)))
+
+
+def _top_k_reference(dense, k):
+    """Each row's k largest entries of a dense matrix, as a dense matrix."""
+    out = np.zeros_like(dense)
+    for i, row in enumerate(dense):
+        top = np.argsort(-row, kind="stable")[:k]
+        out[i, top] = row[top]
+    return out
+
+
+@pytest.mark.parametrize("block_bytes", [64 * 2**20, 4 * 40 * 3])  # one block; 3 rows
+def test_knn_is_computed_in_blocks_and_equals_the_dense_top_k(monkeypatch, block_bytes):
+    from sklearn_clasp import affinity
+
+    monkeypatch.setattr(affinity, "_BLOCK_BYTES", block_bytes)
+    rng = np.random.RandomState(3)
+    X, Z = rng.randn(40, 6), rng.randn(11, 6)
+    dense = cosine_affinity(X)
+    expected = _top_k_reference(dense, 5)
+    np.testing.assert_allclose(cosine_affinity(X, n_neighbors=5).toarray(),
+                               np.maximum(expected, expected.T))
+    rect = cosine_affinity(Z, X, n_neighbors=5, clip_negative=False)
+    np.testing.assert_allclose(
+        rect.toarray(), _top_k_reference(cosine_affinity(Z, X, clip_negative=False), 5)
+    )
+    assert rect.shape == (11, 40) and rect.dtype == np.float64
+
+
+def test_knn_never_builds_the_dense_matrix(monkeypatch):
+    from sklearn_clasp import affinity
+
+    monkeypatch.setattr(affinity, "_BLOCK_BYTES", 4 * 3000 * 50)  # 50 rows per block
+    seen = []
+    real = affinity._unit_rows
+
+    class Spy(np.ndarray):
+        def __matmul__(self, other):
+            out = np.asarray(self) @ np.asarray(other)
+            seen.append(out.shape)
+            return out
+
+    monkeypatch.setattr(affinity, "_unit_rows", lambda X: real(X).view(Spy))
+    X = np.random.RandomState(0).rand(3000, 8).astype(np.float32)
+    S = cosine_affinity(X, n_neighbors=10)
+    assert S.nnz <= 2 * 3000 * 10 and S.dtype == np.float32
+    assert seen and max(r for r, _ in seen) == 50
+
+
+def test_cosine_affinity_input_errors():
+    with pytest.raises(ValueError, match="X contains NaN or infinite"):
+        cosine_affinity(np.array([[1.0, np.nan], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="Y contains NaN or infinite"):
+        cosine_affinity(np.eye(2), np.array([[np.inf, 0.0]]))
+    with pytest.raises(ValueError, match=r"2-D .*got shape \(4,\)"):
+        cosine_affinity(np.ones(4))
+    with pytest.raises(ValueError, match=r"2-D .*got shape \(2, 2, 3\)"):
+        cosine_affinity(np.ones((2, 2, 3)))
+    with pytest.raises(ValueError, match="X is empty"):
+        cosine_affinity(np.ones((0, 3)))
+    with pytest.raises(ValueError, match="X has 3 features but Y has 2"):
+        cosine_affinity(np.ones((2, 3)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="n_neighbors must be a positive int"):
+        cosine_affinity(np.ones((2, 3)), n_neighbors=0)
+    with pytest.raises(TypeError, match="numbers"):
+        cosine_affinity(np.array([["a", "b"]]))
+    # integers and booleans are fine (as float64)
+    assert cosine_affinity(np.array([[1, 0], [1, 1]])).dtype == np.float64
+
+
+def test_records_get_the_affinity_kind_and_large_images_are_deferred(caplog):
+    rng = np.random.RandomState(4)
+    recs = [
+        PatchGrid(image=np.zeros((140, 140, 3), np.uint8), grid_shape=(10, 10),
+                  features=rng.rand(10, 10, 5).astype(np.float32), source="big"),
+        PatchGrid(image=np.zeros((56, 56, 3), np.uint8), grid_shape=(4, 4),
+                  features=rng.rand(4, 4, 5).astype(np.float32), source="small"),
+    ]
+    default = CosineAffinity().fit_transform(recs)
+    assert [r.info["affinity"] for r in default] == ["dense", "dense"]
+    with caplog.at_level("INFO", logger="sklearn_clasp.affinity"):
+        bounded = CosineAffinity(max_dense_samples=50).fit_transform(recs)
+    assert bounded[0].affinity is None and bounded[0].info["affinity"] == "deferred"
+    assert "big has 100 patches, more than max_dense_samples=50" in caplog.text
+    np.testing.assert_allclose(bounded[1].affinity, default[1].affinity)
+    knn = CosineAffinity(max_dense_samples=50, n_neighbors=3).fit_transform(recs)
+    assert [r.info["affinity"] for r in knn] == ["knn", "knn"]
+    assert sparse.issparse(knn[0].affinity) and knn[0].affinity.shape == (100, 100)
+    # a plain matrix is never deferred: the caller asked for it
+    assert CosineAffinity(max_dense_samples=5).fit_transform(rng.rand(8, 3)).shape == (8, 8)
+    wrong = recs[1].replace(features=rng.rand(2, 8, 5).astype(np.float32))
+    with pytest.raises(ValueError, match=r"small.*shape \(2, 8, 5\).*grid is \(4, 4\)"):
+        CosineAffinity().fit_transform([wrong])
+    with pytest.raises(ValueError):
+        CosineAffinity(max_dense_samples=0).fit(np.ones((3, 2)))

@@ -186,6 +186,7 @@ def test_record_contract(shape, short_side):
     assert rec.info == {
         "embedder": "handcrafted",
         "input_size": (grid[0] * 14, grid[1] * 14),
+        "patch_budget_applied": False,
     }
     assert rec.affinity is None and rec.labels is None
 
@@ -267,7 +268,8 @@ def test_stateless_estimator_api():
 @pytest.mark.parametrize(
     "params",
     [{"patch_size": 0}, {"short_side": 0}, {"color_weight": -1.0},
-     {"color_sigma": 0.0}, {"n_jobs": "two"}, {"patch_size": 14.5}],
+     {"color_sigma": 0.0}, {"n_jobs": "two"}, {"patch_size": 14.5},
+     {"max_patches": 0}, {"max_patches": 10.5}],
 )
 def test_invalid_parameters(params):
     img = np.zeros((28, 28, 3), np.uint8)
@@ -325,3 +327,27 @@ def test_feature_function_bad_input():
         handcrafted_patch_features(img, (0, 2))
     with pytest.raises(ValueError, match="uint8 RGB"):
         rgb_to_lab(np.zeros((4, 4), np.uint8))
+
+
+# --- patch budget -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2000, 100), (100, 2000)])
+def test_patch_budget_bounds_the_grid(shape, caplog):
+    img = np.full(shape + (3,), 90, np.uint8)
+    unbounded = patch_grid_shape(*shape)  # 640 x 32 patches at short side 448
+    assert unbounded[0] * unbounded[1] == 20_480
+    with caplog.at_level("INFO", logger="sklearn_clasp.embedding._handcrafted"):
+        (rec,) = HandcraftedPatchEmbedder().transform([img])  # default budget, 10,000
+    h, w = rec.grid_shape
+    assert h * w <= 10_000 and rec.features.shape[:2] == (h, w)
+    assert max(h, w) / min(h, w) == pytest.approx(20, rel=0.05)  # aspect ratio kept
+    assert rec.info["patch_budget_applied"] is True
+    assert rec.info["input_size"] == (h * 14, w * 14)
+    assert rec.image.shape == img.shape  # full resolution kept for the refiner
+    assert "downscaled for the patch budget" in caplog.text
+    (small,) = HandcraftedPatchEmbedder(max_patches=50).transform([img])
+    assert small.grid_shape[0] * small.grid_shape[1] <= 50
+    (free,) = HandcraftedPatchEmbedder(max_patches=None, short_side=112).transform([img])
+    assert free.grid_shape == patch_grid_shape(*shape, short_side=112)
+    assert free.info["patch_budget_applied"] is False

@@ -276,8 +276,14 @@ def test_refine_labels_methods():
         refine_labels(coarse, image, method="patch")
     with pytest.raises(TypeError, match="unknown keyword"):
         refine_labels(coarse, image, n_iters=5)
-    with pytest.raises(ValueError, match="at least as large as the grid"):
-        refine_labels(np.zeros((20, 20), int), np.zeros((10, 10, 3), np.uint8))
+    # A grid finer than the image (a tiny image upscaled for the backbone): each
+    # pixel takes the patch under its centre, for every method.
+    fine = np.arange(400).reshape(20, 20)
+    for method in ("nearest", "bilinear", "crf"):
+        out = refine_labels(fine, np.zeros((10, 10, 3), np.uint8), method=method)
+        np.testing.assert_array_equal(out, fine[1::2, 1::2])
+    out = refine_labels(fine[:, :5], np.zeros((10, 5, 3), np.uint8), method="nearest")
+    np.testing.assert_array_equal(out, fine[1::2, :5])
 
 
 # --------------------------------------------------------------------------
@@ -342,7 +348,7 @@ def test_refiner_clone_get_set_params():
     assert params == {
         "method": "bilinear", "n_iter": 7, "gt_prob": 0.9, "gaussian_sxy": 4,
         "gaussian_compat": 4, "bilateral_sxy": 80, "bilateral_srgb": 13,
-        "bilateral_compat": 10, "n_jobs": 2,
+        "bilateral_compat": 10, "n_jobs": 2, "max_pixels": 1_500_000,
     }
     cloned = clone(refiner)
     assert cloned is not refiner and cloned.get_params() == params
@@ -363,11 +369,17 @@ def test_refiner_parallel_matches_serial():
 def test_refiner_errors():
     image = np.zeros((10, 10, 3), np.uint8)
     big = np.zeros((20, 20), int)
-    with pytest.raises(ValueError, match=r"X\[1\].*at least as large"):
-        CRFRefiner().fit_predict([(np.zeros((2, 2), int), image), (big, image)])
-    rec = PatchGrid(image=image, grid_shape=(20, 20), labels=big, source="cat.jpg")
-    with pytest.raises(ValueError, match=r"cat\.jpg"):
+    with pytest.raises(ValueError, match=r"X\[1\].*2-D label map"):
+        CRFRefiner().fit_predict([(np.zeros((2, 2), int), image),
+                                  (np.zeros((2, 2, 2), int), image)])
+    rec = PatchGrid(image=image, grid_shape=(20, 20), labels=big.astype(float) + 0.5,
+                    source="cat.jpg")
+    with pytest.raises(ValueError, match=r"cat\.jpg.*integers"):
         CRFRefiner().transform([rec])
+    with pytest.raises(InvalidParameterError, match="max_pixels"):
+        CRFRefiner(max_pixels=0).fit([(np.zeros((2, 2), int), image)])
+    with pytest.raises(ValueError, match="max_pixels must be a positive int"):
+        refine_labels(np.zeros((2, 2), int), image, max_pixels=0)
     with pytest.raises(ValueError, match=r"X\[0\].*expected an image of shape"):
         CRFRefiner().transform([(np.zeros((2, 2), int), np.zeros((10, 10, 5), "u1"))])
     with pytest.raises(InvalidParameterError, match="method"):
@@ -425,3 +437,98 @@ def test_refiner_in_pipeline():
         assert iou(mask == 1, truth) > 0.95 > iou(blocky, truth)
     for a, b in zip(pipe.predict(images), masks):
         np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------
+# bounded refinement resolution (max_pixels)
+# --------------------------------------------------------------------------
+
+
+def make_big_scene(scale):
+    """The rectangle scene at ``scale`` times the size, and its patch labels."""
+    image, truth, coarse = make_scene("rect")
+    big = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+    big_truth = np.repeat(np.repeat(truth, scale, axis=0), scale, axis=1)
+    return big, big_truth, coarse
+
+
+def test_box_downsample_is_the_block_mean():
+    from sklearn_clasp.refine import _box_downsample
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (23, 31, 3)).astype(np.uint8)
+    out = _box_downsample(img, 3, 4)
+    expected = img[:21, :28].reshape(7, 3, 7, 4, 3).astype(float).mean(axis=(1, 3))
+    assert out.shape == (7, 7, 3) and out.dtype == np.uint8
+    assert np.abs(out - expected).max() <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("shape", [(12000, 9000), (9000, 12000), (10000, 20), (3, 5_000_000)])
+def test_refine_size_is_bounded_and_keeps_the_aspect_ratio(shape):
+    from sklearn_clasp.refine import _refine_size
+
+    h, w = _refine_size(*shape, 1_500_000)
+    assert 1 <= h <= shape[0] and 1 <= w <= shape[1] and h * w <= 1_500_000
+    if min(h, w) > 20:
+        assert h / w == pytest.approx(shape[0] / shape[1], rel=0.02)
+
+
+def test_refine_at_bounded_resolution(monkeypatch):
+    from sklearn_clasp import refine
+
+    image, truth, coarse = make_big_scene(4)  # 560 x 560, 313,600 pixels
+    seen = []
+    real = refine.dense_crf
+
+    def spy(img, labels, **kw):
+        seen.append((img.shape[:2], kw))
+        return real(img, labels, **kw)
+
+    monkeypatch.setattr(refine, "dense_crf", spy)
+    mask = refine_labels(coarse, image, max_pixels=20_000)
+    (shape, kw), = seen
+    assert shape[0] * shape[1] <= 20_000 and shape == (141, 141)
+    # The spatial widths stay in full-resolution pixels.
+    assert kw["gaussian_sxy"] == pytest.approx(4 * 141 / 560, rel=0.01)
+    assert kw["bilateral_sxy"] == pytest.approx(80 * 141 / 560, rel=0.01)
+    assert mask.shape == truth.shape and mask.dtype == np.int64
+    # Still snaps the blocky patch boundary onto the true edge, to within the
+    # downscale factor (4 here; 2 below), and agrees with the full-size CRF.
+    blocky = upsample_labels(coarse, truth.shape).astype(bool)
+    full = real(image, upsample_labels(coarse, truth.shape))
+    assert iou(mask.astype(bool), truth) > 0.94 > 0.86 > iou(blocky, truth)
+    assert (mask == full).mean() > 0.98
+    half = refine_labels(coarse, image, max_pixels=80_000)
+    assert iou(half.astype(bool), truth) > 0.98 and (half == full).mean() > 0.99
+    seen.clear()
+    refine_labels(coarse, image, max_pixels=1_000_000)  # under the bound: full size
+    assert seen[0][0] == (560, 560) and "gaussian_sxy" not in seen[0][1]
+    bil = refine_labels(coarse, image, method="bilinear", max_pixels=20_000)
+    assert bil.shape == truth.shape and set(np.unique(bil)) <= {0, 1}
+    np.testing.assert_array_equal(
+        refine_labels(coarse, image, method="nearest", max_pixels=10),
+        upsample_labels(coarse, truth.shape),
+    )
+
+
+def test_refiner_default_bounds_the_crf_resolution(monkeypatch):
+    from sklearn_clasp import refine
+
+    seen = []
+    monkeypatch.setattr(refine, "dense_crf",
+                        lambda img, labels, **kw: seen.append(img.shape) or labels)
+    labels = np.array([[0, 1], [1, 0]])
+    big = np.zeros((3000, 2000, 3), np.uint8)  # 6 MP
+    mask, = CRFRefiner().transform([(labels, big)])
+    assert mask.shape == (3000, 2000)
+    assert seen[0][0] * seen[0][1] <= 1_500_000 == CRFRefiner().max_pixels
+    seen.clear()
+    CRFRefiner(max_pixels=None).transform([(labels, big[:300, :200])])
+    assert seen == [(300, 200, 3)]
+
+
+def test_dense_crf_accepts_a_read_only_image():
+    image, _, coarse = make_scene("rect")
+    image.setflags(write=False)
+    labels = upsample_labels(coarse, image.shape[:2])
+    assert dense_crf(image, labels, n_iter=2).shape == labels.shape

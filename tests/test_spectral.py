@@ -3,6 +3,7 @@ import pytest
 from scipy import linalg, sparse
 from sklearn.base import clone
 from sklearn.metrics import adjusted_rand_score, silhouette_score
+from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_clasp import (
     PAPER_SETTINGS,
@@ -243,3 +244,202 @@ def test_arpack_on_large_dense_affinity_matches_lapack():
     dvals, dvecs = leading_eigenpairs(A, 8, solver="dense")
     np.testing.assert_allclose(vals, dvals, rtol=1e-5)
     np.testing.assert_allclose(np.abs(vecs[:, :5].T @ dvecs[:, :5]), np.eye(5), atol=1e-3)
+
+
+# --------------------------------------------------------------------------
+# Validation of arrays and parameters
+# --------------------------------------------------------------------------
+def test_functional_core_validates_its_inputs():
+    X, _ = make_planted_partition(3, n_samples=60, random_state=0)
+    A = cosine_affinity(X)
+    with pytest.raises(ValueError, match="square"):
+        adaptive_spectral_clustering(np.ones(5))
+    with pytest.raises(ValueError, match="square"):
+        adaptive_spectral_clustering(np.ones((4, 5)))
+    with pytest.raises(ValueError, match="empty"):
+        adaptive_spectral_clustering(np.zeros((0, 0)))
+    bad = A.copy()
+    bad[3, 7] = bad[7, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        adaptive_spectral_clustering(bad)
+    bad[3, 7] = bad[7, 3] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        adaptive_spectral_clustering(sparse.csr_matrix(bad))
+    with pytest.raises(ValueError, match="one row per affinity row"):
+        adaptive_spectral_clustering(A, features=X[:-1])
+    Xnan = X.copy()
+    Xnan[0, 0] = np.nan
+    with pytest.raises(ValueError, match="features .*NaN"):
+        adaptive_spectral_clustering(A, features=Xnan)
+    with pytest.raises(ValueError, match="k_min=5 is larger than k_max=3"):
+        adaptive_spectral_clustering(A, k_min=5, k_max=3)
+    for name, value in [("beta", -0.1), ("k_min", 0), ("k_max", 0), ("n_init", 0),
+                        ("single_segment_threshold", 1.5), ("spectrum", "laplacian"),
+                        ("eigengap_rule", "max")]:
+        with pytest.raises(InvalidParameterError, match=name):
+            adaptive_spectral_clustering(A, **{name: value})
+
+
+def test_zero_beta_tries_the_eigengap_estimate_alone():
+    X, _ = make_planted_partition(4, n_samples=200, noise=0.5, random_state=1)
+    _, info = adaptive_spectral_clustering(cosine_affinity(X), features=X, beta=0.0,
+                                           random_state=0)
+    assert list(info["silhouette_scores"]) == [info["eigengap_k"]] == [4]
+    with pytest.raises(InvalidParameterError, match="beta"):
+        AdaptiveSpectralSegmenter(beta=-0.5).fit(X)
+
+
+def test_estimator_errors_name_the_record_and_the_fix():
+    img = np.zeros((28, 42, 3), np.uint8)
+    feats = np.random.RandomState(0).rand(2, 3, 4).astype(np.float32)
+    nan_feats = feats.copy()
+    nan_feats[1, 2, 0] = np.inf
+    rec = PatchGrid(image=img, grid_shape=(2, 3), features=nan_feats, source="a.png")
+    # The features are checked even when an affinity is given (the silhouette uses them).
+    rec = rec.replace(affinity=cosine_affinity(feats.reshape(6, 4)))
+    with pytest.raises(ValueError, match="a.png.*NaN or infinite"):
+        AdaptiveSpectralSegmenter().fit([rec])
+    wrong = PatchGrid(image=img, grid_shape=(2, 3), features=feats.reshape(3, 2, 4),
+                      source="b.png")
+    with pytest.raises(ValueError, match=r"b.png.*shape \(3, 2, 4\).*grid is \(2, 3\)"):
+        AdaptiveSpectralSegmenter().fit([wrong])
+    small = PatchGrid(image=img, grid_shape=(2, 3), features=feats, source="c.png",
+                      affinity=np.eye(4))
+    with pytest.raises(ValueError, match="c.png.*4 x 4 affinity for 6 patches"):
+        AdaptiveSpectralSegmenter().fit([small])
+    with pytest.raises(ValueError, match="0 sample"):
+        AdaptiveSpectralSegmenter().fit(np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="infinity"):
+        AdaptiveSpectralSegmenter().fit(np.full((6, 2), np.inf))
+    with pytest.raises(InvalidParameterError, match="max_dense_samples"):
+        AdaptiveSpectralSegmenter(max_dense_samples=0).fit(np.eye(4))
+
+
+def test_k_above_the_number_of_samples():
+    X, _ = make_planted_partition(3, n_samples=9, noise=0.1, random_state=0)
+    # k_max above n - 1 is clipped, and info says which bounds were used.
+    _, info = adaptive_spectral_clustering(cosine_affinity(X), k_max=50, random_state=0)
+    assert info["k_bounds"] == (2, 8)
+    assert max(info["silhouette_scores"]) <= 8 and info["eigenvalues"].shape == (9,)
+    # k_min above n - 1 cannot be honoured: a plain matrix is an error ...
+    with pytest.raises(ValueError, match="k_min=9 needs at least 10 samples.*has 9"):
+        adaptive_spectral_clustering(cosine_affinity(X), k_min=9, k_max=12)
+    with pytest.raises(ValueError, match="lower k_min to at most 8"):
+        AdaptiveSpectralSegmenter(k_min=9, k_max=12).fit(X)
+    # ... while an image (whose grid size the embedder chose) gets K = n - 1.
+    rec = PatchGrid(image=np.zeros((42, 42, 3), np.uint8), grid_shape=(3, 3),
+                    features=X.reshape(3, 3, -1), source="tiny.png")
+    out, = AdaptiveSpectralSegmenter(k_min=9, k_max=12, single_segment_threshold=None,
+                                     random_state=0).fit_transform([rec])
+    assert out.info["k_bounds"] == (8, 8) and out.info["n_clusters"] == 8
+    # With fewer than 3 samples there is nothing to choose.
+    labels, info = adaptive_spectral_clustering(np.eye(2), k_min=5, k_max=9)
+    assert labels.tolist() == [0, 1] and info["k_bounds"] == (2, 2)
+
+
+# --------------------------------------------------------------------------
+# Memory: no n x n copies, sparse affinities, landmarks
+# --------------------------------------------------------------------------
+def test_one_segment_test_without_the_normalised_matrix():
+    from sklearn_clasp.spectral import _normalize, _second_normalized_eigenvalue
+
+    X, _ = make_planted_partition(3, n_samples=300, random_state=0)
+    for clip in (True, False):  # with and without negative affinities
+        A = cosine_affinity(X.astype(np.float32), clip_negative=clip)
+        exact = linalg.eigh(_normalize(np.maximum(A, 0).astype(np.float64)),
+                            eigvals_only=True)[-2]
+        assert _second_normalized_eigenvalue(A, 0) == pytest.approx(exact, abs=1e-5)
+
+
+def test_asymmetric_affinity_is_symmetrised():
+    X, _ = make_planted_partition(4, n_samples=700, random_state=2)
+    A = cosine_affinity(X)
+    noise = np.triu(np.random.RandomState(0).rand(700, 700) * 0.01, 1)
+    a, info_a = adaptive_spectral_clustering(A + noise, random_state=0)
+    b, info_b = adaptive_spectral_clustering(A + 0.5 * (noise + noise.T), random_state=0)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(info_a["eigenvalues"], info_b["eigenvalues"])
+
+
+def test_sparse_affinity_silhouette_is_exact_without_dense_distances(monkeypatch):
+    from sklearn_clasp import spectral
+    from sklearn_clasp.spectral import _distance_matrix, _silhouette_scores_sparse_affinity
+
+    X, _ = make_planted_partition(3, n_samples=240, noise=0.6, random_state=3)
+    A = cosine_affinity(X, n_neighbors=12)
+    A = A.tolil()
+    A[0, 1] = A[1, 0] = 1.4  # entries above 1 count as distance 0
+    A = A.tocsr()
+    rng = np.random.RandomState(0)
+    labelings = [rng.randint(0, k, 240) for k in (2, 3, 5)]
+    expected = silhouette_scores_for_labels(_distance_matrix(A), labelings)
+    np.testing.assert_allclose(_silhouette_scores_sparse_affinity(A, labelings), expected,
+                               atol=1e-12)
+
+    def no_dense(*args):
+        raise AssertionError("a sparse affinity must not be densified")
+
+    monkeypatch.setattr(spectral, "_distance_matrix", no_dense)
+    labels, info = adaptive_spectral_clustering(cosine_affinity(X, n_neighbors=12),
+                                                random_state=0)
+    assert info["sparse_affinity"] and info["n_clusters"] == 3
+
+
+def test_many_samples_are_clustered_through_landmarks(monkeypatch):
+    from sklearn_clasp import spectral
+
+    X, y = make_planted_partition(5, n_samples=20_000, n_features=16, noise=0.5,
+                                  random_state=4)
+    X = X.astype(np.float32)
+    shapes = []
+    real = spectral.cosine_affinity
+
+    def spy(X, Y=None, **kw):
+        shapes.append((len(X), len(X) if Y is None else len(Y)))
+        return real(X, Y, **kw)
+
+    monkeypatch.setattr(spectral, "cosine_affinity", spy)
+    seg = AdaptiveSpectralSegmenter(max_dense_samples=1000, random_state=0)
+    emb = seg.fit_transform(X)
+    # No affinity wider than the landmarks, and no block taller than ~64 MB.
+    assert max(c for _, c in shapes) == 1000
+    assert all(r * c * 4 <= 64 * 2**20 for r, c in shapes)
+    assert seg.landmark_indices_.shape == (1000,)
+    assert seg.X_fit_.shape == (1000, 16) and seg.eigenvectors_.shape == (1000, 5)
+    assert seg.n_clusters_ == 5 and adjusted_rand_score(y, seg.labels_) == 1.0
+    assert sorted(np.unique(seg.labels_)) == [0, 1, 2, 3, 4]
+    assert emb.shape == (20_000, 5) and emb.dtype == np.float32
+    np.testing.assert_allclose(seg.transform(X[:500]), emb[:500], atol=1e-5)
+    # Landmarks keep the labels they were clustered with.
+    own = AdaptiveSpectralSegmenter(random_state=0).fit(X[seg.landmark_indices_])
+    assert adjusted_rand_score(own.labels_, seg.labels_[seg.landmark_indices_]) == 1.0
+    # Repeatable, and the default bound is the documented 10,000.
+    again = AdaptiveSpectralSegmenter(max_dense_samples=1000, random_state=0).fit(X)
+    np.testing.assert_array_equal(again.labels_, seg.labels_)
+    assert AdaptiveSpectralSegmenter().max_dense_samples == 10_000
+    small = AdaptiveSpectralSegmenter(random_state=0).fit(X[:3000])
+    assert small.landmark_indices_ is None
+
+
+def test_records_without_affinity_use_landmarks_past_the_bound():
+    from sklearn_clasp import CosineAffinity
+
+    X, y = make_planted_partition(3, n_samples=1200, noise=0.5, random_state=5)
+    rec = PatchGrid(image=np.zeros((30 * 14, 40 * 14, 3), np.uint8), grid_shape=(30, 40),
+                    features=X.reshape(30, 40, -1).astype(np.float32), source="big.png")
+    deferred, = CosineAffinity(max_dense_samples=1000).fit_transform([rec])
+    assert deferred.affinity is None and deferred.info["affinity"] == "deferred"
+    out, = AdaptiveSpectralSegmenter(max_dense_samples=500, random_state=0).fit_transform(
+        [deferred])
+    assert out.info["n_landmarks"] == 500 and out.info["affinity"] == "deferred"
+    assert out.labels.shape == (30, 40) and out.info["n_clusters"] == 3
+    assert adjusted_rand_score(y, out.labels.ravel()) == 1.0
+    dense, = AdaptiveSpectralSegmenter(random_state=0).fit_transform([deferred])
+    assert dense.info["n_landmarks"] is None and dense.info["n_clusters"] == 3
+
+
+def test_info_reports_stage_timings():
+    X, _ = make_planted_partition(3, n_samples=200, random_state=0)
+    _, info = adaptive_spectral_clustering(cosine_affinity(X), features=X, random_state=0)
+    assert set(info["timings"]) == {"eigen", "one_segment_test", "k_search"}
+    assert all(t >= 0 for t in info["timings"].values())

@@ -338,6 +338,26 @@ def handcrafted_patch_features(
 # --- the estimator ------------------------------------------------------
 
 
+#: Default patch budget of the embedders: at most this many patches per image
+#: (100 x 100, a 1400 x 1400 pixel input), so that the dense float32 affinity
+#: stays within 400 MB (``sklearn_clasp.affinity.MAX_DENSE_SAMPLES``).
+MAX_PATCHES = 10_000
+
+
+def _log_patch_budget(image_shape, grid, short_side, patch_size, source):
+    """Whether the patch budget shrank ``grid``; logged at INFO level if so."""
+    full = patch_grid_shape(image_shape[0], image_shape[1], short_side=short_side,
+                            patch_size=patch_size)
+    if tuple(full) == tuple(grid):
+        return False
+    logger.info(
+        "%s: %d x %d image downscaled for the patch budget: %d x %d patches "
+        "instead of %d x %d", source, image_shape[0], image_shape[1], grid[0],
+        grid[1], full[0], full[1],
+    )
+    return True
+
+
 class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
     """Weights-free patch embedder: colour, texture and position per patch.
 
@@ -365,6 +385,12 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
     short_side : int or None, default=448
         Length the shorter image side is scaled to; ``None`` keeps the image
         size (rounded to multiples of ``patch_size``).
+    max_patches : int or None, default=10_000
+        Patch budget: a grid with more patches is shrunk, aspect ratio kept,
+        to at most this many (see
+        :func:`~sklearn_clasp.image.patch_grid_shape`), so huge images and
+        extreme aspect ratios are downscaled instead of exhausting memory;
+        ``info["patch_budget_applied"]`` says when. ``None`` sets no limit.
     color_weight : float, default=1.0
         Weight of the colour group.
     texture_weight : float, default=0.5
@@ -400,6 +426,7 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "patch_size": [Interval(Integral, 1, None, closed="left")],
         "short_side": [Interval(Integral, 1, None, closed="left"), None],
+        "max_patches": [Interval(Integral, 1, None, closed="left"), None],
         "color_weight": [Interval(Real, 0, None, closed="left")],
         "texture_weight": [Interval(Real, 0, None, closed="left")],
         "position_weight": [Interval(Real, 0, None, closed="left")],
@@ -411,6 +438,7 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
         self,
         patch_size=14,
         short_side=448,
+        max_patches=MAX_PATCHES,
         color_weight=1.0,
         texture_weight=0.5,
         position_weight=0.1,
@@ -419,6 +447,7 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
     ):
         self.patch_size = patch_size
         self.short_side = short_side
+        self.max_patches = max_patches
         self.color_weight = color_weight
         self.texture_weight = texture_weight
         self.position_weight = position_weight
@@ -474,7 +503,7 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
             image), ``grid_shape``, ``features`` of shape ``(h, w, d)``
             float32, ``source`` (the path, or ``"image[i]"``) and ``info``
             ``{"embedder": "handcrafted", "input_size": (h * patch_size,
-            w * patch_size)}``.
+            w * patch_size), "patch_budget_applied": bool}``.
         """
         self._validate_params()
         self._check_weights()
@@ -492,9 +521,11 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
         source = os.fspath(image) if is_path else f"image[{index}]"
         rgb = load_image(image, name=source)
         grid = patch_grid_shape(
-            rgb.shape[0], rgb.shape[1],
-            short_side=self.short_side, patch_size=self.patch_size,
+            rgb.shape[0], rgb.shape[1], short_side=self.short_side,
+            patch_size=self.patch_size, max_patches=self.max_patches,
         )
+        applied = _log_patch_budget(rgb.shape, grid, self.short_side, self.patch_size,
+                                    source)
         features = handcrafted_patch_features(
             rgb,
             grid,
@@ -515,5 +546,6 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
             info={
                 "embedder": "handcrafted",
                 "input_size": (grid[0] * self.patch_size, grid[1] * self.patch_size),
+                "patch_budget_applied": applied,
             },
         )
