@@ -1,5 +1,7 @@
 """Tests for sklearn_clasp.metrics, on label maps small enough to score by hand."""
 
+import math
+
 import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -13,8 +15,10 @@ from sklearn_clasp.metrics import (
     make_segmentation_scorer,
     miou_scorer,
     pixel_accuracy_scorer,
+    segmentation_covering,
     segmentation_scores,
     silhouette_scorer,
+    variation_of_information,
 )
 from sklearn_clasp.records import PatchGrid
 
@@ -182,6 +186,153 @@ def test_shape_mismatch_and_bad_labels():
     with pytest.raises(ValueError, match="no pixel to score"):
         segmentation_scores(
             np.zeros((2, 2), int), np.full((2, 2), 255), ignore_index=255
+        )
+
+
+# --- segmentation_covering / variation_of_information ------------------------------
+
+# truth: left half region 0, right half region 1; pred: columns 0-2 and column 3
+HALVES = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+SHIFTED = np.array([[0, 0, 0, 1], [0, 0, 0, 1]])
+
+
+def test_covering_hand_example_and_direction():
+    # true region 0 (4 px): overlap with pred 0 is 4 / 6; true region 1 (4 px):
+    # pred 0 gives 2 / 8, pred 1 gives 2 / 4 -> (4 * 2/3 + 4 * 1/2) / 8 = 7/12
+    assert segmentation_covering(SHIFTED, HALVES) == pytest.approx(7 / 12)
+    # the other direction covers the predicted regions: pred 0 (6 px) best 4/6,
+    # pred 1 (2 px) best 2/4 -> (6 * 2/3 + 2 * 1/2) / 8 = 5/8
+    assert segmentation_covering(HALVES, SHIFTED) == pytest.approx(5 / 8)
+
+
+def test_variation_of_information_hand_example():
+    # joint counts (pred, truth): (0, 0) 4, (0, 1) 2, (1, 1) 2 of 8 pixels
+    # H(pred | truth) = 4/8 log2(4/4) + 2/8 log2(4/2) + 2/8 log2(4/2) = 0.5
+    # H(truth | pred) = 4/8 log2(6/4) + 2/8 log2(6/2) + 2/8 log2(2/2)
+    expected = 0.5 + 0.5 * math.log2(1.5) + 0.25 * math.log2(3)
+    assert variation_of_information(SHIFTED, HALVES) == pytest.approx(expected)
+    assert variation_of_information(SHIFTED, HALVES, base=math.e) == pytest.approx(
+        expected * math.log(2)
+    )
+
+
+def test_one_region_per_pixel():
+    # the sparse counting path: 8 predicted regions of one pixel each
+    pred = np.arange(8).reshape(2, 4)
+    # each true region of 4 px is best covered with overlap 1/4
+    assert segmentation_covering(pred, HALVES) == pytest.approx(0.25)
+    # H(truth | pred) = 0, H(pred | truth) = log2(4) = 2 bits
+    assert variation_of_information(pred, HALVES) == pytest.approx(2.0)
+    # one region for everything: H(truth | pred) = 1 bit; covering 4/8 each
+    assert variation_of_information(np.zeros((2, 4), int), HALVES) == pytest.approx(1.0)
+    assert segmentation_covering(np.zeros((2, 4), int), HALVES) == pytest.approx(0.5)
+
+
+def _random_maps(seed, shape=(12, 17), n_a=5, n_b=7):
+    rng = np.random.RandomState(seed)
+    return rng.randint(0, n_a, shape), rng.randint(0, n_b, shape)
+
+
+def test_identical_partitions_are_perfect_whatever_the_labels():
+    for seed in range(5):
+        a, _ = _random_maps(seed)
+        relabelled = np.array([40, 3, 17, 0, 8])[a]  # same partition, other ids
+        for other in (a, relabelled):
+            assert variation_of_information(other, a) == 0.0
+            assert segmentation_covering(other, a) == 1.0
+    # any other partition is strictly worse
+    a, b = _random_maps(0)
+    assert variation_of_information(b, a) > 0.1
+    assert segmentation_covering(b, a) < 0.9
+
+
+def test_variation_of_information_is_a_metric():
+    for seed in range(5):
+        a, b = _random_maps(seed)
+        c, _ = _random_maps(seed + 100, n_a=3)
+        vab = variation_of_information(a, b)
+        assert vab == pytest.approx(variation_of_information(b, a))  # symmetric
+        assert 0 < vab <= math.log2(a.size)
+        assert variation_of_information(a, c) <= vab + variation_of_information(b, c) + 1e-12
+
+
+def _covering_by_loops(pred, truth):
+    """Arbelaez et al.'s formula, region by region."""
+    total = 0.0
+    for r in np.unique(truth):
+        region = truth == r
+        best = max(
+            (region & (pred == q)).sum() / (region | (pred == q)).sum()
+            for q in np.unique(pred)
+        )
+        total += region.sum() * best
+    return total / truth.size
+
+
+def test_covering_matches_the_formula_and_bounds():
+    for seed in range(5):
+        a, b = _random_maps(seed, n_b=3 + seed)
+        value = segmentation_covering(a, b)
+        assert value == pytest.approx(_covering_by_loops(a, b))
+        assert 0 < value < 1
+    # splitting every true region in two halves the overlaps: covering 1/2
+    truth = np.repeat([0, 1], 8).reshape(2, 8)
+    split = truth * 2 + (np.arange(8) % 2)[None, :]
+    assert segmentation_covering(split, truth) == pytest.approx(0.5)
+
+
+def test_region_measures_ignore_pixels():
+    a, b = _random_maps(3)
+    truth = b.copy()
+    truth[:4] = 255
+    truth[-1, :5] = -1
+    valid = (truth != 255) & (truth >= 0)
+    for func in (segmentation_covering, variation_of_information):
+        expected = func(a[valid], truth[valid])
+        assert func(a, truth, ignore_index=255) == pytest.approx(expected)
+        assert func(a, truth, ignore_index=[254, 255]) == pytest.approx(expected)
+        # predictions on ignored pixels do not matter
+        other = a.copy()
+        other[~valid] = 99
+        assert func(other, truth, ignore_index=255) == pytest.approx(expected)
+        # without ignore_index, 255 is a region of its own
+        assert func(a, truth) != pytest.approx(expected)
+        with pytest.raises(ValueError, match="no pixel to score"):
+            func(a, np.full_like(a, 255), ignore_index=255)
+        with pytest.raises(ValueError, match="same shape"):
+            func(a, b.T)
+        with pytest.raises(TypeError, match="integer labels"):
+            func(a.astype(float), b)
+
+
+def test_large_label_values_score_like_small_ones():
+    # label values far beyond the number of pixels take the sorting path
+    a, b = _random_maps(7)
+    big_a, big_b = a * 10**12 + 5, b * 10**9
+    assert segmentation_covering(big_a, big_b) == pytest.approx(segmentation_covering(a, b))
+    assert variation_of_information(big_a, big_b) == pytest.approx(
+        variation_of_information(a, b))
+    s, big = segmentation_scores(a, b), segmentation_scores(big_a, big_b)
+    assert big["miou"] == pytest.approx(s["miou"])
+    assert big["mapping"] == {k * 10**12 + 5: v * 10**9 for k, v in s["mapping"].items()}
+
+
+def test_variation_of_information_bad_base():
+    for base in (1, 0, -2, float("nan"), "2", True):
+        with pytest.raises(ValueError, match="base"):
+            variation_of_information(HALVES, HALVES, base=base)
+
+
+def test_variation_of_information_matches_scikit_image():
+    skm = pytest.importorskip("skimage.metrics")
+    for seed in range(4):
+        a, b = _random_maps(seed, shape=(20, 30), n_b=4 + seed)
+        b[:3] = 255
+        # scikit-image returns the two conditional entropies, in bits, and
+        # ignores labels of its first (ground-truth) image
+        parts = skm.variation_of_information(b, a, ignore_labels=[255])
+        assert variation_of_information(a, b, ignore_index=255) == pytest.approx(
+            parts.sum()
         )
 
 
