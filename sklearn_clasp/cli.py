@@ -1010,9 +1010,13 @@ def score_prediction(mask, truths, *, ignore_index=None):
     Returns
     -------
     scores : dict
-        ``miou`` and ``pixel_accuracy`` (mean over the ground truths),
-        ``miou_best`` and ``pixel_accuracy_best`` (best ground truth, each on
-        its own), ``n_clusters`` (distinct segments in the mask), ``n_classes``
+        ``miou`` and ``pixel_accuracy`` (Hungarian-matched, mean over the
+        ground truths), ``miou_best`` and ``pixel_accuracy_best`` (best ground
+        truth, each on its own), the region measures ``covering`` and ``voi``
+        (segmentation covering and variation of information in bits, see
+        :func:`sklearn_clasp.metrics.segmentation_covering`; mean over the
+        ground truths) with ``covering_best`` (highest) and ``voi_best``
+        (lowest), ``n_clusters`` (distinct segments in the mask), ``n_classes``
         (mean number of classes over the ground truths) and ``n_annotators``.
 
     Examples
@@ -1022,8 +1026,10 @@ def score_prediction(mask, truths, *, ignore_index=None):
     >>> s = score_prediction(mask, [np.array([[5, 5, 6, 6]]), np.array([[5, 5, 5, 6]])])
     >>> round(s["miou"], 4), s["miou_best"], s["pixel_accuracy"], s["n_annotators"]
     (0.7917, 1.0, 0.875, 2)
+    >>> round(s["covering"], 4), s["covering_best"], round(s["voi"], 4), s["voi_best"]
+    (0.8125, 1.0, 0.5944, 0.0)
     """
-    from .metrics import segmentation_scores
+    from .metrics import segmentation_covering, segmentation_scores, variation_of_information
 
     mask = np.asarray(mask)
     per = []
@@ -1035,14 +1041,23 @@ def score_prediction(mask, truths, *, ignore_index=None):
                 f"{f' #{i + 1}' if len(truths) > 1 else ''} is {truth.shape[0]} x "
                 f"{truth.shape[1]} (H x W); segment the image the labels belong to"
             )
-        per.append(segmentation_scores(mask, truth, ignore_index=ignore_index))
+        scores = segmentation_scores(mask, truth, ignore_index=ignore_index)
+        scores["covering"] = segmentation_covering(mask, truth, ignore_index=ignore_index)
+        scores["voi"] = variation_of_information(mask, truth, ignore_index=ignore_index)
+        per.append(scores)
     miou = [s["miou"] for s in per]
+    covering = [s["covering"] for s in per]
+    voi = [s["voi"] for s in per]
     acc = [s["pixel_accuracy"] for s in per]
     return {
         "miou": float(np.mean(miou)),
         "pixel_accuracy": float(np.mean(acc)),
         "miou_best": float(np.max(miou)),
         "pixel_accuracy_best": float(np.max(acc)),
+        "covering": float(np.mean(covering)),
+        "covering_best": float(np.max(covering)),
+        "voi": float(np.mean(voi)),
+        "voi_best": float(np.min(voi)),
         "n_clusters": int(np.unique(mask).size),
         "n_classes": float(np.mean([s["n_classes"] for s in per])),
         "n_annotators": len(per),
@@ -1068,7 +1083,10 @@ def _fmt_classes(value):
 
 
 _CSV_COLUMNS = ("name", "miou", "pixel_accuracy", "n_clusters", "n_classes", "miou_best",
-                "pixel_accuracy_best", "n_annotators", "mask", "labels")
+                "pixel_accuracy_best", "covering", "covering_best", "voi", "voi_best",
+                "n_annotators", "mask", "labels")
+_CSV_FLOATS = ("miou", "pixel_accuracy", "miou_best", "pixel_accuracy_best", "covering",
+               "covering_best", "voi", "voi_best")
 
 
 def _evaluate_pairs(pairs, *, ignore_index, protocol):
@@ -1118,7 +1136,7 @@ def _write_csv(path, rows):
             writer.writeheader()
             for row in rows:
                 out = dict(row)
-                for key in ("miou", "pixel_accuracy", "miou_best", "pixel_accuracy_best"):
+                for key in _CSV_FLOATS:
                     out[key] = f"{row[key]:.6f}"
                 out["n_classes"] = _fmt_classes(row["n_classes"])
                 writer.writerow({k: out[k] for k in _CSV_COLUMNS})
@@ -1156,6 +1174,12 @@ def _evaluation_table(rows, failures, missing, protocol, dataset, *, per_image=T
             best_acc = np.mean([r["pixel_accuracy_best"] for r in rows])
             lines.append(f"best annotator:   mIoU {best:.3f}, pixel accuracy {best_acc:.3f} "
                          f"(mean over images of the best-matching human segmentation)")
+        covering = np.mean([r["covering"] for r in rows])
+        voi = np.mean([r["voi"] for r in rows])
+        lines.append(f"covering:         {covering:.3f} (segmentation covering; higher is "
+                     f"better)")
+        lines.append(f"VoI:              {voi:.3f} bits (variation of information; lower is "
+                     f"better)")
         lines.append(f"segments / image: {np.mean([r['n_clusters'] for r in rows]):.2f} "
                      f"(classes / image: {np.mean([r['n_classes'] for r in rows]):.2f})")
     if missing:

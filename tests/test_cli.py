@@ -30,6 +30,7 @@ from sklearn_clasp.cli import (
 from sklearn_clasp.data import SAMPLE_IMAGE_NAMES, sample_image_paths
 from sklearn_clasp.datasets import make_shapes_image
 from sklearn_clasp.image import DEFAULT_MAX_IMAGE_PIXELS
+from sklearn_clasp.metrics import segmentation_covering, variation_of_information
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--embedder", "handcrafted", "--short-side", "none"]
@@ -566,6 +567,7 @@ def test_evaluate_png_labels(evaluation, tmp_path, capsys):
     assert "images scored:    2 of 2 label file(s)" in out
     assert f"mIoU:             {(7 / 12 + 1) / 2:.3f}" in out  # 0.792
     assert "pixel accuracy:   0.875" in out
+    assert "covering:         0.792" in out and "VoI:              0.594 bits" in out
 
 
 def test_evaluate_ignore_index_and_missing_predictions(evaluation, capsys):
@@ -618,8 +620,12 @@ def test_evaluate_bsds_mat_files(tmp_path, capsys):
     assert row["miou"] == f"{(1 + 7 / 12) / 2:.6f}" and row["miou_best"] == "1.000000"
     assert row["pixel_accuracy"] == "0.875000" and row["pixel_accuracy_best"] == "1.000000"
     assert row["n_annotators"] == "2"
+    # region measures: perfect against annotator 1, below 1 / above 0 against 2
+    assert float(row["covering_best"]) == 1.0 and float(row["voi_best"]) == 0.0
+    assert 0.5 < float(row["covering"]) < 1.0 and float(row["voi"]) > 0.0
     out = capsys.readouterr().out
     assert "best annotator:   mIoU 1.000, pixel accuracy 1.000" in out
+    assert "covering:" in out and "VoI:" in out
 
 
 def test_evaluate_segments_images_first(tmp_path, capsys):
@@ -690,6 +696,10 @@ def test_score_prediction_mean_and_best():
     s = score_prediction(SHIFTED, [TRUTH, SHIFTED * 4])
     assert s["miou"] == pytest.approx((7 / 12 + 1) / 2) and s["miou_best"] == 1.0
     assert s["pixel_accuracy"] == pytest.approx(0.875) and s["n_annotators"] == 2
+    # the region measures ignore label values: SHIFTED * 4 is SHIFTED itself
+    assert s["covering_best"] == 1.0 and s["voi_best"] == 0.0
+    assert s["covering"] == pytest.approx((segmentation_covering(SHIFTED, TRUTH) + 1) / 2)
+    assert s["voi"] == pytest.approx(variation_of_information(SHIFTED, TRUTH) / 2)
     with pytest.raises(ValueError, match="ground truth #2 is 3 x 4"):
         score_prediction(SHIFTED, [TRUTH, TRUTH[:3]])
 
