@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 from sklearn.base import clone
@@ -55,15 +55,6 @@ def _effective_range(n_eigenvalues, k_min, k_max):
     return k_min_eff, k_max_eff
 
 
-@validate_params(
-    {
-        "eigenvalues": ["array-like"],
-        "rule": [StrOptions({"relative", "largest", "elbow"})],
-        "k_min": [Interval(Integral, 1, None, closed="left")],
-        "k_max": [Interval(Integral, 1, None, closed="left"), None],
-    },
-    prefer_skip_nested_validation=True,
-)
 def _fmt(value, digits=3):
     if value is None:
         return "n/a"
