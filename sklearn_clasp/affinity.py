@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .records import check_records, is_record_sequence
+from .records import check_records, grid_feature_matrix, is_record_sequence
 
 __all__ = ["cosine_affinity", "CosineAffinity"]
 
@@ -254,19 +254,7 @@ class CosineAffinity(TransformerMixin, BaseEstimator):
         records = check_records(X, need=("features",), step="CosineAffinity")
         out = []
         for rec in records:
-            feats = rec.features
-            if feats.ndim != 3 or feats.shape[:2] != tuple(rec.grid_shape):
-                raise ValueError(
-                    f"CosineAffinity: the features of {rec.name!r} have shape "
-                    f"{feats.shape} but its patch grid is {tuple(rec.grid_shape)}; "
-                    f"expected (h, w, n_features) with (h, w) the grid shape."
-                )
-            feats = rec.feature_matrix
-            if not np.all(np.isfinite(feats)):
-                raise ValueError(
-                    f"CosineAffinity: the features of {rec.name!r} contain NaN or "
-                    f"infinite values; check the embedder's input image."
-                )
+            feats = grid_feature_matrix(rec, step="CosineAffinity")
             n = feats.shape[0]
             if self.n_neighbors is not None:
                 kind = "knn"

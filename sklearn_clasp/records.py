@@ -152,3 +152,41 @@ def check_records(X, *, need=(), step="this step"):
             raise TypeError(f"{step}: record {rec.name!r} has an affinity of type "
                             f"{type(rec.affinity).__name__}; expected ndarray or sparse")
     return list(X)
+
+
+def grid_feature_matrix(record, *, step):
+    """The record's features as a checked ``(h * w, n_features)`` matrix.
+
+    Parameters
+    ----------
+    record : PatchGrid
+        A record with features.
+    step : str
+        The step asking, named in error messages.
+
+    Returns
+    -------
+    features : ndarray of shape (h * w, n_features)
+        A view of ``record.features`` in row-major grid order.
+
+    Raises
+    ------
+    ValueError
+        If the features are not ``(h, w, n_features)`` with ``(h, w)`` the
+        record's grid shape, or contain NaN or infinite values.
+    """
+    feats = record.features
+    if feats is None or feats.ndim != 3 or feats.shape[:2] != tuple(record.grid_shape):
+        shape = None if feats is None else feats.shape
+        raise ValueError(
+            f"{step}: the features of {record.name!r} have shape {shape} but its "
+            f"patch grid is {tuple(record.grid_shape)}; expected (h, w, n_features) "
+            f"with (h, w) the grid shape."
+        )
+    matrix = record.feature_matrix
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError(
+            f"{step}: the features of {record.name!r} contain NaN or infinite "
+            f"values; check the embedder's input image."
+        )
+    return matrix

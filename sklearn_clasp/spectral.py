@@ -60,7 +60,7 @@ from sklearn.utils.validation import (
 )
 
 from .affinity import MAX_DENSE_SAMPLES, _unit_rows, cosine_affinity
-from .records import PatchGrid, check_records, is_record_sequence
+from .records import check_records, grid_feature_matrix, is_record_sequence
 
 __all__ = [
     "adaptive_spectral_clustering",
@@ -1035,15 +1035,8 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "affinity": [StrOptions({"cosine", "precomputed"})],
-        "spectrum": [StrOptions({"normalized", "affinity"})],
-        "eigengap_rule": [StrOptions({"relative", "largest", "elbow"})],
-        "k_min": [Interval(numbers.Integral, 1, None, closed="left")],
-        "k_max": [Interval(numbers.Integral, 1, None, closed="left")],
-        "beta": [Interval(numbers.Real, 0, None, closed="left")],
-        "single_segment_threshold": [Interval(numbers.Real, 0, 1, closed="both"), None],
-        "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
+        **_CORE_CONSTRAINTS,
         "max_dense_samples": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "random_state": ["random_state"],
     }
 
     def __init__(
@@ -1127,20 +1120,7 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _segment_record(self, rec, random_state):
         if rec.features is not None:
-            feats = rec.features
-            if feats.ndim != 3 or feats.shape[:2] != tuple(rec.grid_shape):
-                raise ValueError(
-                    f"AdaptiveSpectralSegmenter: the features of {rec.name!r} have "
-                    f"shape {feats.shape} but its patch grid is "
-                    f"{tuple(rec.grid_shape)}; expected (h, w, n_features)."
-                )
-            feats = rec.feature_matrix
-            if not np.all(np.isfinite(feats)):
-                raise ValueError(
-                    f"AdaptiveSpectralSegmenter: the features of {rec.name!r} "
-                    f"contain NaN or infinite values; check the embedder's input "
-                    f"image."
-                )
+            feats = grid_feature_matrix(rec, step="AdaptiveSpectralSegmenter")
         else:
             feats = None
         kwargs = dict(self._core_kwargs(random_state), clip_k_min=True,

@@ -9,7 +9,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from PIL import Image
 
 from sklearn_clasp.datasets import make_shapes_image
+from _procs import no_process_left
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,21 +116,6 @@ def _bad_files(root):
     return bad
 
 
-def _session_processes(sid):
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            if fields[0] != "Z" and int(fields[3]) == sid:
-                found.append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self") or sys.platform == "win32",
                     reason="needs /proc and POSIX links")
 def test_mixed_good_and_broken_files_through_clasp_segment(tmp_path):
@@ -155,10 +140,7 @@ def test_mixed_good_and_broken_files_through_clasp_segment(tmp_path):
     # the exit status says some images failed; no traceback, no process left behind
     assert proc.returncode == 1, stderr
     assert "Traceback" not in stderr and "Logging error" not in stderr
-    deadline = time.monotonic() + 15
-    while _session_processes(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _session_processes(proc.pid) == []
+    assert no_process_left(proc.pid) == []
 
     n_bad = len(bad) + 1  # two truncated files
     assert (f"{len(good) + n_bad} image(s): {len(good)} segmented, 0 skipped (already "

@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 
 from sklearn_clasp.cli import main
 from sklearn_clasp.datasets import make_shapes_image
+from _procs import no_process_left
 
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 8
@@ -40,33 +41,6 @@ def images(tmp_path):
         image, _ = make_shapes_image(112, 112, n_shapes=1 + i % 3, noise=3.0, random_state=i)
         Image.fromarray(image).save(folder / f"img{i:02d}.png")
     return folder
-
-
-def _session_processes(sid):
-    """``(pid, command line)`` of the live processes of session ``sid`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            if fields[0] == "Z" or int(fields[3]) != sid:  # state, session id
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                found.append((int(entry), fh.read().replace(b"\0", b" ").decode()[:120]))
-        except (OSError, IndexError, ValueError):
-            continue  # exited meanwhile
-    return found
-
-
-def _no_process_left(sid, grace=15.0):
-    deadline = time.monotonic() + grace
-    while True:
-        left = _session_processes(sid)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
 
 
 def _check_complete(out):
@@ -115,7 +89,7 @@ def test_interrupted_run_keeps_complete_outputs_and_the_rerun_finishes(images, t
     assert f"interrupted ({signal.Signals(signum).name})" in stderr
     assert "run the same command again" in stderr
     assert "Traceback" not in stderr
-    assert _no_process_left(proc.pid) == []  # no worker or helper process outlives it
+    assert no_process_left(proc.pid) == []  # no worker or helper process outlives it
 
     done = _check_complete(out)
     assert 2 <= len(done) < N_IMAGES

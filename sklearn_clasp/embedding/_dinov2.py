@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted, check_memory
 from ..image import check_image_list, load_image, patch_grid_shape, resize_image
 from ._handcrafted import _log_patch_budget
 from ..records import PatchGrid
-from ._vit import MODEL_CONFIGS, DinoVisionTransformer, build_dinov2
+from ._vit import MODEL_CONFIGS, build_dinov2
 from ._weights import load_checkpoint, load_state_dict_strict, resolve_weights
 
 __all__ = [
