@@ -1324,6 +1324,9 @@ def segment_collection(
     OSError
         If ``out_dir`` cannot be created or written to (before any work), or
         is not a directory (:class:`NotADirectoryError`).
+    ConnectionError
+        If no client can be made for ``scheduler`` (unreachable, or the TLS
+        handshake is refused); no image has been read.
     ValueError
         If both ``client`` and ``scheduler`` are given, ``security`` without
         ``scheduler``, or ``ImageInput`` items with unsafe or duplicate names.
@@ -1415,7 +1418,16 @@ def segment_collection(
         if scheduler is not None:
             from distributed import Client
 
-            client = own_client = Client(scheduler, security=security)
+            try:
+                client = own_client = Client(scheduler, security=security)
+            except OSError as exc:  # refused, timed out, TLS handshake failed
+                raise ConnectionError(
+                    f"segment_collection: cannot connect to the Dask scheduler at "
+                    f"{scheduler!r} ({type(exc).__name__}: {exc}). Check the address and "
+                    f"that the scheduler is running; a tls:// scheduler also needs "
+                    f"security= with the cluster's CA and a client certificate "
+                    f"(clasp: --tls-ca-file, --tls-cert, --tls-key)."
+                ) from exc
         if client is not None:
             _run_dask(jobs, out_dir, pipeline, context, client=client, overwrite=overwrite,
                       max_attempts=max_attempts, emit=emit)

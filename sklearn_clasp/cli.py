@@ -819,13 +819,16 @@ def _segment(inputs, out, options, pipeline):
         _load_embedder(pipeline, options["embedder"])
     max_pixels = _max_image_pixels(options)
     with _pillow_limit(max_pixels):
-        return segment_collection(
-            inputs, out, pipeline=pipeline, n_jobs=options["n_jobs"],
-            scheduler=options.get("scheduler"), security=security,
-            overwrite=bool(options["overwrite"]),
-            progress=_show_progress(options), max_attempts=options["max_attempts"],
-            write_overlay=not options["no_overlay"], max_image_pixels=max_pixels,
-        )
+        try:
+            return segment_collection(
+                inputs, out, pipeline=pipeline, n_jobs=options["n_jobs"],
+                scheduler=options.get("scheduler"), security=security,
+                overwrite=bool(options["overwrite"]),
+                progress=_show_progress(options), max_attempts=options["max_attempts"],
+                write_overlay=not options["no_overlay"], max_image_pixels=max_pixels,
+            )
+        except ConnectionError as exc:  # --scheduler unreachable or TLS refused
+            raise UsageError(str(exc)) from None
 
 
 def run_segment(args, parser):

@@ -166,6 +166,27 @@ def test_scheduler_address_connects_and_closes_its_own_client(tmp_path, client):
     assert clients <= 2  # this test's client (+ the scheduler's own), not a leaked one
 
 
+def test_unreachable_scheduler_is_a_clear_error_before_any_work(tmp_path):
+    import socket
+
+    from sklearn_clasp.cli import EXIT_USAGE, main
+
+    with socket.socket() as sock:  # a free port with nothing listening on it
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    _write_images(tmp_path / "in", ["a"])
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(ConnectionError, match="cannot connect to the Dask scheduler at"):
+            segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe(),
+                               scheduler=address)
+        status = main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "cli"),
+                       "--embedder", "handcrafted", "--scheduler", address, "--quiet"])
+    assert status == EXIT_USAGE
+    for out in ("out", "cli"):
+        assert not (tmp_path / out).exists() or not any(
+            p.name.startswith("a") for p in (tmp_path / out).iterdir())
+
+
 def test_killed_worker_images_are_retried_and_nothing_is_lost(tmp_path, client):
     names = [f"img{i}" for i in range(6)] + ["kill_once"]
     _write_images(tmp_path / "in", names)
