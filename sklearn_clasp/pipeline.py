@@ -17,6 +17,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
 
+from ._cache import check_cache_location
 from .affinity import CosineAffinity
 from .embedding._handcrafted import HandcraftedPatchEmbedder
 from .refine import CRFRefiner
@@ -143,7 +144,9 @@ def make_clasp_pipeline(
         ``embed``, ``affinity`` and ``segment`` steps and their outputs, which
         speeds up a grid search over later steps. (The DINOv2 embedder also
         has its own feature cache, its ``memory`` parameter; pass a configured
-        instance to use it.)
+        instance to use it.) The cache's entries are pickles, loaded on a cache
+        hit: use a directory only you can write to (a warning says so when
+        another user owns it or others can write to it).
     **embedder_params : dict
         Parameters of the named embedder, e.g. ``short_side=None``,
         ``weights="path/to/file.pth"``, ``device="cuda"``.
@@ -187,6 +190,8 @@ def make_clasp_pipeline(
         ("segment", AdaptiveSpectralSegmenter(**segment_params)),
         ("refine", CRFRefiner(method=refine)),
     ]
+    if memory is not None:
+        check_cache_location(memory, what="pipeline cache", stacklevel=4)
     return Pipeline(steps, memory=memory)
 
 

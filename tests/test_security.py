@@ -232,6 +232,28 @@ def test_cache_writable_by_others_is_pointed_out(tmp_path):
         emb.set_params(memory=str(shared)).transform([image])
 
 
+def test_pipeline_cache_in_a_directory_others_can_write_warns(tmp_path):
+    from sklearn_clasp import make_clasp_pipeline
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_clasp_pipeline("handcrafted", memory=str(private))
+        make_clasp_pipeline("handcrafted", memory=str(tmp_path / "not-yet"))  # ours once made
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.warns(UserWarning, match=r"pipeline cache directory is writable by other users"):
+        make_clasp_pipeline("handcrafted", memory=str(shared))
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        someone = tmp_path / "someone"
+        someone.mkdir(mode=0o700)
+        os.chown(someone, 12345, 12345)
+        with pytest.warns(UserWarning, match=r"is owned by another user"):
+            make_clasp_pipeline("handcrafted", memory=str(someone))
+
+
 # --------------------------------------------------------------------------
 # listening sockets
 # --------------------------------------------------------------------------

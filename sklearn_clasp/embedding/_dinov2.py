@@ -27,6 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 
+from .._cache import check_cache_location
 from ..image import check_image_list, load_image, patch_grid_shape, resize_image
 from ._handcrafted import _log_patch_budget
 from ..records import PatchGrid
@@ -208,30 +209,6 @@ def dino_patch_features(model, inputs, *, facet="tokens", layer=-1, batch_size=8
 def _cached_patch_features(image, key, compute):
     """What :class:`joblib.Memory` stores: ``compute()`` keyed by ``(image, key)``."""
     return compute()
-
-
-def _check_cache_location(memory):
-    """Warn when someone else could have written the entries of a feature cache."""
-    location = getattr(memory, "location", None)
-    if location is None or not hasattr(os, "geteuid"):
-        return
-    try:
-        st = os.stat(location)
-    except OSError:
-        return
-    if st.st_uid != os.geteuid():
-        who = "is owned by another user"
-    elif st.st_mode & 0o022:
-        who = "is writable by other users"
-    else:
-        return
-    warnings.warn(
-        f"memory={location!r}: the feature cache directory {who}. Its entries are "
-        f"pickles, loaded (and able to run code) on a cache hit; use a directory that "
-        f"only you can write to.",
-        UserWarning,
-        stacklevel=4,
-    )
 
 
 @contextmanager
@@ -507,7 +484,7 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
         if self.memory is None:
             return dino_patch_features(self.model_, inputs, **kw), [False] * len(inputs)
         memory = check_memory(self.memory)
-        _check_cache_location(memory)
+        check_cache_location(memory, what="feature cache", stacklevel=4)
         cached = memory.cache(_cached_patch_features, ignore=["compute"])
         key = (self._model_identity(), self.facet, self.layer_, str(self.dtype_))
         hit = [cached.check_call_in_cache(x, key, None) for x in inputs]
