@@ -145,18 +145,29 @@ def _as_float_affinity(affinity):
     return A
 
 
-def _normalize(A):
-    """``D^-1/2 A D^-1/2``; isolated nodes (zero degree) stay isolated."""
-    degree = np.asarray(A.sum(axis=1)).ravel()
+def _inv_sqrt(degree):
+    """``1 / sqrt(degree)``, 0 where the degree is 0 (isolated nodes stay isolated)."""
+    inv_sqrt = np.zeros_like(degree)
+    nz = degree > 0
+    inv_sqrt[nz] = 1.0 / np.sqrt(degree[nz])
+    return inv_sqrt
+
+
+def _inv_sqrt_degree(A, dtype=None):
+    """``D^-1/2`` as a vector (0 for isolated nodes); degrees summed in ``dtype``."""
+    degree = np.asarray(A.sum(axis=1, dtype=dtype)).ravel()
     if np.any(degree < 0):
         raise ValueError(
             "the normalised spectrum needs non-negative affinities; some rows sum "
             "to a negative value. Clip negative affinities (CosineAffinity's "
             "clip_negative=True) or use spectrum='affinity'."
         )
-    inv_sqrt = np.zeros_like(degree)
-    nz = degree > 0
-    inv_sqrt[nz] = 1.0 / np.sqrt(degree[nz])
+    return _inv_sqrt(degree)
+
+
+def _normalize(A):
+    """``D^-1/2 A D^-1/2``; isolated nodes (zero degree) stay isolated."""
+    inv_sqrt = _inv_sqrt_degree(A)
     if sparse.issparse(A):
         Dm = sparse.diags(inv_sqrt)
         return (Dm @ A @ Dm).tocsr()
@@ -180,11 +191,7 @@ def _second_normalized_eigenvalue(A, random_state):
                                random_state=random_state)[0][1]
         )
     positive = A if A.min() >= 0 else np.maximum(A, 0.0)
-    degree = positive.sum(axis=1, dtype=np.float64)
-    inv_sqrt = np.zeros(n, dtype=np.float64)
-    nz = degree > 0
-    inv_sqrt[nz] = 1.0 / np.sqrt(degree[nz])
-    inv_sqrt = inv_sqrt.astype(A.dtype)
+    inv_sqrt = _inv_sqrt_degree(positive, dtype=np.float64).astype(A.dtype)
 
     def matvec(v):
         v = np.asarray(v, dtype=A.dtype).reshape(n, -1)
@@ -815,11 +822,8 @@ def _spectral_extension(A_new, V, eigenvalues, degrees_fit):
     """
     A = A_new.toarray() if sparse.issparse(A_new) else np.asarray(A_new)
     if degrees_fit is not None:
-        d_new = A.sum(axis=1)
-        inv_new = np.where(d_new > 0, 1.0 / np.sqrt(np.where(d_new > 0, d_new, 1)), 0.0)
-        inv_fit = np.where(degrees_fit > 0,
-                           1.0 / np.sqrt(np.where(degrees_fit > 0, degrees_fit, 1)), 0.0)
-        A = A * inv_new[:, None] * inv_fit[None, :]
+        inv_new = _inv_sqrt(np.asarray(A.sum(axis=1)))
+        A = A * inv_new[:, None] * _inv_sqrt(np.asarray(degrees_fit))[None, :]
     lam = np.asarray(eigenvalues[: V.shape[1]], dtype=np.float64)
     scale = np.where(np.abs(lam) > 1e-12, 1.0 / np.where(lam == 0, 1, lam), 0.0)
     return _row_normalize((A @ V) * scale[None, :])
@@ -882,14 +886,13 @@ def _segment_features(X, *, max_dense_samples, random_state, clip_k_min=False,
     if k > 1:
         centres = np.stack([emb_fit[labels_fit == c].mean(axis=0) for c in range(k)])
         block = max(1, (64 * 2**20) // (X_fit.itemsize * X_fit.shape[0]))
-        for start in range(0, n, block):
-            stop = min(start + block, n)
-            emb = _spectral_extension(cosine_affinity(X[start:stop], X_fit), V, vals,
-                                      degrees)
-            embedding[start:stop] = emb
+        for lo in range(0, n, block):  # not `start`: that times the extension
+            hi = min(lo + block, n)
+            emb = _spectral_extension(cosine_affinity(X[lo:hi], X_fit), V, vals, degrees)
+            embedding[lo:hi] = emb
             d2 = (emb * emb).sum(1)[:, None] - 2.0 * emb @ centres.T + \
                 (centres * centres).sum(1)[None, :]
-            labels[start:stop] = np.argmin(d2, axis=1)
+            labels[lo:hi] = np.argmin(d2, axis=1)
         labels[landmarks] = labels_fit
         labels = _relabel(labels)
     else:
@@ -1099,10 +1102,9 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
                 X, features=None, name="X", **self._core_kwargs(random_state)
             )
             k = info["n_clusters"]
-            A = _as_float_affinity(X)
             fit = dict(
                 X_fit=None, vecs=vecs[:, :k], vals=vals, landmarks=None,
-                degrees=(np.asarray(A.sum(axis=1)).ravel()
+                degrees=(np.asarray(_as_float_affinity(X).sum(axis=1)).ravel()
                          if self.spectrum == "normalized" else None),
                 embedding=_row_normalize(vecs[:, :k]),
             )

@@ -438,6 +438,21 @@ def test_records_without_affinity_use_landmarks_past_the_bound():
     assert dense.info["n_landmarks"] is None and dense.info["n_clusters"] == 3
 
 
+def test_landmark_timings_are_durations_within_the_call():
+    import time
+
+    X, _ = make_planted_partition(3, n_samples=1200, noise=0.5, random_state=5)
+    rec = PatchGrid(image=np.zeros((30 * 14, 40 * 14, 3), np.uint8), grid_shape=(30, 40),
+                    features=X.reshape(30, 40, -1).astype(np.float32))
+    start = time.perf_counter()
+    out, = AdaptiveSpectralSegmenter(max_dense_samples=500, random_state=0).fit_transform(
+        [rec])
+    elapsed = time.perf_counter() - start
+    timings = out.info["timings"]
+    assert {"affinity", "eigen", "k_search", "extension"} <= set(timings)
+    assert all(0 <= t <= elapsed for t in timings.values()), timings
+
+
 def test_info_reports_stage_timings():
     X, _ = make_planted_partition(3, n_samples=200, random_state=0)
     _, info = adaptive_spectral_clustering(cosine_affinity(X), features=X, random_state=0)
