@@ -17,6 +17,7 @@ Functional core (pure functions on plain arrays):
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from numbers import Integral, Real
@@ -207,9 +208,7 @@ def upsample_labels(labels, shape, *, method="nearest"):
             f"belong to this image (labels are (rows, cols), images (H, W, 3))."
         )
     if method == "nearest":
-        rows = (np.arange(height, dtype=np.int64) * h) // height
-        cols = (np.arange(width, dtype=np.int64) * w) // width
-        return labels[rows[:, None], cols[None, :]]
+        return _resample_nearest(labels, (height, width))
 
     values = np.unique(labels)
     if values.size == 1:
@@ -359,6 +358,12 @@ def dense_crf(
 #: 1.5 megapixels (a 1500 x 1000 image, or 1224 x 1224), whatever the image size.
 MAX_REFINE_PIXELS = 1_500_000
 
+# dense_crf's defaults (the paper's settings), for rescaling its spatial widths.
+_DENSE_CRF_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(dense_crf).parameters.items()
+    if p.default is not inspect.Parameter.empty
+}
+
 
 def refine_labels(labels, image, *, method="crf", max_pixels=None, **crf_params):
     """Turn patch labels into pixel labels at the image's full resolution.
@@ -451,8 +456,9 @@ def refine_labels(labels, image, *, method="crf", max_pixels=None, **crf_params)
         if method == "crf":
             scale = math.sqrt(height * width / (size[0] * size[1]))
             crf_params = dict(crf_params)
-            crf_params["gaussian_sxy"] = crf_params.get("gaussian_sxy", 4) / scale
-            crf_params["bilateral_sxy"] = crf_params.get("bilateral_sxy", 80) / scale
+            for width_param in ("gaussian_sxy", "bilateral_sxy"):
+                crf_params[width_param] = crf_params.get(
+                    width_param, _DENSE_CRF_DEFAULTS[width_param]) / scale
     work_shape = rgb.shape[:2]
     if method == "bilinear":
         if work_shape[0] >= labels.shape[0] and work_shape[1] >= labels.shape[1]:
