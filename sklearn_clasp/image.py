@@ -230,11 +230,13 @@ def _readable_formats():
     return formats or None
 
 
-def _limit_hint():
-    return (
-        "If the image is genuine, raise the limit: load_image(..., max_pixels=N), "
-        "segment_collection(..., max_image_pixels=N), or clasp segment "
-        "--max-image-pixels N ('none' for no limit)."
+def _too_large(label, size, max_pixels):
+    """The error for an image of ``size`` (text from its header) above ``max_pixels``."""
+    return ImageTooLargeError(
+        f"{label}: {size} is more than the limit of {max_pixels} pixels, a guard "
+        f"against decompression bombs. If the image is genuine, raise the limit: "
+        f"load_image(..., max_pixels=N), segment_collection(..., max_image_pixels=N), "
+        f"or clasp segment --max-image-pixels N ('none' for no limit)."
     )
 
 
@@ -426,11 +428,8 @@ def load_image(image, *, name=None, max_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> np.n
             found = re.search(r"\((\d+) pixels\)", str(exc))
             n_pixels = int(found.group(1)) if found else None
             if max_pixels is not None and n_pixels is not None and n_pixels > max_pixels:
-                raise ImageTooLargeError(
-                    f"{label}: {n_pixels} pixels (from the file's header) is more than "
-                    f"the limit of {max_pixels} pixels, a guard against decompression "
-                    f"bombs. {_limit_hint()}"
-                ) from None
+                raise _too_large(label, f"{n_pixels} pixels (from the file's header)",
+                                 max_pixels) from None
             raise ImageTooLargeError(
                 f"{label}: refused by Pillow's own decompression-bomb guard ({exc}). To "
                 f"read larger images, raise PIL.Image.MAX_IMAGE_PIXELS in your program "
@@ -453,11 +452,8 @@ def load_image(image, *, name=None, max_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> np.n
                 raise ValueError(f"{label}: the image is empty ({width} x {height} "
                                  f"pixels).")
             if max_pixels is not None and width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"{label}: {width} x {height} pixels ({width * height} pixels) is more "
-                    f"than the limit of {max_pixels} pixels, a guard against "
-                    f"decompression bombs. {_limit_hint()}"
-                )
+                raise _too_large(label, f"{width} x {height} pixels ({width * height} "
+                                        f"pixels)", max_pixels)
             try:
                 rgb = _decode_rgb(im, label)
             except MemoryError:
