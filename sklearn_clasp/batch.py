@@ -558,15 +558,13 @@ def _completed(out_dir, name, input_sha256, digest, write_overlay):
 def _overlay(image, mask):
     """The overlay figure; drawn on a downscaled copy above ``_OVERLAY_MAX_PIXELS``."""
     from .image import resize_image
+    from .refine import _refine_size, _resample_nearest
     from .visualize import overlay
 
     height, width = mask.shape
     if height * width > _OVERLAY_MAX_PIXELS:
-        scale = math.sqrt(_OVERLAY_MAX_PIXELS / (height * width))
-        h, w = max(1, int(height * scale)), max(1, int(width * scale))
-        rows = ((np.arange(h) + 0.5) * (height / h)).astype(np.intp)
-        cols = ((np.arange(w) + 0.5) * (width / w)).astype(np.intp)
-        image, mask = resize_image(image, (h, w), resample="area"), mask[rows[:, None], cols]
+        size = _refine_size(height, width, _OVERLAY_MAX_PIXELS)
+        image, mask = resize_image(image, size, resample="area"), _resample_nearest(mask, size)
     return overlay(image, mask)
 
 
