@@ -522,9 +522,13 @@ _REFUSAL_REASONS = (
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _brief(text, limit=200):
-    text = " ".join(str(text).split())
+def _truncate(text, limit):
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _brief(text, limit=200):
+    """``text`` on one line, at most ``limit`` characters."""
+    return _truncate(" ".join(str(text).split()), limit)
 
 
 def _refusal_reason(exc):
@@ -714,13 +718,9 @@ def _describe_file(state_dict, name):
     return ""
 
 
-def _short_key(key, limit=60):
-    return key if len(key) <= limit else key[: limit - 3] + "..."
-
-
 def _short_list(items, n=5):
     items = sorted(items)
-    text = ", ".join(_short_key(k) for k in items[:n])
+    text = ", ".join(_truncate(k, 60) for k in items[:n])
     return text + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
