@@ -11,7 +11,7 @@ step                       fills in
 =========================  ==========================================
 patch embedder             ``image``, ``grid_shape``, ``features``
 :class:`CosineAffinity`    ``affinity``
-segmenter                  ``labels`` (and diagnostics in ``info``)
+segmenter                  ``labels``, ``proba`` (and diagnostics in ``info``)
 :class:`CRFRefiner`        returns full-resolution masks (arrays)
 =========================  ==========================================
 
@@ -52,6 +52,9 @@ class PatchGrid:
         Patch-to-patch affinity, rows in row-major grid order.
     labels : ndarray of shape (h, w), dtype int64, default=None
         Patch labels ``0 .. K-1``.
+    proba : ndarray of shape (h, w, K), dtype float32, default=None
+        Soft segment membership of each patch (each ``proba[i, j]`` sums to
+        1, ``labels`` is its argmax), for refiners that use soft labels.
     info : mapping, default={}
         Diagnostics added by the steps (for example ``n_clusters``,
         ``eigenvalues``, ``silhouette_scores``, timings).
@@ -74,6 +77,7 @@ class PatchGrid:
     features: np.ndarray | None = None
     affinity: Any = None
     labels: np.ndarray | None = None
+    proba: np.ndarray | None = None
     info: Mapping = field(default_factory=dict)
     source: str | None = None
 
