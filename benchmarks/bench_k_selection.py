@@ -25,7 +25,7 @@ import numpy as np
 from sklearn_clasp import adaptive_spectral_clustering, cosine_affinity
 from sklearn_clasp.datasets import make_planted_partition
 from sklearn_clasp.embedding import HandcraftedPatchEmbedder
-from sklearn_clasp.image import load_image
+from sklearn_clasp.io import load_image
 from sklearn_clasp.metrics import segmentation_scores
 from sklearn_clasp.refine import upsample_labels
 

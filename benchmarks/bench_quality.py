@@ -62,7 +62,7 @@ from reproduce_paper import dataset_level_scores, segment_descriptors  # noqa: E
 
 from sklearn_clasp import PAPER_SETTINGS, adaptive_spectral_clustering, cosine_affinity  # noqa: E402
 from sklearn_clasp.embedding import HandcraftedPatchEmbedder  # noqa: E402
-from sklearn_clasp.image import load_image  # noqa: E402
+from sklearn_clasp.io import load_image  # noqa: E402
 from sklearn_clasp.metrics import (  # noqa: E402
     confusion_matrix,
     segmentation_covering,

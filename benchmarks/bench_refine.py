@@ -39,7 +39,8 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import SHARED, bsds500, camvid  # noqa: E402
 
-from sklearn_clasp.image import load_image, patch_grid_shape  # noqa: E402
+from sklearn_clasp.io import load_image
+from sklearn_clasp.embedding import patch_grid_shape  # noqa: E402
 from sklearn_clasp.metrics import (  # noqa: E402
     SegmentationScoreAccumulator,
     segmentation_covering,

@@ -44,7 +44,7 @@ def planted_inputs(quick):
 def image_inputs(quick):
     try:
         from sklearn_clasp.embedding import HandcraftedPatchEmbedder
-        from sklearn_clasp.image import load_image
+        from sklearn_clasp.io import load_image
     except ImportError:
         return
     paths = sorted((SHARED / "camvid" / "val").glob("*.png"))[: 4 if quick else 10]

@@ -13,7 +13,7 @@ One run, side by side, on the same inputs:
    features (random DINOv2 features have no structure to cluster). Their
    growth with the number of patches ``n`` is fitted as ``t ~ n**p`` and
    plotted on log-log axes (``docs/figures/speed_scaling.png``).
-2. **End to end**: images per second of ``segment_image`` (embed, affinity,
+2. **End to end**: images per second of ``clasp_one`` (embed, affinity,
    segment, DenseCRF) with each embedder.
 3. **Ratios**, interleaved: ``adaptive_spectral_clustering`` (from the
    features: affinity included; paper settings and defaults) against
@@ -61,7 +61,8 @@ from sklearn_clasp import (  # noqa: E402
     cosine_affinity,
 )
 from sklearn_clasp.datasets import make_shapes_image  # noqa: E402
-from sklearn_clasp.image import load_image, resize_image  # noqa: E402
+from sklearn_clasp.io import load_image
+from sklearn_clasp.image import resize_image  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SIZES = (224, 448, 672, 868, 1036)
@@ -94,7 +95,7 @@ def run_sizes(sizes, repeats, dino, ref_max_n):
     from sklearn.cluster import SpectralClustering
 
     from sklearn_clasp.embedding import HandcraftedPatchEmbedder
-    from sklearn_clasp.pipeline import make_clasp_pipeline, segment_image
+    from sklearn_clasp.pipeline import make_clasp_pipeline, clasp_one
     from sklearn_clasp.refine import refine_labels
 
     hand = HandcraftedPatchEmbedder(short_side=None)
@@ -110,9 +111,9 @@ def run_sizes(sizes, repeats, dino, ref_max_n):
             pipe_dino[0].fit(None)
     # warm-up: BLAS, OpenMP, torch, pydensecrf
     warm, _ = _source_image(112)
-    segment_image(pipe_hand, warm)
+    clasp_one(pipe_hand, warm)
     if dino:
-        segment_image(pipe_dino, warm)
+        clasp_one(pipe_dino, warm)
 
     rows = []
     for size in sizes:
@@ -136,9 +137,9 @@ def run_sizes(sizes, repeats, dino, ref_max_n):
         grid = labels.reshape(recs[0].grid_shape)
         r["CRF"], _ = _best(lambda: refine_labels(grid, image, method="crf"), repeats)
         # end to end, one image at a time
-        r["e2e weights-free"], _ = _best(lambda: segment_image(pipe_hand, image), repeats)
+        r["e2e weights-free"], _ = _best(lambda: clasp_one(pipe_hand, image), repeats)
         if dino:
-            r["e2e DINOv2"], _ = _best(lambda: segment_image(pipe_dino, image), repeats)
+            r["e2e DINOv2"], _ = _best(lambda: clasp_one(pipe_dino, image), repeats)
 
         # ratios, interleaved
         best = dict.fromkeys(("ours", "ours paper", "ours cluster", "reference", "sklearn SC"),
@@ -198,7 +199,7 @@ def print_tables(rows, dino):
                 p = np.polyfit(np.log(n[ok]), np.log(t[ok]), 1)[0]
                 print(f"| {s} | {p:.2f} |")
 
-    print("\n### End to end (segment_image: embed, affinity, segment, DenseCRF)\n")
+    print("\n### End to end (clasp_one: embed, affinity, segment, DenseCRF)\n")
     heads = ["weights-free"] + (["DINOv2 (random weights)"] if dino else [])
     print("| image | " + " | ".join(f"{h}: s | {h}: images/s" for h in heads) + " |")
     print("|---" * (1 + 2 * len(heads)) + "|")
@@ -347,7 +348,7 @@ def child(case):
                    ari=float(adjusted_rand_score(y, seg.labels_)),
                    landmarks=seg.landmark_indices_ is not None)
     elif case.startswith("huge"):
-        from sklearn_clasp.pipeline import make_clasp_pipeline, segment_image
+        from sklearn_clasp.pipeline import make_clasp_pipeline, clasp_one
 
         _, embedder, short_side = case.split(":")
         short_side = None if short_side == "none" else int(short_side)
@@ -357,7 +358,7 @@ def child(case):
         image = _huge_image(12000, 9000)
         base, how = _start_peak()
         t0 = time.perf_counter()
-        record, mask = segment_image(pipe, image)
+        mask, record = clasp_one(pipe, image)
         out.update(seconds=time.perf_counter() - t0, grid=list(record.grid_shape),
                    K=int(record.info["n_clusters"]), mask_shape=list(mask.shape),
                    mask_mb=mask.nbytes / 2**20, image_mb=image.nbytes / 2**20,

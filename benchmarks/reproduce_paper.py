@@ -56,7 +56,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import ade20k, coco_stuff27, resize_and_center_crop  # noqa: E402
 
-from sklearn_clasp.image import load_image  # noqa: E402
+from sklearn_clasp.io import load_image  # noqa: E402
 from sklearn_clasp.metrics import (  # noqa: E402
     SegmentationScoreAccumulator,
     confusion_matrix,

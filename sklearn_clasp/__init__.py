@@ -7,9 +7,10 @@ refines the patch labels into a pixel-accurate mask with a DenseCRF.
 """
 
 from .affinity import CosineAffinity, cosine_affinity
-from .batch import find_images, segment_collection
+from .collection import segment_collection
 from .embedding import HandcraftedPatchEmbedder
-from .pipeline import make_clasp_pipeline
+from .io import find_images, load_image
+from .pipeline import clasp_one, make_clasp_pipeline
 from .records import PatchGrid
 from .refine import CRFRefiner, dense_crf, refine_labels, upsample_labels
 from .spectral import PAPER_SETTINGS, AdaptiveSpectralSegmenter, adaptive_spectral_clustering
@@ -25,9 +26,11 @@ __all__ = [
     "PAPER_SETTINGS",
     "PatchGrid",
     "adaptive_spectral_clustering",
+    "clasp_one",
     "cosine_affinity",
     "dense_crf",
     "find_images",
+    "load_image",
     "make_clasp_pipeline",
     "refine_labels",
     "segment_collection",

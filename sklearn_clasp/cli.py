@@ -4,25 +4,36 @@ Subcommands:
 
 ``clasp segment INPUT... --out DIR``
     Segment image files, directories (recursive) and glob patterns with
-    :func:`sklearn_clasp.batch.segment_collection`: per image a mask PNG, an
-    overlay PNG and a JSON record; a summary at the end.
+    :func:`sklearn_clasp.collection.segment_collection`: per image a mask PNG,
+    an overlay PNG and a JSON record; a summary at the end.
 ``clasp evaluate --labels DIR (--masks DIR | --images DIR)``
-    Hungarian-matched mIoU and pixel accuracy against PNG label maps or BSDS
-    ``.mat`` files; a per-image CSV and a summary table.
+    Hungarian-matched mIoU and pixel accuracy, covering and VoI against PNG
+    label maps or BSDS ``.mat`` files; a per-image CSV and a summary table.
+``clasp report DIR``
+    An HTML page of a run's outputs (:func:`sklearn_clasp.report.write_report`).
 ``clasp weights``
     Where the DINOv2 weights are looked for; download and verify them.
 ``clasp explain IMAGE``
     A figure of why CLASP chose K for one image
     (:func:`sklearn_clasp.explain.explain_figure`).
 
-Every CLASP parameter is an option, and can come from a TOML file
-(``--config FILE``; command-line options override it). Exit status: 0 success,
-1 some images failed, 2 usage error (bad option, unreadable config file, no
-images, an output directory that cannot be written), 3 the embedder could not
-be loaded (e.g. DINOv2 weights missing offline), 130 interrupted (Ctrl-C,
-SIGINT), 143 terminated (SIGTERM); an interrupted run keeps only complete
-outputs, and running it again finishes the rest. Library code logs; only this
-module prints.
+The options are generated from the estimators: every parameter of a pipeline
+step is an option named after its parameter path (``segment__k_max`` is
+``--segment-k-max``), with the estimator's own default and the first sentence
+of its docstring as help, and every parameter of ``segment_collection`` is a
+run option (``n_jobs`` is ``--n-jobs``). A config file (``--config FILE``,
+TOML, or the JSON record of an image) uses the same names as keys
+(``segment__k_max = 10``, or ``k_max = 10`` under a ``[segment]`` table);
+command-line options override it. The short names of
+:data:`sklearn_clasp.pipeline.ALIASES` (``--k-max``, ``--embedder``...) are
+aliases, the same on the command line and in config files.
+
+Exit status: 0 success, 1 some images failed, 2 usage error (bad option,
+unreadable config file, no images, an output directory that cannot be
+written), 3 the embedder could not be loaded (e.g. DINOv2 weights missing
+offline), 130 interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM); an
+interrupted run keeps only complete outputs, and running it again finishes
+the rest. Library code logs; only this module prints.
 """
 
 from __future__ import annotations
@@ -30,15 +41,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import inspect
+import json
 import logging
-import math
 import os
+import re
 import signal
 import sys
 import tempfile
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +61,6 @@ __all__ = [
     "main",
     "build_parser",
     "load_config",
-    "build_pipeline",
-    "read_label_file",
-    "find_label_files",
-    "find_mask_files",
-    "score_prediction",
     "EXIT_OK",
     "EXIT_SOME_FAILED",
     "EXIT_USAGE",
@@ -65,51 +74,20 @@ logger = logging.getLogger("sklearn_clasp.cli")
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_EMBEDDER = 0, 1, 2, 3
 
 PROG = "clasp"
-
-#: The official DINOv2 backbones (``sklearn_clasp.embedding._weights.OFFICIAL_WEIGHTS``;
-#: repeated here so that ``clasp --help`` does not import torch).
-DINOV2_MODELS = (
-    "dinov2_vits14_reg", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitb14_reg",
-    "dinov2_vitl14", "dinov2_vitl14_reg", "dinov2_vitg14", "dinov2_vitg14_reg",
-)
-DEFAULT_MODEL = "dinov2_vits14_reg"
-
-# Options of one embedder only (config key -> embedder).
-_DINOV2_ONLY = ("model", "weights", "weights_sha256", "no_download", "device", "dtype",
-                "facet", "layer", "batch_size")
-_HANDCRAFTED_ONLY = ("color_weight", "texture_weight", "position_weight", "color_sigma")
-# option key -> CRFRefiner parameter
-_CRF_PARAMS = {
-    "crf_iterations": "n_iter",
-    "crf_gt_prob": "gt_prob",
-    "crf_gaussian_sxy": "gaussian_sxy",
-    "crf_gaussian_compat": "gaussian_compat",
-    "crf_bilateral_sxy": "bilateral_sxy",
-    "crf_bilateral_srgb": "bilateral_srgb",
-    "crf_bilateral_compat": "bilateral_compat",
-}
-# option key -> AdaptiveSpectralSegmenter parameter (beyond make_clasp_pipeline's own)
-_SEGMENT_PARAMS = ("spectrum", "eigengap_rule", "single_segment_threshold", "n_init")
-
-#: Values used when an option is given neither on the command line nor in the file.
-DEFAULTS = {
-    "embedder": "dinov2",
-    "k_min": 2,
-    "k_max": 15,
-    "beta": 0.5,
-    "paper": False,
-    "no_crf": False,
-    "seed": 0,
-    "n_jobs": 1,
-    "max_attempts": 3,
-    "overwrite": False,
-    "no_overlay": False,
-    "progress": False,
-    "no_download": False,
-    "keep_negative": False,
+COMMANDS = {
+    "segment": "segment images: a mask, an overlay and a JSON record per image",
+    "evaluate": "score masks against label maps (Hungarian mIoU, pixel accuracy, "
+                "covering, VoI)",
+    "report": "an HTML page of a run's outputs: thumbnails, K, failures",
+    "weights": "where the DINOv2 weights are looked for; download and verify them",
+    "explain": "a figure of why K was chosen for one image",
 }
 
-_NONE = "none"  # what "none" parses to, kept apart from "not given" (None)
+# segment_collection parameters that are not options of their own: the inputs and the
+# output directory are (``INPUT...``, ``--out-dir``), a client and TLS settings cannot
+# be typed (``--scheduler``, ``--tls-*`` make them).
+_NOT_RUN_OPTIONS = ("inputs", "pipeline", "client", "security")
+_TLS_FLAGS = ("tls_ca_file", "tls_cert", "tls_key")
 
 
 class UsageError(Exception):
@@ -121,93 +99,222 @@ class EmbedderError(Exception):
 
 
 # --------------------------------------------------------------------------
-# argument types
+# settings, from the estimators
 # --------------------------------------------------------------------------
 
 
-def _int(text, *, low=None, what="an integer"):
+@dataclass(frozen=True)
+class Setting:
+    """One option: a pipeline setting or a run option."""
+
+    name: str  # "segment__k_max", or "n_jobs"
+    constraints: tuple
+    default: object
+    help: str
+    group: str
+    embedder: str | None = None  # set for settings of one embedder only
+
+    @property
+    def flag(self):
+        return flag_of(self.name)
+
+
+def flag_of(name):
+    """The command-line option of a setting: ``segment__k_max`` -> ``--segment-k-max``."""
+    return "--" + name.replace("__", "-").replace("_", "-")
+
+
+def _first_sentence(text):
+    text = " ".join(text.split())
+    text = re.sub(r":\w+:`~?([\w.]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    text = text.replace("``", "")
+    match = re.search(r"(?<!e\.g)(?<!i\.e)\.(?=\s+[A-Z(\"']|$)", text)
+    return text[: match.start() + 1] if match else text
+
+
+def parameter_help(obj):
+    """``{parameter: first sentence}`` from the numpydoc Parameters section of ``obj``."""
+    doc = inspect.getdoc(obj) or ""
+    lines = doc.splitlines()
+    out, name, body, inside = {}, None, [], False
+    for i, line in enumerate(lines):
+        header = i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"} and line.strip()
+        if header:
+            if inside:
+                break
+            inside = line.strip() == "Parameters"
+            continue
+        if not inside or set(line.strip()) == {"-"}:
+            continue
+        entry = re.match(r"^(\*{0,2}\w+(?:, \w+)*) : ", line)
+        if entry:
+            if name:
+                for n in name.split(", "):
+                    out[n] = _first_sentence(" ".join(body))
+            name, body = entry.group(1), []
+        elif name:
+            body.append(line.strip())
+    if name:
+        for n in name.split(", "):
+            out[n] = _first_sentence(" ".join(body))
+    return out
+
+
+def _defaults(cls):
+    return {name: p.default for name, p in inspect.signature(cls).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _step_settings(step, cls, group, embedder=None, skip=()):
+    help_ = parameter_help(cls)
+    return [Setting(f"{step}__{name}", tuple(cls._parameter_constraints[name]), default,
+                    help_.get(name, ""), group, embedder)
+            for name, default in _defaults(cls).items()
+            if name in cls._parameter_constraints and name not in skip]
+
+
+def pipeline_setting_specs():
+    """Every setting of a CLASP pipeline, from the estimators, in help order."""
+    from .pipeline import embedder_class, make_clasp_pipeline
+
+    dino, hand = embedder_class("dinov2"), embedder_class("handcrafted")
+    shared = sorted(set(_defaults(dino)) & set(_defaults(hand)))
+    specs = _step_settings("embed", hand, "embed: both embedders", skip=())
+    specs = [s for s in specs if s.name.split("__")[1] in shared]
+    specs += _step_settings("embed", dino, "embed: DINOv2 only (--embedder dinov2)",
+                            "dinov2", skip=shared)
+    specs += _step_settings("embed", hand, "embed: handcrafted only (--embedder handcrafted)",
+                            "handcrafted", skip=shared)
+    for name, step in make_clasp_pipeline("handcrafted").steps[1:]:
+        specs += _step_settings(name, type(step), name)
+    return specs
+
+
+def run_setting_specs():
+    """The options of :func:`~sklearn_clasp.collection.segment_collection`."""
+    from .collection import segment_collection
+
+    constraints = segment_collection._skl_parameter_constraints
+    help_ = parameter_help(segment_collection)
+    defaults = _defaults(segment_collection)
+    return [Setting(name, tuple(constraints[name]), defaults.get(name), help_.get(name, ""),
+                    "running")
+            for name in inspect.signature(segment_collection).parameters
+            if name not in _NOT_RUN_OPTIONS]
+
+
+def _allows(constraints, kind):
+    from numbers import Integral, Real
+
+    from sklearn.utils._param_validation import Interval, StrOptions
+
+    for c in constraints:
+        if kind == "none" and c is None:
+            return True
+        if kind == "bool" and c == "boolean":
+            return True
+        if kind == "int" and (c in ("random_state", Integral) or (
+                isinstance(c, Interval) and c.type is Integral)):
+            return True
+        if kind == "float" and (c is Real or (isinstance(c, Interval) and c.type is Real)):
+            return True
+        if kind == "str" and (c in (str, os.PathLike) or isinstance(c, StrOptions)):
+            return True
+    return False
+
+
+def parse_value(text, setting, *, where=None):
+    """Convert an option's text to a value its constraints allow, or a UsageError."""
+    t = str(text).strip()
+    low = t.lower()
+    c = setting.constraints
+    value = t
+    if low == "none" and _allows(c, "none"):
+        value = None
+    elif _allows(c, "bool") and low in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        value = low in ("true", "yes", "on", "1")
+    else:
+        for kind, convert in (("int", int), ("float", float)):
+            if _allows(c, kind):
+                try:
+                    value = convert(t.replace("_", ""))
+                    break
+                except ValueError:
+                    continue
+    return check_value(value, setting, shown=text, where=where)
+
+
+def check_value(value, setting, *, shown=None, where=None):
+    """``value`` if the setting's constraints allow it, else a UsageError naming the option."""
+    from sklearn.utils._param_validation import (
+        InvalidParameterError,
+        validate_parameter_constraints,
+    )
+
     try:
-        value = int(str(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if low is not None and value < low:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        validate_parameter_constraints({setting.name: list(setting.constraints)},
+                                       {setting.name: value}, caller_name=setting.flag)
+    except InvalidParameterError as exc:
+        found = re.search(r"must be (.*)\. Got", str(exc))
+        need = found.group(1) if found else str(exc)
+        where = where or setting.flag
+        raise UsageError(f"{where} {shown if shown is not None else value!r}: must be "
+                         f"{need}") from None
     return value
 
 
-def _positive_int(text):
-    return _int(text, low=1, what="a positive integer")
+def _metavar(setting):
+    from sklearn.utils._param_validation import StrOptions
+
+    options = [c for c in setting.constraints if isinstance(c, StrOptions)]
+    if options:
+        return "{" + ",".join(sorted(options[0].options)) + "}"
+    c = setting.constraints
+    if _allows(c, "bool"):
+        return "{true,false}"
+    if _allows(c, "int"):
+        return "N"
+    if _allows(c, "float"):
+        return "X"
+    return "PATH" if os.PathLike in c or setting.name.endswith("_dir") else "TEXT"
 
 
-def _non_negative_int(text):
-    return _int(text, low=0, what="a non-negative integer")
+def _describe_default(value):
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "none"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:_}"
+    return str(value)
 
 
-def _any_int(text):
-    return _int(text)
+def _add_setting(group, setting, *, default_text=None):
+    bool_like = _allows(setting.constraints, "bool")
+    default = default_text if default_text is not None else _describe_default(setting.default)
+    text = setting.help.rstrip(".")
+    group.add_argument(setting.flag, dest=setting.name, metavar=_metavar(setting),
+                       default=None, nargs="?" if bool_like else None,
+                       const="true" if bool_like else None,
+                       help=f"{text} (default: {default})".replace("%", "%%"))
 
 
-def _n_jobs(text):
-    value = _int(text, what="a non-zero integer (-1: all cores)")
-    if value == 0:
-        raise argparse.ArgumentTypeError("expected a non-zero integer (-1: all cores), got 0")
-    return value
+#: Aliases on the command line: option -> (setting, help). Also accepted in config files.
+def _alias_help():
+    from .pipeline import ALIASES
 
-
-def _float(text, *, low=None, high=None, open_low=False, open_high=False, what="a number"):
-    try:
-        value = float(str(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    bad = not math.isfinite(value)
-    if low is not None:
-        bad |= value <= low if open_low else value < low
-    if high is not None:
-        bad |= value >= high if open_high else value > high
-    if bad:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
-
-
-def _non_negative_float(text):
-    return _float(text, low=0.0, what="a non-negative number")
-
-
-def _positive_float(text):
-    return _float(text, low=0.0, open_low=True, what="a positive number")
-
-
-def _probability(text):
-    return _float(text, low=0.0, high=1.0, open_low=True, open_high=True,
-                  what="a number strictly between 0 and 1")
-
-
-def _short_side(text):
-    if str(text).lower() in ("none", "0"):
-        return _NONE
-    return _int(text, low=1, what="a positive integer or 'none'")
-
-
-def _max_pixels(text):
-    if str(text).lower() == "none":
-        return _NONE
-    return _int(str(text).replace("_", ""), low=1, what="a positive integer or 'none'")
-
-
-def _threshold(text):
-    if str(text).lower() == "none":
-        return _NONE
-    return _float(text, low=0.0, high=1.0, what="a number in [0, 1] or 'none'")
-
-
-# --------------------------------------------------------------------------
-# the parser
-# --------------------------------------------------------------------------
+    out = {a: (target, f"alias of {flag_of(target)}") for a, target in ALIASES.items()}
+    out["random_state"] = ("random_state", "seed of every step that has a random_state "
+                                           "(the segmenter, DINOv2's weights='random')")
+    out["paper"] = ("paper", "the CLASP paper's K selection (PAPER_SETTINGS); settings given "
+                             "explicitly override it")
+    out["out"] = ("out_dir", "alias of --out-dir")
+    return out
 
 
 class _Formatter(argparse.HelpFormatter):
     def __init__(self, prog):
-        super().__init__(prog, max_help_position=34)
+        super().__init__(prog, max_help_position=36)
 
 
 def _add_verbosity(parser):
@@ -218,179 +325,103 @@ def _add_verbosity(parser):
                        help="errors only: no progress bar, no summary on stdout")
 
 
-def _add_pipeline_options(parser):
-    """The CLASP parameters, shared by segment, evaluate and explain.
+def _add_pipeline_options(parser, *, run=True):
+    """The aliases, every pipeline setting grouped by stage, then (``run``) the run options."""
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="read settings from a TOML file (keys: the settings' names, "
+                             "e.g. segment__k_max = 10, or k_max = 10 under [segment]) or "
+                             "from the JSON record of a segmented image; options given here "
+                             "override it")
+    pipeline_specs = pipeline_setting_specs()
+    specs = {s.name: s for s in pipeline_specs}
+    specs.update(_special_specs())
+    if run:
+        run_specs = run_setting_specs()
+        specs.update({s.name: s for s in run_specs})
+    common = parser.add_argument_group("common settings (aliases)")
+    for alias, (target, text) in _alias_help().items():
+        if alias == "out" and not run:
+            continue
+        if alias == "paper":
+            common.add_argument("--paper", dest="paper", action="store_const", const=True,
+                                default=None, help=text)
+            continue
+        target_spec = specs.get(target)
+        common.add_argument(flag_of(alias), dest=f"alias:{alias}", default=None, help=text,
+                            metavar=_metavar(target_spec) if target_spec else "N")
+    groups = {}
+    for setting in pipeline_specs:
+        if setting.group not in groups:
+            groups[setting.group] = parser.add_argument_group(setting.group)
+        _add_setting(groups[setting.group], setting)
+    if run:
+        group = parser.add_argument_group("running")
+        for setting in run_specs:
+            _add_setting(group, setting, default_text=(
+                "shown when stderr is a terminal" if setting.name == "progress" else None))
+        group.add_argument("--tls-ca-file", type=Path, metavar="FILE", dest="tls_ca_file",
+                           help="with --scheduler tls://...: the CA certificate (PEM) that "
+                                "signed the cluster's certificates; TLS is then required")
+        group.add_argument("--tls-cert", type=Path, metavar="FILE", dest="tls_cert",
+                           help="with --tls-ca-file: this client's certificate (PEM)")
+        group.add_argument("--tls-key", type=Path, metavar="FILE", dest="tls_key",
+                           help="with --tls-ca-file: this client's private key (PEM), unless "
+                                "it is in --tls-cert")
 
-    Every default is None ("not given") so that a config file can fill it.
+
+def _subparser(commands, name, **kwargs):
+    return commands.add_parser(name, formatter_class=_Formatter, help=COMMANDS[name],
+                               **kwargs)
+
+
+def build_parser(command=None):
+    """The ``clasp`` argument parser.
+
+    Parameters
+    ----------
+    command : str, default=None
+        Build the options of this subcommand only (the others get none), so
+        that a command pays only for its own options; ``None`` builds all.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
     """
-    parser.add_argument("--config", type=Path, metavar="FILE.toml",
-                        help="read options from a TOML file (keys are the long options "
-                             "with underscores, e.g. k_max = 10, optionally under "
-                             "[segment]); command-line options override it")
-    emb = parser.add_argument_group("embedder")
-    emb.add_argument("--embedder", choices=("dinov2", "handcrafted"),
-                     help="patch features: DINOv2 (default) or the weights-free "
-                          "handcrafted baseline (colour, texture, position)")
-    emb.add_argument("--short-side", type=_short_side, metavar="N",
-                     help="scale the shorter image side to N pixels before embedding "
-                          "(default 448; 'none' keeps the image size)")
-    emb.add_argument("--model", choices=DINOV2_MODELS, metavar="NAME",
-                     help=f"DINOv2 backbone (default {DEFAULT_MODEL}, the paper's "
-                          f"ViT-S/14 with registers); one of {', '.join(DINOV2_MODELS)}")
-    emb.add_argument("--weights", metavar="PATH",
-                     help="DINOv2 checkpoint file, or 'random' (smoke tests). Default: "
-                          "the official file from $SKLEARN_CLASP_WEIGHTS or the torch "
-                          "hub cache, else downloaded (see 'clasp weights')")
-    emb.add_argument("--weights-sha256", metavar="HEX",
-                     help="expected SHA-256 of the weights file (checked when given)")
-    emb.add_argument("--no-download", action="store_true", default=None,
-                     help="never download DINOv2 weights (fail if they are missing)")
-    emb.add_argument("--device", metavar="DEV",
-                     help="DINOv2 device: cpu (default), cuda, cuda:N or auto")
-    emb.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                     help="DINOv2 compute precision (default float32; float16 needs CUDA)")
-    emb.add_argument("--facet", choices=("tokens", "keys"),
-                     help="DINOv2 features: output tokens (default) or attention keys")
-    emb.add_argument("--layer", type=_any_int, metavar="I",
-                     help="DINOv2 block to read (default -1, the last)")
-    emb.add_argument("--batch-size", type=_positive_int, metavar="N",
-                     help="DINOv2 images per forward pass (default 8)")
-    emb.add_argument("--color-weight", type=_non_negative_float, metavar="W",
-                     help="handcrafted: weight of the colour features (default 1.0)")
-    emb.add_argument("--texture-weight", type=_non_negative_float, metavar="W",
-                     help="handcrafted: weight of the texture features (default 0.5)")
-    emb.add_argument("--position-weight", type=_non_negative_float, metavar="W",
-                     help="handcrafted: weight of the position features (default 0.1)")
-    emb.add_argument("--color-sigma", type=_positive_float, metavar="S",
-                     help="handcrafted: colour kernel width in CIELAB units (default 15)")
-
-    aff = parser.add_argument_group("affinity")
-    aff.add_argument("--n-neighbors", type=_positive_int, metavar="N",
-                     help="keep each patch's N strongest affinities (default: all, dense)")
-    aff.add_argument("--keep-negative", action="store_true", default=None,
-                     help="keep negative cosine similarities (default: set them to 0)")
-
-    seg = parser.add_argument_group("number of segments (adaptive spectral clustering)")
-    seg.add_argument("--k-min", type=_positive_int, metavar="K",
-                     help="smallest K searched (default 2)")
-    seg.add_argument("--k-max", type=_positive_int, metavar="K",
-                     help="largest K (default 15)")
-    seg.add_argument("--beta", type=_non_negative_float, metavar="B",
-                     help="search K in [K0 (1 - B), K0 (1 + B)] around the eigengap "
-                          "estimate K0 (default 0.5)")
-    seg.add_argument("--spectrum", choices=("affinity", "normalized"),
-                     help="eigenvalues of the affinity itself (default, the paper's) or "
-                          "of the normalised affinity")
-    seg.add_argument("--eigengap-rule", choices=("relative", "largest", "elbow"),
-                     help="how K0 is read from the eigengaps (default relative; the "
-                          "paper's is elbow)")
-    seg.add_argument("--single-segment-threshold", type=_threshold, metavar="T",
-                     help="one segment when the normalised affinity's second eigenvalue "
-                          "is below T (default 0.05; 'none' disables the test)")
-    seg.add_argument("--n-init", type=_positive_int, metavar="N",
-                     help="k-means restarts per K (default 3)")
-    seg.add_argument("--paper", action="store_true", default=None,
-                     help="the CLASP paper's K selection (spectrum affinity, elbow rule, "
-                          "no one-segment test); explicit options above override it")
-    seg.add_argument("--seed", type=_any_int, metavar="N",
-                     help="random seed (default 0)")
-
-    ref = parser.add_argument_group("refinement")
-    ref.add_argument("--refine", choices=("crf", "nearest", "bilinear"),
-                     help="patch labels to pixels: DenseCRF (default), nearest "
-                          "(blocky) or bilinear upsampling")
-    ref.add_argument("--no-crf", action="store_true", default=None,
-                     help="same as --refine nearest")
-    ref.add_argument("--crf-iterations", type=_non_negative_int, metavar="N",
-                     help="CRF mean-field iterations (default 20)")
-    ref.add_argument("--crf-gt-prob", type=_probability, metavar="P",
-                     help="CRF confidence in the patch labels (default 0.8)")
-    ref.add_argument("--crf-gaussian-sxy", type=_positive_float, metavar="S",
-                     help="CRF smoothness kernel width in pixels (default 4)")
-    ref.add_argument("--crf-gaussian-compat", type=_non_negative_float, metavar="W",
-                     help="CRF smoothness kernel weight (default 4)")
-    ref.add_argument("--crf-bilateral-sxy", type=_positive_float, metavar="S",
-                     help="CRF appearance kernel width in pixels (default 80)")
-    ref.add_argument("--crf-bilateral-srgb", type=_positive_float, metavar="S",
-                     help="CRF appearance kernel colour width in RGB units (default 13)")
-    ref.add_argument("--crf-bilateral-compat", type=_non_negative_float, metavar="W",
-                     help="CRF appearance kernel weight (default 10)")
-
-
-def _add_run_options(parser, *, out_help):
-    run = parser.add_argument_group("running")
-    run.add_argument("--out", type=Path, metavar="DIR", help=out_help)
-    run.add_argument("--n-jobs", type=_n_jobs, metavar="N",
-                     help="images processed in parallel on this machine (default 1; "
-                          "-1: all cores)")
-    run.add_argument("--scheduler", metavar="ADDRESS",
-                     help="run on a Dask cluster, e.g. tcp://host:8786 (needs "
-                          "sklearn-clasp[dask])")
-    run.add_argument("--tls-ca-file", type=Path, metavar="FILE",
-                     help="with --scheduler tls://...: the CA certificate (PEM) that signed "
-                          "the cluster's certificates; TLS is then required")
-    run.add_argument("--tls-cert", type=Path, metavar="FILE",
-                     help="with --tls-ca-file: this client's certificate (PEM)")
-    run.add_argument("--tls-key", type=Path, metavar="FILE",
-                     help="with --tls-ca-file: this client's private key (PEM), unless it is "
-                          "in --tls-cert")
-    run.add_argument("--overwrite", action="store_true", default=None,
-                     help="segment again even where outputs with the same settings exist")
-    run.add_argument("--no-overlay", action="store_true", default=None,
-                     help="do not write the <name>_overlay.png files")
-    run.add_argument("--max-attempts", type=_positive_int, metavar="N",
-                     help="tries per image on a cluster whose workers die (default 3)")
-    run.add_argument("--max-image-pixels", type=_max_pixels, metavar="N",
-                     help="refuse images of more than N pixels (width x height, read from "
-                          "the file header before decoding: a decompression-bomb guard; "
-                          "default 178956970, about 16000 x 11000; 'none': no limit; above "
-                          "Pillow's own limit, Pillow's is lifted for this command too)")
-    run.add_argument("--progress", action="store_true", default=None,
-                     help="show a progress bar (default: only when stderr is a terminal)")
-
-
-def build_parser():
-    """The argument parser of ``clasp`` (and ``python -m sklearn_clasp``)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Training-free image segmentation with CLASP: DINOv2 patch features, "
-                    "adaptive spectral clustering that picks the number of segments, "
-                    "DenseCRF refinement.",
-        epilog="Exit status: 0 success, 1 some images failed, 2 usage error, 3 the "
-               "embedder could not be loaded, 130/143 interrupted (SIGINT/SIGTERM; the "
-               "outputs written are complete). 'clasp COMMAND --help' for each command.",
-        formatter_class=_Formatter,
+        prog=PROG, formatter_class=_Formatter,
+        description="Training-free image segmentation with CLASP (DINOv2 patch features, "
+                    "adaptive spectral clustering, DenseCRF).",
+        epilog="Run 'clasp COMMAND --help' for a command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    build = {name: command in (None, name) for name in COMMANDS}
 
-    seg = commands.add_parser(
-        "segment", formatter_class=_Formatter,
-        help="segment images: masks, overlays, JSON records and a summary",
-        description="Segment image files, directories (recursive) and glob patterns. For "
-                    "each image write <name>_mask.png (integer mask, full size), "
-                    "<name>_overlay.png and <name>.json (K, eigengap K0, silhouette per K, "
-                    "eigenvalues, timings, settings, input checksum) into --out, then "
-                    "print a summary. A re-run skips images already done with the same "
-                    "settings. With no INPUT, segment the bundled sample images.",
-        epilog="Exit status: 0 all done or skipped, 1 some images failed, 2 usage error, "
-               "3 the embedder could not be loaded, 130/143 interrupted (SIGINT/SIGTERM): "
-               "the outputs written are complete and a re-run finishes the rest.",
+    seg = _subparser(
+        commands, "segment",
+        description="Segment image files, directories (searched recursively) and glob "
+                    "patterns; without INPUT, the bundled sample images. Writes "
+                    "<name>_mask.png, <name>_overlay.png and <name>.json per image into "
+                    "--out-dir and prints a summary. Runs resume: images whose outputs "
+                    "match the input and the settings are skipped.",
+        epilog="Exit status: 0 all images done or skipped, 1 some images failed, 2 usage "
+               "error, 3 the embedder could not be loaded, 130/143 interrupted (SIGINT/"
+               "SIGTERM): the outputs written are complete and a re-run finishes the rest.",
     )
     seg.add_argument("inputs", nargs="*", metavar="INPUT",
                      help="image files, directories or glob patterns (quote them)")
-    _add_pipeline_options(seg)
-    _add_run_options(seg, out_help="output directory (created if missing); required")
+    if build["segment"]:
+        _add_pipeline_options(seg)
     _add_verbosity(seg)
     seg.set_defaults(func=run_segment)
 
-    ev = commands.add_parser(
-        "evaluate", formatter_class=_Formatter,
-        help="score masks against label maps (Hungarian mIoU, pixel accuracy)",
+    ev = _subparser(
+        commands, "evaluate",
         description="Pair predicted masks with ground-truth labels by file stem and score "
-                    "each image with a Hungarian matching of segments to classes. Masks: "
+                    "each image with a Hungarian matching of segments to classes, and with "
+                    "segmentation covering and variation of information. Masks: "
                     "<stem>_mask.png or <stem>.png in --masks, or made first from --images "
                     "with the segment options. Labels: PNG label maps, or BSDS .mat files "
                     "(each human segmentation scored; mean and best reported).",
@@ -404,11 +435,11 @@ def build_parser():
     source.add_argument("--masks", type=Path, metavar="DIR",
                         help="predicted masks (<stem>_mask.png or <stem>.png)")
     source.add_argument("--images", type=Path, metavar="DIR",
-                        help="images to segment first (into --out, or a temporary "
+                        help="images to segment first (into --out-dir, or a temporary "
                              "directory)")
-    ev.add_argument("--ignore-index", type=_any_int, nargs="+", action="extend",
-                    metavar="N", help="label values not scored, e.g. 255 (negative values "
-                                      "are never scored)")
+    ev.add_argument("--ignore-index", type=int, nargs="+", action="extend", metavar="N",
+                    help="label values not scored, e.g. 255 (negative values are never "
+                         "scored)")
     ev.add_argument("--protocol", choices=("per_image", "dataset"), default="per_image",
                     help="per_image (default): match each image on its own and average; "
                          "dataset: one matching over the summed confusion matrix "
@@ -416,23 +447,33 @@ def build_parser():
     ev.add_argument("--csv", type=Path, metavar="FILE",
                     help="write per-image scores (name, miou, pixel_accuracy, n_clusters, "
                          "n_classes, ...) to this CSV file")
-    _add_pipeline_options(ev)
-    _add_run_options(ev, out_help="with --images: where the masks are written "
-                                  "(default: a temporary directory)")
+    if build["evaluate"]:
+        _add_pipeline_options(ev)
     _add_verbosity(ev)
     ev.set_defaults(func=run_evaluate)
 
-    wt = commands.add_parser(
-        "weights", formatter_class=_Formatter,
-        help="where the DINOv2 weights are looked for; download and verify them",
+    rep = _subparser(
+        commands, "report",
+        description="Write report.html into a run's output directory: a page of thumbnails "
+                    "with each image's K, silhouette and timings, the K histogram and the "
+                    "failures, sortable and filterable; it opens from the file system.",
+        epilog="Exit status: 0 written, 2 usage error.",
+    )
+    rep.add_argument("out_dir", type=Path, metavar="DIR", help="the output directory of a run")
+    rep.add_argument("--html", type=Path, metavar="FILE",
+                     help="where to write the page (default: DIR/report.html)")
+    _add_verbosity(rep)
+    rep.set_defaults(func=run_report)
+
+    wt = _subparser(
+        commands, "weights",
         description="List the official DINOv2 checkpoints (file, URL, SHA-256), where they "
                     "are looked for and whether they are present. --verify checks the "
                     "SHA-256 of the present files; --download fetches the chosen model.",
         epilog="Exit status: 0 fine, 1 a checksum mismatch, 3 the download failed.",
     )
-    wt.add_argument("--model", choices=DINOV2_MODELS, metavar="NAME",
-                    help="only this model (with --download: default "
-                         f"{DEFAULT_MODEL}); one of {', '.join(DINOV2_MODELS)}")
+    wt.add_argument("--model", metavar="NAME",
+                    help="only this model (with --download: default dinov2_vits14_reg)")
     wt.add_argument("--download", action="store_true",
                     help="download the model's official file if missing, and verify it")
     wt.add_argument("--verify", action="store_true",
@@ -440,9 +481,8 @@ def build_parser():
     _add_verbosity(wt)
     wt.set_defaults(func=run_weights)
 
-    ex = commands.add_parser(
-        "explain", formatter_class=_Formatter,
-        help="a figure of why K was chosen for one image",
+    ex = _subparser(
+        commands, "explain",
         description="Segment one image and draw the image, the eigenvalue spectrum with "
                     "its gaps and K0, the silhouette over the searched K with the chosen K, "
                     "the patch labels and the refined mask, titled with the reason.",
@@ -452,8 +492,9 @@ def build_parser():
     ex.add_argument("image", type=Path, metavar="IMAGE", help="the image file")
     ex.add_argument("--out", type=Path, metavar="FIG.png",
                     help="figure file (default: <image stem>_explain.png here)")
-    ex.add_argument("--dpi", type=_positive_int, default=100, help="resolution (default 100)")
-    _add_pipeline_options(ex)
+    ex.add_argument("--dpi", type=int, default=100, help="resolution (default: 100)")
+    if build["explain"]:
+        _add_pipeline_options(ex, run=False)
     _add_verbosity(ex)
     ex.set_defaults(func=run_explain)
     return parser
@@ -463,61 +504,46 @@ def build_parser():
 # config files and option resolution
 # --------------------------------------------------------------------------
 
-
-def _config_actions(parser):
-    """Option key -> argparse action, for the keys a config file may set."""
-    actions = {}
-    for action in parser._actions:
-        if action.dest in ("help", "config", "verbose", "quiet", "func", "version"):
-            continue
-        if action.option_strings or action.dest == "inputs":
-            actions[action.dest] = action
-    return actions
+_PATH_KEYS = ("out_dir", "embed__weights", "embed__memory", *_TLS_FLAGS)
 
 
-def _convert_config_value(key, value, action, source):
-    where = f"config file {source}: {key}"
-    if isinstance(action, argparse._StoreTrueAction):
-        if not isinstance(value, bool):
-            raise UsageError(f"{where} must be true or false, got {value!r}")
-        return value
-    if action.dest == "inputs":
-        values = [value] if isinstance(value, str) else value
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise UsageError(f"{where} must be a string or a list of strings, got {value!r}")
-        return values
-    if isinstance(value, (dict, list, bool)):
-        raise UsageError(f"{where} must be a single value, got {value!r}")
-    try:
-        converted = action.type(str(value)) if action.type is not None else str(value)
-    except argparse.ArgumentTypeError as exc:
-        raise UsageError(f"{where}: {exc}") from None
-    if action.choices is not None and converted not in action.choices:
-        raise UsageError(
-            f"{where} = {value!r} is not one of {', '.join(map(str, action.choices))}"
-        )
-    return converted
+def _flatten(data, path):
+    """TOML tables to parameter paths: ``[segment] k_max = 3`` -> ``segment__k_max``."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if isinstance(v, dict):
+                    raise UsageError(f"config file {path}: [{key}.{sub}] nests too deep; use "
+                                     f"[{key}] with {sub}__... keys, or top-level keys")
+                name = f"{key}__{sub}"
+                if name in data or name in out:
+                    raise UsageError(f"config file {path}: {name} is set twice")
+                out[name] = v
+        else:
+            out[key] = value
+    return out
 
 
-def load_config(path, parser):
-    """Read a TOML config file into a dict of options.
-
-    Keys are the long options of the subcommand ``parser`` with underscores
-    (``k_max = 10``, ``no_crf = true``, ``inputs = ["photos/"]``), at the top
-    level or under a ``[segment]`` table. Values are checked as on the command
-    line; relative paths (``out``, ``inputs``, ``weights``) are taken relative
-    to the config file's directory.
+def load_config(path, *, run=True):
+    """Read a config file into ``{setting: value}``, every value checked.
 
     Parameters
     ----------
     path : path-like
-        The TOML file.
-    parser : argparse.ArgumentParser
-        The ``segment`` subcommand's parser (its options are the valid keys).
+        A TOML file whose keys are setting names (``segment__k_max = 10``;
+        tables: ``[segment]`` then ``k_max = 10``), aliases (``k_max``), run
+        options (``n_jobs``, ``out_dir``, ``inputs``); ``"none"`` is ``None``
+        (TOML has no null) where a setting allows it. Or a JSON file: the
+        record of a segmented image (its ``settings`` are used) or an object of
+        settings. Relative paths (``out_dir``, ``inputs``, ``embed__weights``,
+        ``embed__memory``, TLS files) are relative to the file's directory.
+    run : bool, default=True
+        Whether run options are valid keys.
 
     Returns
     -------
-    options : dict
+    settings : dict
 
     Raises
     ------
@@ -529,189 +555,128 @@ def load_config(path, parser):
 
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+        raw = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
-    if "segment" in data:
-        table = data.pop("segment")
-        if not isinstance(table, dict):
-            raise UsageError(f"config file {path}: 'segment' must be a table ([segment])")
-        clash = sorted(set(table) & set(data))
-        if clash:
-            raise UsageError(f"config file {path}: {clash} set both at the top level and "
-                             f"under [segment]; keep one")
-        data.update(table)
-    actions = _config_actions(parser)
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(raw.decode("utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            data = data.get("settings", data) if isinstance(data.get("settings"), dict) \
+                else data
+        else:
+            data = tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError, JSONDecodeError
+        kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+        raise UsageError(f"config file {path} is not valid {kind}: {exc}") from None
+    data = _flatten(data, path)
+    specs = {s.name: s for s in pipeline_setting_specs()}
+    if run:
+        specs.update({s.name: s for s in run_setting_specs()})
+    aliases = _alias_help()
     options = {}
     for key, value in data.items():
-        if key not in actions:
-            raise UsageError(
-                f"config file {path}: unknown key {key!r}; valid keys: "
-                f"{', '.join(sorted(actions))}"
-            )
-        options[key] = _convert_config_value(key, value, actions[key], path)
+        where = f"config file {path}: {key}"
+        if key in aliases:
+            key = aliases[key][0]
+        if key in ("random_state", "paper"):
+            options[key] = value
+            continue
+        if key == "embed":
+            options[key] = check_value(value, _special_specs()["embed"], where=where)
+            continue
+        if key == "inputs" and run:
+            values = [value] if isinstance(value, str) else value
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise UsageError(f"{where} must be a string or a list of strings")
+            options[key] = values
+            continue
+        if key in _TLS_FLAGS and run:
+            options[key] = Path(str(value))
+            continue
+        if key not in specs:
+            raise UsageError(f"{where}: unknown setting; valid: {', '.join(sorted(specs))}")
+        if isinstance(value, str) and value.lower() == "none" and \
+                _allows(specs[key].constraints, "none"):
+            value = None  # TOML has no null
+        options[key] = check_value(value, specs[key], where=where)
     base = path.resolve().parent
-    if "out" in options:
-        options["out"] = base / Path(options["out"]).expanduser()
+    for key in _PATH_KEYS:
+        if isinstance(options.get(key), (str, Path)) and options[key] != "random":
+            options[key] = str(base / Path(options[key]).expanduser())
     if "inputs" in options:
         options["inputs"] = [str(base / Path(p).expanduser()) for p in options["inputs"]]
-    if options.get("weights") not in (None, "random"):
-        options["weights"] = str(base / Path(options["weights"]).expanduser())
-    for key in _TLS_OPTIONS:
-        if key in options:
-            options[key] = base / options[key].expanduser()
     return options
 
 
-def _flag(key):
-    return "--" + key.replace("_", "-")
+def _special_specs():
+    """The settings that are not an estimator parameter: the embedder, the seed, the preset."""
+    from sklearn.utils._param_validation import StrOptions
+
+    from .pipeline import EMBEDDER_NAMES
+
+    return {
+        "embed": Setting("embed", (StrOptions(set(EMBEDDER_NAMES)),), "dinov2", "", ""),
+        "random_state": Setting("random_state", ("random_state",), None, "", ""),
+        "paper": Setting("paper", ("boolean",), False, "", ""),
+    }
 
 
-def _subparser(parser, name):
-    return parser._subparsers._group_actions[0].choices[name]
-
-
-def _resolve_options(args, parser):
-    """Merge defaults < config file < command line; remember where each came from.
-
-    ``parser`` is the root parser; config keys are those of ``clasp segment``
-    for every subcommand, so that one file serves them all.
-    """
-    config = {}
-    if getattr(args, "config", None) is not None:
-        config = load_config(args.config, _subparser(parser, "segment"))
-    options, origin = dict(DEFAULTS), {}
-    for key, value in config.items():
-        options[key] = value
-        origin[key] = f"{_flag(key)} (from {args.config})"
+def _resolve(args, *, run=True):
+    """Settings from config file < command line, each checked; ``(pipeline, run)`` dicts."""
+    options = load_config(args.config, run=run) if getattr(args, "config", None) else {}
+    specs = {s.name: s for s in pipeline_setting_specs()}
+    specs.update(_special_specs())
+    run_specs = {s.name: s for s in run_setting_specs()} if run else {}
+    aliases = _alias_help()
     for key, value in vars(args).items():
-        if key in ("func", "config", "command"):
+        if value is None or value == [] or key in ("func", "config", "command", "verbose",
+                                                   "quiet"):
             continue
-        if value is None or (key == "inputs" and value == []):
-            continue
-        options[key] = value
-        origin[key] = _flag(key)
-    options["_origin"] = origin
-    return options
+        where = None
+        if key.startswith("alias:"):
+            alias = key.split(":", 1)[1]
+            key, where = aliases[alias][0], flag_of(alias)
+        spec = specs.get(key) or run_specs.get(key)
+        if key == "paper":
+            options[key] = True
+        elif spec is not None:
+            options[key] = parse_value(value, spec, where=where)
+        else:  # inputs, TLS files, subcommand arguments
+            options[key] = value
+    pipeline_keys = set(specs)
+    settings = {k: v for k, v in options.items() if k in pipeline_keys}
+    others = {k: v for k, v in options.items() if k not in pipeline_keys}
+    return settings, others
 
 
-# --------------------------------------------------------------------------
-# the pipeline from the options
-# --------------------------------------------------------------------------
+def build_pipeline(settings):
+    """The pipeline of resolved settings, or a UsageError saying which setting is wrong."""
+    from .pipeline import pipeline_from_settings
 
-
-def build_pipeline(options):
-    """A CLASP pipeline from resolved options (config keys -> values).
-
-    Parameters
-    ----------
-    options : dict
-        Option keys as in a config file (``embedder``, ``k_max``,
-        ``crf_iterations``...); missing keys take the library defaults.
-
-    Returns
-    -------
-    pipeline : sklearn.pipeline.Pipeline
-
-    Raises
-    ------
-    UsageError
-        For an option that does not apply to the chosen embedder, conflicting
-        options, or a value the estimators refuse.
-    """
-    from sklearn.utils._param_validation import InvalidParameterError
-
-    from .pipeline import make_clasp_pipeline
-
-    o = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
-    origin = options.get("_origin", {})
-    embedder = o["embedder"]
-
-    def given(key):
-        value = options.get(key)
-        return value is not None and value is not False
-
-    wrong = _HANDCRAFTED_ONLY if embedder == "dinov2" else _DINOV2_ONLY
-    for key in wrong:
-        if given(key):
-            other = "handcrafted" if embedder == "dinov2" else "dinov2"
-            raise UsageError(
-                f"{origin.get(key, _flag(key))} only applies to --embedder {other} "
-                f"(the embedder is {embedder})"
-            )
-    if o["k_min"] > o["k_max"]:
-        raise UsageError(f"--k-min {o['k_min']} is larger than --k-max {o['k_max']}; "
-                         f"choose k_min <= k_max")
-    refine = o.get("refine")
-    if o["no_crf"]:
-        if refine not in (None, "nearest"):
-            raise UsageError(f"--no-crf conflicts with --refine {refine}; give one of them")
-        refine = "nearest"
-    refine = refine or "crf"
-    if refine != "crf":
-        ignored = [origin.get(k, _flag(k)) for k in _CRF_PARAMS if given(k)]
-        if ignored:
-            logger.warning("%s ignored: the CRF is not used (--refine %s)",
-                           ", ".join(ignored), refine)
-
-    embedder_params = {}
-    if "short_side" in options and options["short_side"] is not None:
-        embedder_params["short_side"] = (None if options["short_side"] == _NONE
-                                         else options["short_side"])
-    if embedder == "dinov2":
-        for key in ("model", "weights", "weights_sha256", "device", "dtype", "facet",
-                    "layer", "batch_size"):
-            if options.get(key) is not None:
-                embedder_params[key] = options[key]
-        if o["no_download"]:
-            embedder_params["download"] = False
-    else:
-        for key in _HANDCRAFTED_ONLY:
-            if options.get(key) is not None:
-                embedder_params[key] = options[key]
-
-    step_params = {}
-    for key in _SEGMENT_PARAMS:
-        if options.get(key) is not None:
-            value = options[key]
-            step_params[f"segment__{key}"] = None if value == _NONE else value
-    if options.get("n_neighbors") is not None:
-        step_params["affinity__n_neighbors"] = options["n_neighbors"]
-    if o["keep_negative"]:
-        step_params["affinity__clip_negative"] = False
-    for key, param in _CRF_PARAMS.items():
-        if options.get(key) is not None:
-            step_params[f"refine__{param}"] = options[key]
     try:
-        pipe = make_clasp_pipeline(
-            embedder, k_min=o["k_min"], k_max=o["k_max"], beta=o["beta"], refine=refine,
-            paper=bool(o["paper"]), random_state=o["seed"], **embedder_params,
-        )
-        pipe.set_params(**step_params)
-        for _, step in pipe.steps:
-            step._validate_params()
-    except (InvalidParameterError, ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from None
-    return pipe
+        return pipeline_from_settings(settings)
+    except (ValueError, TypeError) as exc:
+        names = re.findall(r"\b((?:embed|affinity|segment|refine)__\w+)", str(exc))
+        flags = f" ({', '.join(dict.fromkeys(flag_of(n) for n in names))})" if names else ""
+        raise UsageError(f"{exc}{flags}") from None
 
 
-def _load_embedder(pipeline, embedder_name):
-    """Fit (load) the embedder now, so that a missing model is one clear error."""
+def _load_embedder(pipeline):
+    """Fit (load) the embedder now, so that a missing model is one clear error (exit 3)."""
     try:
         pipeline.steps[0][1].fit(None)
     except Exception as exc:  # missing weights, bad checkpoint, no CUDA, ...
         logger.debug("loading the embedder failed", exc_info=True)
         hint = ""
         if isinstance(exc, FileNotFoundError):  # the weights file is missing
-            hint = ("\nOn the command line: --weights PATH for a file anywhere; "
+            hint = ("\nOn the command line: --embed-weights PATH for a file anywhere; "
                     "'clasp weights' shows where the file is looked for and "
                     "'clasp weights --download' fetches it (online); --embedder "
                     "handcrafted needs no weights.")
         raise EmbedderError(
-            f"could not load the {embedder_name} embedder: {exc}{hint}"
+            f"could not load the {type(pipeline.steps[0][1]).__name__}: {exc}{hint}"
         ) from exc
 
 
@@ -720,10 +685,10 @@ def _load_embedder(pipeline, embedder_name):
 # --------------------------------------------------------------------------
 
 
-def _show_progress(options):
-    if options.get("progress"):
-        return True
-    if options.get("quiet"):
+def _show_progress(run, quiet):
+    if run.get("progress") is not None:
+        return run["progress"]
+    if quiet:
         return False
     try:
         return sys.stderr.isatty()
@@ -732,7 +697,7 @@ def _show_progress(options):
 
 
 def _find_inputs(inputs):
-    from .batch import find_images
+    from .io import find_images
 
     try:
         found = find_images(inputs)
@@ -743,23 +708,28 @@ def _find_inputs(inputs):
     return found
 
 
-def _make_out_dir(out):
-    """Create ``--out`` and check it can be written, before any work (else exit 2)."""
-    from .batch import _prepare_out_dir
-
+def _dask_security(run):
+    """A ``distributed.security.Security`` from the TLS options, or ``None``."""
+    given = {k: run[k] for k in _TLS_FLAGS if run.get(k) is not None}
+    if not given:
+        return None
+    if run.get("scheduler") is None:
+        raise UsageError("--tls-ca-file/--tls-cert/--tls-key apply to a Dask cluster: add "
+                         "--scheduler tls://HOST:PORT")
+    if "tls_ca_file" not in given or "tls_cert" not in given:
+        raise UsageError("TLS needs --tls-ca-file and --tls-cert (and --tls-key unless the "
+                         "key is in the certificate file)")
+    for key, path in given.items():
+        if not Path(path).is_file():
+            raise UsageError(f"{flag_of(key)} {path}: no such file")
     try:
-        _prepare_out_dir(out, who="--out")
-    except OSError as exc:
-        raise UsageError(exc.strerror or str(exc)) from None
-
-
-def _max_image_pixels(options):
-    value = options.get("max_image_pixels")
-    if value is None:
-        from .image import DEFAULT_MAX_IMAGE_PIXELS
-
-        return DEFAULT_MAX_IMAGE_PIXELS
-    return None if value == _NONE else value
+        from distributed.security import Security
+    except ImportError:
+        raise UsageError("--tls-ca-file needs the Dask extra: pip install "
+                         "'sklearn-clasp[dask]'") from None
+    key = given.get("tls_key")
+    return Security(tls_ca_file=str(given["tls_ca_file"]), tls_client_cert=str(given["tls_cert"]),
+                    tls_client_key=None if key is None else str(key), require_encryption=True)
 
 
 @contextlib.contextmanager
@@ -783,72 +753,46 @@ def _pillow_limit(max_pixels):
         Image.MAX_IMAGE_PIXELS = old
 
 
-_TLS_OPTIONS = ("tls_ca_file", "tls_cert", "tls_key")
-
-
-def _dask_security(options):
-    """A ``distributed.security.Security`` from the TLS options, or ``None``."""
-    given = {k: options.get(k) for k in _TLS_OPTIONS if options.get(k) is not None}
-    if not given:
-        return None
-    if options.get("scheduler") is None:
-        raise UsageError("--tls-ca-file/--tls-cert/--tls-key apply to a Dask cluster: add "
-                         "--scheduler tls://HOST:PORT")
-    if "tls_ca_file" not in given or "tls_cert" not in given:
-        raise UsageError("TLS needs --tls-ca-file and --tls-cert (and --tls-key unless the "
-                         "key is in the certificate file)")
-    for key, path in given.items():
-        if not Path(path).is_file():
-            raise UsageError(f"{_flag(key)} {path}: no such file")
-    try:
-        from distributed.security import Security
-    except ImportError:
-        raise UsageError("--tls-ca-file needs the Dask extra: pip install "
-                         "'sklearn-clasp[dask]'") from None
-    key = given.get("tls_key")
-    return Security(tls_ca_file=str(given["tls_ca_file"]), tls_client_cert=str(given["tls_cert"]),
-                    tls_client_key=None if key is None else str(key), require_encryption=True)
-
-
-def _segment(inputs, out, options, pipeline):
+def _segment(images, out_dir, run, pipeline, quiet):
     """Run segment_collection with the run options; returns the report."""
-    from .batch import segment_collection
+    from .collection import segment_collection
+    from .collection.store import OutputStore
 
-    security = _dask_security(options)
-    if options.get("scheduler") is None:
-        _load_embedder(pipeline, options["embedder"])
-    max_pixels = _max_image_pixels(options)
-    with _pillow_limit(max_pixels):
+    security = _dask_security(run)
+    try:  # before any work: the output directory must be writable (exit 2)
+        OutputStore(Path(out_dir), run_id="check").prepare(who="--out-dir")
+    except OSError as exc:
+        raise UsageError(exc.strerror or str(exc)) from None
+    if run.get("scheduler") is None:
+        _load_embedder(pipeline)
+    kwargs = {k: run[k] for k in ("n_jobs", "scheduler", "overwrite", "max_attempts",
+                                  "write_overlay", "chunk_size", "max_image_pixels")
+              if k in run}
+    from .io import DEFAULT_MAX_IMAGE_PIXELS
+
+    with _pillow_limit(run.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)):
         try:
-            return segment_collection(
-                inputs, out, pipeline=pipeline, n_jobs=options["n_jobs"],
-                scheduler=options.get("scheduler"), security=security,
-                overwrite=bool(options["overwrite"]),
-                progress=_show_progress(options), max_attempts=options["max_attempts"],
-                write_overlay=not options["no_overlay"], max_image_pixels=max_pixels,
-            )
+            return segment_collection(images, out_dir, pipeline=pipeline, security=security,
+                                      progress=_show_progress(run, quiet), **kwargs)
         except ConnectionError as exc:  # --scheduler unreachable or TLS refused
             raise UsageError(str(exc)) from None
 
 
-def run_segment(args, parser):
+def run_segment(args):
     """``clasp segment``; returns the exit status."""
-    options = _resolve_options(args, parser)
-    if options.get("out") is None:
-        raise UsageError("the output directory is required: --out DIR (or out = \"DIR\" "
-                         "in the config file)")
-    pipeline = build_pipeline(options)
-    inputs = options.get("inputs") or []
+    settings, run = _resolve(args)
+    if run.get("out_dir") is None:
+        raise UsageError("the output directory is required: --out-dir DIR (or --out DIR, or "
+                         "out_dir = \"DIR\" in the config file)")
+    pipeline = build_pipeline(settings)
+    inputs = run.get("inputs") or []
     if not inputs:
         from .data import sample_image_paths
 
         inputs = [str(p) for p in sample_image_paths()]
         logger.info("no INPUT given: segmenting the bundled sample images")
-    images = _find_inputs(inputs)
-    out = Path(options["out"])
-    _make_out_dir(out)
-    report = _segment(images, out, options, pipeline)
-    if options.get("quiet"):
+    report = _segment(_find_inputs(inputs), run["out_dir"], run, pipeline, args.quiet)
+    if args.quiet:
         for failure in report.failures:
             _echo(f"error: {_failure_line(failure)}", sys.stderr)
     else:
@@ -871,214 +815,9 @@ def _failure_line(failure):
     name = failure.get("name") or failure.get("source")
     return f"{name} ({failure.get('source')}): {failure.get('error')}"
 
-
 # --------------------------------------------------------------------------
 # clasp evaluate
 # --------------------------------------------------------------------------
-
-_LABEL_SUFFIXES = (".png", ".mat")
-
-
-def find_label_files(labels_dir):
-    """Ground-truth files under a directory, by stem.
-
-    Parameters
-    ----------
-    labels_dir : path-like
-        Searched recursively for ``*.png`` and ``*.mat`` files.
-
-    Returns
-    -------
-    labels : dict of str -> Path
-        Sorted by stem. A stem found twice keeps the first path (sorted) and
-        logs a warning.
-    """
-    found = {}
-    for path in sorted(Path(labels_dir).rglob("*")):
-        if path.is_file() and path.suffix.lower() in _LABEL_SUFFIXES:
-            if path.stem in found:
-                logger.warning("label stem %r found twice (%s, %s); using the first",
-                               path.stem, found[path.stem], path)
-                continue
-            found[path.stem] = path
-    return dict(sorted(found.items()))
-
-
-def find_mask_files(masks_dir):
-    """Predicted masks in a directory, by the stem of their image.
-
-    ``<stem>_mask.png`` (as ``clasp segment`` writes) is preferred over
-    ``<stem>.png``; ``*_overlay.png`` files are skipped. Not recursive.
-
-    Parameters
-    ----------
-    masks_dir : path-like
-
-    Returns
-    -------
-    masks : dict of str -> Path
-    """
-    plain, suffixed = {}, {}
-    for path in sorted(Path(masks_dir).glob("*.png")):
-        if not path.is_file() or path.stem.endswith("_overlay"):
-            continue
-        if path.stem.endswith("_mask"):
-            suffixed[path.stem[: -len("_mask")]] = path
-        else:
-            plain[path.stem] = path
-    return dict(sorted({**plain, **suffixed}.items()))
-
-
-def _read_png_labels(path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: not a readable PNG label map ({exc})") from None
-    if arr.dtype == bool:
-        return arr.astype(np.int64)
-    if arr.ndim == 3:
-        # colour-coded labels: one id per distinct colour (alpha ignored)
-        rgb = arr[..., :3].astype(np.int64)
-        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        _, ids = np.unique(code, return_inverse=True)
-        return ids.reshape(code.shape).astype(np.int64)
-    return arr.astype(np.int64)
-
-
-def _read_mat_labels(path):
-    from scipy.io import loadmat
-
-    try:
-        data = loadmat(path)
-    except Exception as exc:  # scipy raises several kinds for bad files
-        raise ValueError(f"{path}: not a readable .mat file ({exc})") from None
-    if "groundTruth" not in data:
-        keys = sorted(k for k in data if not k.startswith("__"))
-        raise ValueError(f"{path}: no 'groundTruth' variable (BSDS layout); it has {keys}")
-    gt = data["groundTruth"]
-    segmentations = []
-    try:
-        for i in range(gt.shape[1]):
-            segmentations.append(np.asarray(gt[0, i]["Segmentation"][0, 0], dtype=np.int64))
-    except (IndexError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: groundTruth is not in the BSDS layout "
-                         f"(groundTruth[0, i]['Segmentation'][0, 0]): {exc}") from None
-    if not segmentations:
-        raise ValueError(f"{path}: groundTruth holds no segmentation")
-    return segmentations
-
-
-def read_label_file(path):
-    """Read one ground-truth file into a list of label maps.
-
-    Parameters
-    ----------
-    path : path-like
-        A PNG label map (palette, grayscale or 16-bit: the pixel values are the
-        labels; an RGB map gets one label per distinct colour) or a BSDS
-        ``.mat`` file (``groundTruth[0, i]["Segmentation"][0, 0]``, one map per
-        human annotator).
-
-    Returns
-    -------
-    label_maps : list of ndarray of shape (H, W), dtype int64
-        One per annotator (a single one for a PNG).
-
-    Raises
-    ------
-    ValueError
-        If the file cannot be read or has an unknown layout.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".mat":
-        return _read_mat_labels(path)
-    return [_read_png_labels(path)]
-
-
-def score_prediction(mask, truths, *, ignore_index=None):
-    """Score one predicted mask against one or more ground truths.
-
-    Parameters
-    ----------
-    mask : array-like of shape (H, W), int
-        The predicted segments.
-    truths : list of array-like of shape (H, W), int
-        The ground truths (several for BSDS: one per annotator).
-    ignore_index : int, sequence of int or None, default=None
-        Label values not scored.
-
-    Returns
-    -------
-    scores : dict
-        ``miou`` and ``pixel_accuracy`` (Hungarian-matched, mean over the
-        ground truths), ``miou_best`` and ``pixel_accuracy_best`` (best ground
-        truth, each on its own), the region measures ``covering`` and ``voi``
-        (segmentation covering and variation of information in bits, see
-        :func:`sklearn_clasp.metrics.segmentation_covering`; mean over the
-        ground truths) with ``covering_best`` (highest) and ``voi_best``
-        (lowest), ``n_clusters`` (distinct segments in the mask), ``n_classes``
-        (mean number of classes over the ground truths) and ``n_annotators``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> mask = np.array([[0, 0, 1, 1]])
-    >>> s = score_prediction(mask, [np.array([[5, 5, 6, 6]]), np.array([[5, 5, 5, 6]])])
-    >>> round(s["miou"], 4), s["miou_best"], s["pixel_accuracy"], s["n_annotators"]
-    (0.7917, 1.0, 0.875, 2)
-    >>> round(s["covering"], 4), s["covering_best"], round(s["voi"], 4), s["voi_best"]
-    (0.8125, 1.0, 0.5944, 0.0)
-    """
-    from .metrics import segmentation_covering, segmentation_scores, variation_of_information
-
-    mask = np.asarray(mask)
-    per = []
-    for i, truth in enumerate(truths):
-        truth = np.asarray(truth)
-        if truth.shape != mask.shape:
-            raise ValueError(
-                f"the mask is {mask.shape[0]} x {mask.shape[1]} but the ground truth"
-                f"{f' #{i + 1}' if len(truths) > 1 else ''} is {truth.shape[0]} x "
-                f"{truth.shape[1]} (H x W); segment the image the labels belong to"
-            )
-        scores = segmentation_scores(mask, truth, ignore_index=ignore_index)
-        scores["covering"] = segmentation_covering(mask, truth, ignore_index=ignore_index)
-        scores["voi"] = variation_of_information(mask, truth, ignore_index=ignore_index)
-        per.append(scores)
-    miou = [s["miou"] for s in per]
-    covering = [s["covering"] for s in per]
-    voi = [s["voi"] for s in per]
-    acc = [s["pixel_accuracy"] for s in per]
-    return {
-        "miou": float(np.mean(miou)),
-        "pixel_accuracy": float(np.mean(acc)),
-        "miou_best": float(np.max(miou)),
-        "pixel_accuracy_best": float(np.max(acc)),
-        "covering": float(np.mean(covering)),
-        "covering_best": float(np.max(covering)),
-        "voi": float(np.mean(voi)),
-        "voi_best": float(np.min(voi)),
-        "n_clusters": int(np.unique(mask).size),
-        "n_classes": float(np.mean([s["n_classes"] for s in per])),
-        "n_annotators": len(per),
-    }
-
-
-def _read_mask(path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: not a readable mask PNG ({exc})") from None
-    if arr.ndim != 2:
-        raise ValueError(f"{path}: a mask must be a single-channel integer PNG, got "
-                         f"shape {arr.shape}")
-    return arr.astype(np.int64)
 
 
 def _fmt_classes(value):
@@ -1094,7 +833,8 @@ _CSV_FLOATS = ("miou", "pixel_accuracy", "miou_best", "pixel_accuracy_best", "co
 
 def _evaluate_pairs(pairs, *, ignore_index, protocol):
     """Score (name, mask path, label path) triples; returns (rows, failures, dataset)."""
-    from .metrics import SegmentationScoreAccumulator
+    from .io import read_label_file, read_mask
+    from .metrics import SegmentationScoreAccumulator, score_prediction
 
     rows, failures = [], []
     accumulator = None
@@ -1115,7 +855,7 @@ def _evaluate_pairs(pairs, *, ignore_index, protocol):
                                                    ignore_index=ignore_index)
     for name, mask_path, label_path in pairs:
         try:
-            mask = _read_mask(mask_path)
+            mask = read_mask(mask_path)
             truths = read_label_file(label_path)
             scores = score_prediction(mask, truths, ignore_index=ignore_index)
             if accumulator is not None:
@@ -1196,9 +936,11 @@ def _evaluation_table(rows, failures, missing, protocol, dataset, *, per_image=T
     return "\n".join(lines)
 
 
-def run_evaluate(args, parser):
+def run_evaluate(args):
     """``clasp evaluate``; returns the exit status."""
-    options = _resolve_options(args, parser)
+    from .io import find_label_files, find_mask_files
+
+    settings, run = _resolve(args)
     labels_dir = args.labels
     if not labels_dir.is_dir():
         raise UsageError(f"--labels {labels_dir}: no such directory")
@@ -1210,14 +952,13 @@ def run_evaluate(args, parser):
         if args.images is not None:
             if not args.images.is_dir():
                 raise UsageError(f"--images {args.images}: no such directory")
-            pipeline = build_pipeline(options)
+            pipeline = build_pipeline(settings)
             images = _find_inputs([str(args.images)])
-            out = options.get("out")
+            out = run.get("out_dir")
             if out is None:
                 out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="clasp-")))
             out = Path(out)
-            _make_out_dir(out)
-            report = _segment(images, out, options, pipeline)
+            report = _segment(images, out, run, pipeline, args.quiet)
             masks = {}
             for result in report.results:
                 if result["status"] == "failed":
@@ -1226,7 +967,7 @@ def run_evaluate(args, parser):
                                      "error": f"segmentation failed: {result['error']}"})
                     continue
                 masks[Path(result["source"]).stem] = out / f"{result['name']}_mask.png"
-            if not options.get("quiet"):
+            if not args.quiet:
                 _echo(report.summary())
                 print()
         else:
@@ -1249,8 +990,8 @@ def run_evaluate(args, parser):
     if args.csv is not None:
         _write_csv(args.csv, rows)
     table = _evaluation_table(rows, failures, missing, args.protocol, dataset,
-                              per_image=not options.get("quiet"))
-    if options.get("quiet"):
+                              per_image=not args.quiet)
+    if args.quiet:
         for f in failures:
             print(f"error: {f['name']}: {f['error']}", file=sys.stderr)
     else:
@@ -1264,6 +1005,24 @@ def _few(mapping, n=5):
         return "(none)"
     return "[" + ", ".join(keys[:n]) + (", ..." if len(keys) > n else "") + "]"
 
+# --------------------------------------------------------------------------
+# clasp report
+# --------------------------------------------------------------------------
+
+
+def run_report(args):
+    """``clasp report``; returns the exit status."""
+    from .report import write_report
+
+    if not args.out_dir.is_dir():
+        raise UsageError(f"{args.out_dir}: no such directory (the output directory of a run)")
+    try:
+        path = write_report(args.out_dir, path=args.html)
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    if not args.quiet:
+        print(f"report: {path}")
+    return EXIT_OK
 
 # --------------------------------------------------------------------------
 # clasp weights
@@ -1276,9 +1035,9 @@ def _size(n):
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 
-def run_weights(args, parser):
+def run_weights(args):
     """``clasp weights``; returns the exit status."""
-    from .embedding import _weights as W
+    from .embedding import weights as W
 
     env = os.environ.get(W.WEIGHTS_ENV_VAR)
     hub = W.hub_checkpoint_dir()
@@ -1290,13 +1049,13 @@ def run_weights(args, parser):
         lines.append(f"  1. ${W.WEIGHTS_ENV_VAR} (not set)")
     lines.append(f"  2. the torch hub cache: {hub}")
     lines.append(f"and are otherwise downloaded into {Path(env).expanduser() if env else hub}")
-    lines.append("(or give any file with --weights PATH).")
+    lines.append("(or give any file with --embed-weights PATH).")
     status = EXIT_OK
     models = [args.model] if args.model else list(W.OFFICIAL_WEIGHTS)
     for model in models:
         info = W.OFFICIAL_WEIGHTS[model]
         path = W.find_official_weights(model)
-        note = " (default, the CLASP paper's)" if model == DEFAULT_MODEL else ""
+        note = " (default, the CLASP paper's)" if model == "dinov2_vits14_reg" else ""
         lines.append(f"\n{model}{note}")
         lines.append(f"  file:     {info.filename} ({_size(info.size)})")
         lines.append(f"  url:      {info.url}")
@@ -1315,7 +1074,7 @@ def run_weights(args, parser):
     if not args.quiet:
         print("\n".join(lines))
     if args.download:
-        model = args.model or DEFAULT_MODEL
+        model = args.model or "dinov2_vits14_reg"
         try:
             path, digest = W.resolve_weights(model, None, download=True)
         except (W.WeightsUnavailableError, W.ChecksumMismatchError, OSError) as exc:
@@ -1324,43 +1083,50 @@ def run_weights(args, parser):
             print(f"\n{model}: {path} (SHA-256 {digest}, verified)")
     return status
 
-
 # --------------------------------------------------------------------------
 # clasp explain
 # --------------------------------------------------------------------------
 
 
-def run_explain(args, parser):
+def run_explain(args):
     """``clasp explain``; returns the exit status."""
     from .explain import explain_figure
 
-    options = _resolve_options(args, parser)
+    settings, _ = _resolve(args, run=False)
     image = args.image
     if not image.is_file():
         raise UsageError(f"{image}: no such image file")
     out = args.out if args.out is not None else Path(f"{image.stem}_explain.png")
-    pipeline = build_pipeline(options)
-    _load_embedder(pipeline, options["embedder"])
+    pipeline = build_pipeline(settings)
+    _load_embedder(pipeline)
     try:
         figure = explain_figure(image, pipeline, dpi=args.dpi)
     except (ValueError, OSError) as exc:  # a damaged, unreadable or too large image
-        _echo(f"error: {image}: {exc}", sys.stderr)
+        text = str(exc)
+        _echo(f"error: {text if str(image) in text else f'{image}: {text}'}", sys.stderr)
         return EXIT_SOME_FAILED
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(out)
     except OSError as exc:
         raise UsageError(f"cannot write the figure {out}: {exc.strerror or exc}") from None
-    if not options.get("quiet"):
+    if not args.quiet:
         title = figure._suptitle  # Figure.get_suptitle() needs matplotlib >= 3.8
         print(title.get_text() if title is not None else "")
         print(f"figure: {out}")
     return EXIT_OK
 
-
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
+
+
+class _EscapingFormatter(logging.Formatter):
+    """Log lines with characters stderr cannot encode (undecodable file names) escaped."""
+
+    def format(self, record):
+        encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+        return super().format(record).encode(encoding, "backslashreplace").decode(encoding)
 
 
 @contextlib.contextmanager
@@ -1368,7 +1134,7 @@ def _logging_to_stderr(level):
     """Send the package's log records to stderr at ``level`` while the command runs."""
     log = logging.getLogger("sklearn_clasp")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
     old_level = log.level
     log.addHandler(handler)
     log.setLevel(level)
@@ -1402,7 +1168,9 @@ def main(argv=None):
     clasp ...
     0
     """
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on errors, 0 for --help / --version
@@ -1417,13 +1185,17 @@ def main(argv=None):
         if quiet:
             warnings.simplefilter("ignore")
         try:
-            status = args.func(args, parser)
+            status = args.func(args)
         except UsageError as exc:
             _echo(f"{PROG} {args.command}: error: {exc}", sys.stderr)
             return EXIT_USAGE
         except EmbedderError as exc:
             _echo(f"{PROG} {args.command}: error: {exc}", sys.stderr)
             return EXIT_EMBEDDER
+        except BrokenPipeError:  # the reader went away (clasp segment ... | head)
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
             stop.ignore()  # a second signal must not cut the clean-up short
@@ -1431,8 +1203,6 @@ def main(argv=None):
                   f"outputs written are complete: run the same command again to finish",
                   sys.stderr)
             return 128 + int(signum)
-        finally:
-            _stop_local_workers()
     logger.debug("%s finished in %.2f s with status %d", args.command,
                  time.perf_counter() - start, status)
     return status
@@ -1487,16 +1257,3 @@ def _interruptible():
         yield handlers
     finally:
         handlers.restore()
-
-
-def _stop_local_workers():
-    """End joblib's reusable worker processes (kept idle for reuse otherwise) at the end of
-    a command, so that none outlives it."""
-    module = sys.modules.get("joblib.externals.loky.reusable_executor")
-    executor = getattr(module, "_executor", None) if module is not None else None
-    if executor is None:
-        return
-    try:
-        executor.shutdown(wait=True, kill_workers=True)
-    except Exception as exc:  # never mask the command's own status
-        logger.debug("stopping the worker processes failed: %s", exc)

@@ -28,10 +28,8 @@ from numbers import Real
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
-from sklearn.utils.validation import check_is_fitted
 
 from .records import PatchGrid
 from .spectral import eigengap_scores
@@ -137,12 +135,12 @@ def _check_record(record, mask):
     if not isinstance(record, PatchGrid):
         raise TypeError(
             f"record: expected a segmented PatchGrid (the record returned by "
-            f"sklearn_clasp.pipeline.segment_image); got {type(record).__name__}."
+            f"sklearn_clasp.pipeline.clasp_one); got {type(record).__name__}."
         )
     if record.labels is None or "eigenvalues" not in record.info:
         raise ValueError(
             f"record {record.name!r} has no patch labels or no segmenter diagnostics; "
-            f"pass the record after the 'segment' step (segment_image returns it)."
+            f"pass the record after the 'segment' step (clasp_one returns it)."
         )
     mask = np.asarray(mask)
     if mask.shape != record.image.shape[:2]:
@@ -173,7 +171,7 @@ def plot_explanation(
     ----------
     record : PatchGrid
         The record after the ``segment`` step (with ``labels`` and the
-        diagnostics in ``info``), as :func:`~sklearn_clasp.pipeline.segment_image`
+        diagnostics in ``info``), as :func:`~sklearn_clasp.pipeline.clasp_one`
         returns it.
     mask : array-like of shape (H, W)
         The refined mask of the same image.
@@ -366,7 +364,7 @@ def explain_figure(image, pipeline=None, *, figsize=(13.0, 8.0), dpi=100):
     >>> fig._suptitle.get_text().startswith("K = ")
     True
     """
-    from .pipeline import make_clasp_pipeline, segment_image
+    from .pipeline import clasp_one, fitted_embedder, make_clasp_pipeline
 
     if pipeline is None:
         pipeline = make_clasp_pipeline()
@@ -375,13 +373,8 @@ def explain_figure(image, pipeline=None, *, figsize=(13.0, 8.0), dpi=100):
             f"explain_figure: pipeline must be a CLASP Pipeline with a 'segment' step "
             f"(see make_clasp_pipeline); got {type(pipeline).__name__}."
         )
-    embed = pipeline.steps[0][1]
-    try:
-        check_is_fitted(embed)
-    except NotFittedError:
-        pipeline = clone(pipeline)
-        pipeline.steps[0][1].fit(None)
-    record, mask = segment_image(pipeline, image)
+    (record,) = fitted_embedder(pipeline).transform([image])
+    mask, record = clasp_one(clone(pipeline), record)  # the pipeline passed in is kept
     seg = pipeline.named_steps["segment"].get_params()
     refine = pipeline.steps[-1][1].get_params().get("method", "refined")
     return plot_explanation(

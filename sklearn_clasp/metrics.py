@@ -42,6 +42,7 @@ __all__ = [
     "segmentation_scores",
     "segmentation_covering",
     "variation_of_information",
+    "score_prediction",
     "SegmentationScoreAccumulator",
     "make_segmentation_scorer",
     "miou_scorer",
@@ -481,6 +482,73 @@ def variation_of_information(pred, truth, *, ignore_index=None, base=2):
 # --- dataset-level accumulation ---------------------------------------------
 
 
+def score_prediction(mask, truths, *, ignore_index=None):
+    """Score one predicted mask against one or more ground truths.
+
+    Parameters
+    ----------
+    mask : array-like of shape (H, W), int
+        The predicted segments.
+    truths : list of array-like of shape (H, W), int
+        The ground truths (several for BSDS: one per annotator).
+    ignore_index : int, sequence of int or None, default=None
+        Label values not scored.
+
+    Returns
+    -------
+    scores : dict
+        ``miou`` and ``pixel_accuracy`` (Hungarian-matched, mean over the
+        ground truths), ``miou_best`` and ``pixel_accuracy_best`` (best ground
+        truth, each on its own), the region measures ``covering`` and ``voi``
+        (segmentation covering and variation of information in bits, see
+        :func:`sklearn_clasp.metrics.segmentation_covering`; mean over the
+        ground truths) with ``covering_best`` (highest) and ``voi_best``
+        (lowest), ``n_clusters`` (distinct segments in the mask), ``n_classes``
+        (mean number of classes over the ground truths) and ``n_annotators``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mask = np.array([[0, 0, 1, 1]])
+    >>> s = score_prediction(mask, [np.array([[5, 5, 6, 6]]), np.array([[5, 5, 5, 6]])])
+    >>> round(s["miou"], 4), s["miou_best"], s["pixel_accuracy"], s["n_annotators"]
+    (0.7917, 1.0, 0.875, 2)
+    >>> round(s["covering"], 4), s["covering_best"], round(s["voi"], 4), s["voi_best"]
+    (0.8125, 1.0, 0.5944, 0.0)
+    """
+    mask = np.asarray(mask)
+    per = []
+    for i, truth in enumerate(truths):
+        truth = np.asarray(truth)
+        if truth.shape != mask.shape:
+            raise ValueError(
+                f"the mask is {mask.shape[0]} x {mask.shape[1]} but the ground truth"
+                f"{f' #{i + 1}' if len(truths) > 1 else ''} is {truth.shape[0]} x "
+                f"{truth.shape[1]} (H x W); segment the image the labels belong to"
+            )
+        scores = segmentation_scores(mask, truth, ignore_index=ignore_index)
+        scores["covering"] = segmentation_covering(mask, truth, ignore_index=ignore_index)
+        scores["voi"] = variation_of_information(mask, truth, ignore_index=ignore_index)
+        per.append(scores)
+    miou = [s["miou"] for s in per]
+    covering = [s["covering"] for s in per]
+    voi = [s["voi"] for s in per]
+    acc = [s["pixel_accuracy"] for s in per]
+    return {
+        "miou": float(np.mean(miou)),
+        "pixel_accuracy": float(np.mean(acc)),
+        "miou_best": float(np.max(miou)),
+        "pixel_accuracy_best": float(np.max(acc)),
+        "covering": float(np.mean(covering)),
+        "covering_best": float(np.max(covering)),
+        "voi": float(np.mean(voi)),
+        "voi_best": float(np.min(voi)),
+        "n_clusters": int(np.unique(mask).size),
+        "n_classes": float(np.mean([s["n_classes"] for s in per])),
+        "n_annotators": len(per),
+    }
+
+
 class SegmentationScoreAccumulator:
     """Accumulate segmentation scores over a data set, image by image.
 
@@ -752,11 +820,9 @@ def silhouette_scorer(estimator, X, y=None):
     ``record.info["silhouette"]`` (0.0 for a single segment); this scorer
     averages it over the images.
 
-    For a :class:`~sklearn.pipeline.Pipeline`, ``estimator[:-1].fit_transform(X)``
-    runs first; if its records carry a silhouette (the last step is a refiner
-    such as :class:`CRFRefiner`), the refiner is not run. Otherwise the last
-    step's ``fit_transform`` is applied to them (the segmenter is the last
-    step). Any other estimator is run with ``estimator.fit_transform(X)``.
+    A :class:`~sklearn.pipeline.Pipeline` is run on each image with
+    :func:`~sklearn_clasp.pipeline.clasp_one`; any other estimator with
+    ``estimator.fit_transform(X)``.
 
     Parameters
     ----------
@@ -780,12 +846,11 @@ def silhouette_scorer(estimator, X, y=None):
     """
     from sklearn.pipeline import Pipeline
 
-    records = None
     if isinstance(estimator, Pipeline) and len(estimator.steps) > 1:
-        head = estimator[:-1].fit_transform(X)
-        records = _silhouettes(head)
-        if records is None:
-            records = _silhouettes(estimator.steps[-1][1].fit_transform(head))
+        from .pipeline import clasp_one, fitted_embedder
+
+        embedded = fitted_embedder(estimator).transform(X)
+        records = _silhouettes([clasp_one(estimator, rec)[1] for rec in embedded])
     else:
         records = _silhouettes(estimator.fit_transform(X))
     if records is None:

@@ -1,34 +1,112 @@
-"""The CLASP pipeline: embed, affinity, segment, refine.
+"""The CLASP pipeline: embed, affinity, segment, refine; one image at a time.
 
-:func:`make_clasp_pipeline` assembles the four steps into a
-:class:`~sklearn.pipeline.Pipeline`; :func:`segment_image` runs a pipeline on a
-single image and returns both the segmented record (with the segmenter's
-diagnostics) and the full-resolution mask, for streaming over many images.
+- :func:`make_clasp_pipeline` assembles the four steps into a
+  :class:`~sklearn.pipeline.Pipeline`;
+- :func:`clasp_one` runs a pipeline on one image and returns its mask and its
+  record (with every stage's diagnostics and timings): the one per-image
+  runner that collections, :mod:`~sklearn_clasp.explain`, the scorers and the
+  command line use;
+- :func:`pipeline_settings`, :func:`settings_hash` and
+  :func:`pipeline_from_settings` turn a pipeline into plain settings and back.
+  A setting has one name everywhere: its parameter path
+  (``segment__k_max``), which is also its key in TOML config files and in the
+  JSON records of :func:`~sklearn_clasp.collection.segment_collection`, and,
+  with ``--`` and hyphens (``--segment-k-max``), its command-line option.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
+import os
+import time
 from numbers import Integral, Real
 
-from sklearn.base import clone
+import numpy as np
+from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
 
-from ._cache import check_cache_location
+from .io import check_cache_location
 from .affinity import CosineAffinity
-from .embedding._handcrafted import HandcraftedPatchEmbedder
+from .embedding import HandcraftedPatchEmbedder
+from .records import PatchGrid
 from .refine import CRFRefiner
 from .spectral import PAPER_SETTINGS, AdaptiveSpectralSegmenter
 
-__all__ = ["make_clasp_pipeline", "segment_image", "STEP_NAMES"]
+__all__ = [
+    "ALIASES",
+    "STEP_NAMES",
+    "clasp_one",
+    "embedder_class",
+    "fitted_embedder",
+    "make_clasp_pipeline",
+    "pipeline_from_settings",
+    "pipeline_settings",
+    "settings_hash",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Names of the steps of a CLASP pipeline, in order.
 STEP_NAMES = ("embed", "affinity", "segment", "refine")
+
+#: The embedders by name (the value of the ``embed`` setting).
+EMBEDDER_NAMES = ("dinov2", "handcrafted")
+
+#: Short names of common settings, accepted by :func:`make_clasp_pipeline`, the
+#: command line (``--k-max``) and config files alike: alias -> parameter path.
+#: ``random_state`` sets every step's ``random_state``; ``paper`` applies
+#: :data:`~sklearn_clasp.spectral.PAPER_SETTINGS` to the ``segment`` step.
+ALIASES = {
+    "embedder": "embed",
+    "k_min": "segment__k_min",
+    "k_max": "segment__k_max",
+    "beta": "segment__beta",
+    "refine": "refine__method",
+}
+
+#: Parameters that change how fast, not what, a pipeline computes: left out of the
+#: settings (and so of the settings hash), so a re-run with another number of
+#: threads or batch size still resumes.
+RUNTIME_PARAMS = frozenset(
+    {"memory", "verbose", "transform_input", "n_jobs", "n_threads", "batch_size", "download"}
+)
+
+
+def embedder_class(name):
+    """The embedder class for a name of the ``embed`` setting.
+
+    ``"dinov2"`` is imported on first use (it imports torch).
+
+    Parameters
+    ----------
+    name : {"dinov2", "handcrafted"}
+
+    Returns
+    -------
+    cls : type
+    """
+    if name == "dinov2":
+        from .embedding import DinoPatchEmbedder
+
+        return DinoPatchEmbedder
+    if name == "handcrafted":
+        return HandcraftedPatchEmbedder
+    raise ValueError(f"unknown embedder {name!r}; use one of {', '.join(EMBEDDER_NAMES)}.")
+
+
+def _embedder_name(embed):
+    """The ``embed`` setting of an embedder instance: its name, or ``<ClassName>``."""
+    if type(embed) is HandcraftedPatchEmbedder:
+        return "handcrafted"
+    if type(embed).__module__ == "sklearn_clasp.embedding._dinov2":  # torch not imported
+        return "dinov2"
+    return f"<{type(embed).__qualname__}>"
 
 
 def _make_embedder(embedder, random_state, embedder_params):
@@ -42,15 +120,10 @@ def _make_embedder(embedder, random_state, embedder_params):
                 f"{type(embedder).__name__} instance instead."
             )
         return clone(embedder)
-    if embedder == "dinov2":
-        # Imported here so that the weights-free path never loads the backbone code.
-        from .embedding._dinov2 import DinoPatchEmbedder
-
-        cls = DinoPatchEmbedder
-        params = {"random_state": random_state, **embedder_params}
-    else:
-        cls = HandcraftedPatchEmbedder
-        params = dict(embedder_params)
+    cls = embedder_class(embedder)
+    params = dict(embedder_params)
+    if "random_state" in cls().get_params():
+        params = {"random_state": random_state, **params}
     valid = cls().get_params(deep=False)
     unknown = sorted(set(params) - set(valid))
     if unknown:
@@ -64,10 +137,10 @@ def _make_embedder(embedder, random_state, embedder_params):
 @validate_params(
     {
         "embedder": [StrOptions({"dinov2", "handcrafted"}), HasMethods(["fit", "transform"])],
-        "k_min": [Interval(Integral, 1, None, closed="left")],
-        "k_max": [Interval(Integral, 1, None, closed="left")],
-        "beta": [Interval(Real, 0, None, closed="left")],
-        "refine": [StrOptions({"crf", "nearest", "bilinear"})],
+        "k_min": [Interval(Integral, 1, None, closed="left"), None],
+        "k_max": [Interval(Integral, 1, None, closed="left"), None],
+        "beta": [Interval(Real, 0, None, closed="left"), None],
+        "refine": [StrOptions({"crf", "nearest", "bilinear"}), None],
         "paper": ["boolean"],
         "random_state": ["random_state"],
         "memory": [None, str, HasMethods(["cache"])],
@@ -77,10 +150,10 @@ def _make_embedder(embedder, random_state, embedder_params):
 def make_clasp_pipeline(
     embedder="dinov2",
     *,
-    k_min=2,
-    k_max=15,
-    beta=0.5,
-    refine="crf",
+    k_min=None,
+    k_max=None,
+    beta=None,
+    refine=None,
     paper=False,
     random_state=None,
     memory=None,
@@ -121,17 +194,15 @@ def make_clasp_pipeline(
         DINOv2 code is imported only when ``"dinov2"`` is chosen; its weights
         are loaded (or downloaded, see ``DinoPatchEmbedder``) in ``fit``, not
         here.
-    k_min : int, default=2
-        Smallest number of segments the silhouette search tries (a uniform
-        image still gets one segment; see ``AdaptiveSpectralSegmenter``).
-    k_max : int, default=15
-        Largest number of segments.
-    beta : float, default=0.5
-        Relative half-width of the search around the eigengap estimate.
-    refine : {"crf", "nearest", "bilinear"}, default="crf"
-        ``"crf"``: DenseCRF (the paper's pixel-based variant); ``"nearest"``:
-        blocky patch upsampling (the patch-based variant); ``"bilinear"``:
-        smooth upsampling without a CRF.
+    k_min, k_max, beta : int, int, float, default=None
+        The segmenter's ``k_min``, ``k_max`` and ``beta`` (the search range of
+        the number of segments, see
+        :class:`~sklearn_clasp.spectral.AdaptiveSpectralSegmenter`); ``None``
+        keeps the segmenter's default.
+    refine : {"crf", "nearest", "bilinear"}, default=None
+        The refiner's ``method``: DenseCRF (the paper's pixel-based variant),
+        blocky patch upsampling (the patch-based variant) or smooth bilinear
+        upsampling; ``None`` keeps the refiner's default.
     paper : bool, default=False
         Use the CLASP paper's K selection (``PAPER_SETTINGS``: eigenvalues of
         the affinity itself, elbow rule, no one-segment test) instead of the
@@ -158,7 +229,8 @@ def make_clasp_pipeline(
 
     See Also
     --------
-    segment_image : Run the pipeline on one image, keeping the diagnostics.
+    clasp_one : Run the pipeline on one image, keeping the diagnostics.
+    pipeline_from_settings : The same from plain settings (config files, records).
 
     Examples
     --------
@@ -175,67 +247,106 @@ def make_clasp_pipeline(
     >>> segmentation_scores(mask, truth)["miou"] > 0.9
     True
     """
-    if k_min > k_max:
-        raise ValueError(
-            f"make_clasp_pipeline: k_min={k_min} is larger than k_max={k_max}; "
-            f"choose k_min <= k_max."
-        )
     embed = _make_embedder(embedder, random_state, embedder_params)
-    segment_params = dict(k_min=k_min, k_max=k_max, beta=beta, random_state=random_state)
+    given = dict(k_min=k_min, k_max=k_max, beta=beta)
+    segment_params = {k: v for k, v in given.items() if v is not None}
+    segment_params["random_state"] = random_state
     if paper:
         segment_params.update(PAPER_SETTINGS)
     steps = [
         ("embed", embed),
         ("affinity", CosineAffinity()),
         ("segment", AdaptiveSpectralSegmenter(**segment_params)),
-        ("refine", CRFRefiner(method=refine)),
+        ("refine", CRFRefiner() if refine is None else CRFRefiner(method=refine)),
     ]
     if memory is not None:
         check_cache_location(memory, what="pipeline cache", stacklevel=4)
     return Pipeline(steps, memory=memory)
 
 
-def segment_image(pipeline, image):
-    """Segment one image with a CLASP pipeline; keep the segmenter's record.
 
-    For processing images one at a time (a stream, a directory): the
-    ``embed`` step is used as it is (fit it once beforehand, which loads the
-    DINOv2 weights), and the later steps are fitted on this image alone, as
-    ``fit_predict`` would. Unlike ``fit_predict``, the segmented
-    :class:`~sklearn_clasp.records.PatchGrid` record is returned with the mask,
-    so its diagnostics (``info["n_clusters"]``, ``info["eigengap_k"]``,
-    ``info["silhouette_scores"]``, ``info["eigenvalues"]``...) are kept.
+
+# --------------------------------------------------------------------------
+# one image
+# --------------------------------------------------------------------------
+
+
+def _check_pipeline(pipeline, who):
+    if not isinstance(pipeline, Pipeline) or len(pipeline.steps) < 2:
+        raise TypeError(
+            f"{who} expects a CLASP Pipeline (an embedder, the steps that segment, and a "
+            f"refiner that returns one mask per image; see make_clasp_pipeline); got "
+            f"{type(pipeline).__name__}."
+        )
+
+
+def fitted_embedder(pipeline):
+    """The pipeline's first step, fitted: as it is if fitted, else a fitted clone.
+
+    Fitting an embedder loads its model (the DINOv2 weights); the pipeline
+    passed in is not modified. Fit ``pipeline[0]`` once beforehand to reuse a
+    loaded backbone.
 
     Parameters
     ----------
     pipeline : Pipeline
-        A CLASP pipeline (``make_clasp_pipeline``): an embedder, steps that
-        turn records into segmented records, and a last step that returns one
-        mask per record. Its first step must be fitted if it needs fitting.
-    image : str, path-like or array-like
-        One image (a file path, or an array such as the embedders accept).
+        A CLASP pipeline.
 
     Returns
     -------
-    record : PatchGrid
-        The record after the ``segment`` step (``image``, ``grid_shape``,
-        ``features``, ``affinity``, ``labels``, ``info``, ``source``).
+    embedder : estimator
+    """
+    _check_pipeline(pipeline, "fitted_embedder")
+    embed = pipeline.steps[0][1]
+    try:
+        check_is_fitted(embed)
+        return embed
+    except NotFittedError:
+        logger.info("fitting the %s embedder", type(embed).__name__)
+        return clone(embed).fit(None)
+
+
+def clasp_one(pipeline, image, *, source=None):
+    """Segment one image with a CLASP pipeline: its mask and its record.
+
+    The one per-image runner. The first step embeds the image (fit it
+    beforehand if it needs fitting: that loads the DINOv2 weights), unless
+    ``image`` is a record that already has features; every later step is
+    fitted on this image alone, as ``fit_predict`` would fit it, so the
+    result depends on nothing but the image and the parameters. The record
+    after the last step that returns records is kept, so the segmenter's
+    diagnostics travel with the mask.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+        A CLASP pipeline (:func:`make_clasp_pipeline`): an embedder, steps
+        that turn records into records, and a last step that returns one mask
+        per record (:class:`~sklearn_clasp.refine.CRFRefiner`).
+    image : str, path-like, array-like or PatchGrid
+        One image: a file path, an array, or a record with ``features`` (an
+        image embedded beforehand, e.g. in a batch).
+    source : str, default=None
+        Name of the image in the record and in messages (default: the path,
+        or the record's own source).
+
+    Returns
+    -------
     mask : ndarray of shape (H, W), dtype int64
         The refined full-resolution mask.
+    record : PatchGrid
+        The record after the segmenter (``image``, ``grid_shape``,
+        ``features``, ``affinity``, ``labels``, ``proba``, ``info``,
+        ``source``); ``info["stage_timings"]`` holds the seconds each step
+        took on it, by step name.
 
     Raises
     ------
     sklearn.exceptions.NotFittedError
         If the embedder needs fitting and was not fitted.
-    ValueError
-        If ``image`` is a file that is not a readable image: damaged, empty,
-        not an image, or over the pixel limit
-        (:class:`~sklearn_clasp.image.ImageTooLargeError`); the message names
-        the file and the fix (see :func:`~sklearn_clasp.image.load_image`).
-    OSError
-        If ``image`` is a file that cannot be opened: missing
-        (:class:`FileNotFoundError`), unreadable (:class:`PermissionError`),
-        a symbolic link loop.
+    ValueError, OSError
+        If ``image`` is a file that cannot be read as an image; the message
+        names it and the fix (see :func:`~sklearn_clasp.io.load_image`).
 
     Examples
     --------
@@ -243,29 +354,234 @@ def segment_image(pipeline, image):
     >>> from sklearn_clasp.datasets import make_shapes_image
     >>> pipe = make_clasp_pipeline("handcrafted", short_side=None, random_state=0)
     >>> image, _ = make_shapes_image(112, 140, n_shapes=2)
-    >>> record, mask = segment_image(pipe, image)
-    >>> record.grid_shape, record.labels.shape, mask.shape
-    ((8, 10), (8, 10), (112, 140))
-    >>> bool(record.info["n_clusters"] == record.labels.max() + 1)
+    >>> mask, record = clasp_one(pipe, image)
+    >>> mask.shape, record.grid_shape, record.labels.shape
+    ((112, 140), (8, 10), (8, 10))
+    >>> int(record.info["n_clusters"]) == int(record.labels.max()) + 1
+    True
+    >>> sorted(record.info["stage_timings"])
+    ['affinity', 'embed', 'refine', 'segment']
+    """
+    _check_pipeline(pipeline, "clasp_one")
+    (first, embed), *steps = [(n, s) for n, s in pipeline.steps
+                              if s is not None and s != "passthrough"]
+    timings = {}
+    if isinstance(image, PatchGrid) and image.features is not None:
+        record = image
+    else:
+        try:
+            check_is_fitted(embed)
+        except NotFittedError:
+            raise NotFittedError(
+                f"clasp_one: the pipeline's first step ({type(embed).__name__}) is not "
+                f"fitted; call pipeline[0].fit(None) once before segmenting images."
+            ) from None
+        start = time.perf_counter()
+        (record,) = embed.transform([image])
+        timings[first] = time.perf_counter() - start
+    if source is not None:
+        record = record.replace(source=str(source))
+    records = [record]
+    for i, (name, step) in enumerate(steps):
+        start = time.perf_counter()
+        out = step.fit_transform(records)
+        timings[name] = time.perf_counter() - start
+        if i < len(steps) - 1:
+            records = out
+    if not steps or isinstance(out[0], PatchGrid):
+        raise TypeError(
+            f"clasp_one: the pipeline's last step ({pipeline.steps[-1][0]!r}) returned "
+            f"records, not masks; end the pipeline with a refiner (CRFRefiner)."
+        )
+    mask = np.asarray(out[0])
+    record = records[0].replace(info={"stage_timings": timings})
+    logger.debug("segmented %s: %s segments", record.name, record.info.get("n_clusters"))
+    return mask, record
+
+
+# --------------------------------------------------------------------------
+# settings
+# --------------------------------------------------------------------------
+
+_SKIP = object()
+_DEFAULT_STEPS = {"affinity": CosineAffinity, "segment": AdaptiveSpectralSegmenter,
+                  "refine": CRFRefiner}
+
+
+def _simple(value):
+    """A JSON-able copy of a simple parameter value; ``_SKIP`` when not simple."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        items = [_simple(v) for v in value]
+        return _SKIP if any(v is _SKIP for v in items) else items
+    return _SKIP
+
+
+def pipeline_settings(pipeline):
+    """The settings of a pipeline that decide its results, as plain values.
+
+    ``pipeline.get_params(deep=True)`` restricted to simple values (``None``,
+    booleans, numbers, strings, paths, lists of these), with the embedder
+    given by name (``"embed": "dinov2"``) and any other step that is not the
+    usual one by its class (``"refine": "<MyRefiner>"``), leaving out the parameters that
+    only change speed or caching (``memory``, ``verbose``, ``n_jobs``,
+    ``n_threads``, ``batch_size``, ``download``). What the records of
+    :func:`~sklearn_clasp.collection.segment_collection` store as
+    ``settings``, and what :func:`pipeline_from_settings` takes back.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+        A CLASP pipeline.
+
+    Returns
+    -------
+    settings : dict
+        Sorted by key.
+
+    Examples
+    --------
+    >>> from sklearn_clasp import make_clasp_pipeline
+    >>> settings = pipeline_settings(make_clasp_pipeline("handcrafted", k_max=8))
+    >>> settings["embed"], settings["segment__k_max"]
+    ('handcrafted', 8)
+    >>> pipeline_settings(pipeline_from_settings(settings)) == settings
     True
     """
-    if not isinstance(pipeline, Pipeline) or len(pipeline.steps) < 3:
-        raise TypeError(
-            f"segment_image expects a CLASP Pipeline of at least three steps "
-            f"(embedder, segmenter, refiner; see make_clasp_pipeline); got "
-            f"{type(pipeline).__name__}."
+    out = {}
+    for key, value in pipeline.get_params(deep=True).items():
+        if key == "steps" or key.rsplit("__", 1)[-1] in RUNTIME_PARAMS:
+            continue
+        if key == "embed":
+            out[key] = _embedder_name(value)
+            continue
+        if key in _DEFAULT_STEPS:  # a step: named only when it is not the usual one
+            if type(value) is not _DEFAULT_STEPS[key]:
+                out[key] = f"<{type(value).__qualname__}>"
+            continue
+        simple = f"<{type(value).__qualname__}>" if isinstance(value, BaseEstimator) \
+            else _simple(value)
+        if simple is _SKIP:
+            logger.debug("settings: %s=%r is not a simple value; left out", key, value)
+            continue
+        out[key] = simple
+    return dict(sorted(out.items()))
+
+
+def settings_hash(pipeline):
+    """SHA-256 of a pipeline's settings, for matching outputs to settings.
+
+    The hash of the canonical JSON (sorted keys, no spaces) of
+    :func:`pipeline_settings`: equal for pipelines with equal settings,
+    different when a setting that changes results changes.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+        A CLASP pipeline.
+
+    Returns
+    -------
+    digest : str
+        64 hexadecimal characters.
+
+    Examples
+    --------
+    >>> from sklearn_clasp import make_clasp_pipeline
+    >>> a = settings_hash(make_clasp_pipeline("handcrafted", k_max=8))
+    >>> a == settings_hash(make_clasp_pipeline("handcrafted", k_max=8)), len(a)
+    (True, 64)
+    >>> a == settings_hash(make_clasp_pipeline("handcrafted", k_max=9))
+    False
+    """
+    text = json.dumps(pipeline_settings(pipeline), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def pipeline_from_settings(settings, *, memory=None):
+    """Build a CLASP pipeline from plain settings, checking every value.
+
+    The inverse of :func:`pipeline_settings`: keys are parameter paths
+    (``"segment__k_max"``; ``"embed"`` names the embedder, ``"dinov2"`` by
+    default) or the short names of :data:`ALIASES` (``"k_max"``), plus
+    ``"random_state"`` (every step's) and ``"paper"`` (the paper's K
+    selection; settings given explicitly override it). Estimator placeholders
+    (``"<ClassName>"``, written for steps of a custom pipeline) cannot be
+    rebuilt and are refused.
+
+    Parameters
+    ----------
+    settings : mapping
+        Setting name -> value.
+    memory : str, joblib.Memory or None, default=None
+        The pipeline's cache (see :func:`make_clasp_pipeline`).
+
+    Returns
+    -------
+    pipeline : Pipeline
+
+    Raises
+    ------
+    ValueError
+        For an unknown setting (the message lists the valid ones of its step),
+        a setting of the other embedder, or a value its estimator refuses
+        (:class:`sklearn.utils._param_validation.InvalidParameterError`, a
+        ``ValueError``), e.g. ``k_min > k_max``.
+
+    Examples
+    --------
+    >>> pipe = pipeline_from_settings({"embed": "handcrafted", "k_max": 8,
+    ...                                "refine__n_iter": 5, "random_state": 0})
+    >>> pipe.get_params()["segment__k_max"], pipe.get_params()["refine__n_iter"]
+    (8, 5)
+    """
+    from .spectral import _check_k_bounds  # one k_min <= k_max check
+
+    params = {ALIASES.get(k, k): v for k, v in dict(settings).items()}
+    paper = bool(params.pop("paper", False))
+    random_state = params.pop("random_state", None)
+    embedder = params.pop("embed", "dinov2")
+    if not isinstance(embedder, str) or embedder not in EMBEDDER_NAMES:
+        raise ValueError(f"embed={embedder!r}: a pipeline can only be rebuilt for the "
+                         f"embedders {', '.join(EMBEDDER_NAMES)}.")
+    embed_params = {k.split("__", 1)[1]: params.pop(k) for k in list(params)
+                    if k.startswith("embed__")}
+    valid_embed = embedder_class(embedder)().get_params()
+    for key in embed_params:
+        if key not in valid_embed:
+            other = [n for n in EMBEDDER_NAMES if n != embedder
+                     and key in embedder_class(n)().get_params()]
+            hint = (f" it is a setting of embed={other[0]!r}" if other else
+                    f" the settings of embed={embedder!r} are "
+                    f"{', '.join('embed__' + k for k in sorted(valid_embed))}")
+            raise ValueError(f"embed__{key} does not apply to embed={embedder!r}:{hint}.")
+    pipe = make_clasp_pipeline(embedder, paper=paper, random_state=random_state,
+                               memory=memory, **embed_params)
+    valid = pipe.get_params()
+    unknown = sorted(k for k in params if k not in valid or k.count("__") != 1)
+    if unknown:
+        step = unknown[0].split("__", 1)[0]
+        names = sorted(k for k in valid if k.startswith(f"{step}__"))
+        raise ValueError(
+            f"unknown setting {unknown[0]!r}" + (f"; the settings of {step!r} are "
+                                                 f"{', '.join(names)}" if names else
+                                                 f"; the steps are {', '.join(STEP_NAMES)}")
         )
-    embed = pipeline.steps[0][1]
-    try:
-        check_is_fitted(embed)
-    except NotFittedError:
-        raise NotFittedError(
-            f"segment_image: the pipeline's first step ({type(embed).__name__}) is "
-            f"not fitted; call pipeline[0].fit(None) once before segmenting images."
-        ) from None
-    records = embed.transform([image])
-    records = pipeline[1:-1].fit_transform(records)
-    masks = pipeline.steps[-1][1].fit_transform(records)
-    record, mask = records[0], masks[0]
-    logger.debug("segmented %s: %s segments", record.name, record.info.get("n_clusters"))
-    return record, mask
+    for key, value in params.items():
+        if isinstance(value, str) and value.startswith("<") and value.endswith(">"):
+            raise ValueError(f"{key}={value}: an estimator placeholder cannot be rebuilt.")
+    pipe.set_params(**params)
+    for _, step in pipe.steps:
+        step._validate_params()
+    seg = pipe.named_steps["segment"]
+    _check_k_bounds(seg.k_min, seg.k_max)
+    return pipe

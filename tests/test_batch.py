@@ -1,4 +1,4 @@
-"""The batch engine: find_images, segment_collection, outputs, resuming, failures."""
+"""Collections: find_images, segment_collection, outputs, resuming, failures."""
 
 import hashlib
 import json
@@ -12,18 +12,11 @@ from sklearn.utils._param_validation import InvalidParameterError
 from threadpoolctl import threadpool_limits
 
 from sklearn_clasp import HandcraftedPatchEmbedder, make_clasp_pipeline
-from sklearn_clasp import batch as batch_module
-from sklearn_clasp.batch import (
-    FAILURES_FILE,
-    CollectionReport,
-    ImageInput,
-    find_images,
-    pipeline_settings,
-    segment_collection,
-    settings_hash,
-)
+from sklearn_clasp.collection import FAILURES_FILE, CollectionReport, segment_collection
+from sklearn_clasp.collection import store as store_module
 from sklearn_clasp.datasets import make_shapes_image
-from sklearn_clasp.pipeline import segment_image
+from sklearn_clasp.io import ImageInput, find_images, temporary_name
+from sklearn_clasp.pipeline import clasp_one, pipeline_settings, settings_hash
 from sklearn_clasp.refine import CRFRefiner
 from sklearn_clasp.visualize import overlay
 
@@ -103,7 +96,7 @@ def test_outputs_match_segment_image_and_json_records_them(tmp_path):
     for path in paths:
         name = path.stem
         image = np.asarray(Image.open(path).convert("RGB"))
-        record, expected = segment_image(_pipe(), str(path))
+        expected, record = clasp_one(_pipe(), str(path))
         mask = _read_png(out / f"{name}_mask.png")
         assert mask.shape == image.shape[:2]
         np.testing.assert_array_equal(mask, expected)
@@ -265,7 +258,8 @@ def test_settings_hash_tracks_results_not_speed():
     fast = _pipe().set_params(refine__n_jobs=2, embed__n_jobs=2)
     assert settings_hash(fast) == base
     settings = pipeline_settings(_pipe())
-    assert settings["embed"] == "<HandcraftedPatchEmbedder>"
+    assert settings["embed"] == "handcrafted"
+    assert "segment" not in settings  # the usual steps are not named
     assert settings["refine__method"] == "nearest"
     assert not any(k.endswith("n_jobs") or k == "memory" for k in settings)
     json.dumps(settings, allow_nan=False)
@@ -332,7 +326,7 @@ def test_interrupted_run_leaves_complete_outputs_and_resumes(tmp_path, monkeypat
                                                              count_embedded):
     _write_images(tmp_path / "in", n=5)
     out = tmp_path / "out"
-    real_write = batch_module._atomic_write
+    real_write = store_module.atomic_write
     written = []
 
     def interrupting_write(path, write, **kwargs):
@@ -345,13 +339,13 @@ def test_interrupted_run_leaves_complete_outputs_and_resumes(tmp_path, monkeypat
         written.append(path.name)
         return real_write(path, write, **kwargs)
 
-    monkeypatch.setattr(batch_module, "_atomic_write", interrupting_write)
+    monkeypatch.setattr(store_module, "atomic_write", interrupting_write)
     with pytest.raises(KeyboardInterrupt):
         segment_collection(tmp_path / "in", out, pipeline=_pipe())
     # two complete images, the third's mask without its record; no temporary files
     assert _listing(out) == sorted(_expected_files(["img0", "img1"]) + ["img2_mask.png"])
 
-    monkeypatch.setattr(batch_module, "_atomic_write", real_write)
+    monkeypatch.setattr(store_module, "atomic_write", real_write)
     count_embedded.clear()
     report = segment_collection(tmp_path / "in", out, pipeline=_pipe())
     assert [r["status"] for r in report.results] == ["skipped"] * 2 + ["done"] * 3
@@ -364,31 +358,33 @@ def test_interrupted_run_leaves_complete_outputs_and_resumes(tmp_path, monkeypat
 # --------------------------------------------------------------------------
 
 
-def test_corrupt_image_is_recorded_and_others_are_done(tmp_path):
+def test_corrupt_image_is_recorded_once_and_others_are_done(tmp_path, caplog):
     _write_images(tmp_path / "in", n=3)
     (tmp_path / "in" / "broken.png").write_bytes(b"this is not a PNG")
     out = tmp_path / "out"
-    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=2)
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=3)
     assert (report.n_done, report.n_failed) == (3, 1)
     (failure,) = report.failures
     assert failure["name"] == "broken"
     assert failure["source"] == str((tmp_path / "in" / "broken.png").resolve())
     assert failure["error"].startswith("ValueError: ")
     assert "not a readable image" in failure["error"]
-    assert failure["attempts"] == 2
+    assert failure["attempts"] == 1  # a deterministic failure is not retried
     assert failure["n_clusters"] is None
     assert _listing(out) == sorted(_expected_files(["img0", "img1", "img2"]) + [FAILURES_FILE])
     (line,) = (out / FAILURES_FILE).read_text().splitlines()
     logged = json.loads(line)
     assert (logged["name"], logged["error_type"], logged["attempts"]) == ("broken",
-                                                                          "ValueError", 2)
+                                                                          "ValueError", 1)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "broken" in r.message]
+    assert len(warnings) == 1  # one message
     assert "broken" in report.summary() and "failures:" in report.summary()
     assert report.segments_histogram == CollectionReport(
         [r for r in report.results if r["status"] == "done"]).segments_histogram
 
 
 class _FailsOnce(CRFRefiner):
-    """A refiner whose first call fails: a transient error."""
+    """A refiner whose first call fails."""
 
     def transform(self, X):
         if not getattr(type(self), "failed", False):
@@ -397,14 +393,18 @@ class _FailsOnce(CRFRefiner):
         return super().transform(X)
 
 
-def test_transient_failure_is_retried(tmp_path):
-    _write_images(tmp_path / "in", n=1)
+def test_a_failing_step_fails_its_image_once(tmp_path):
+    _write_images(tmp_path / "in", n=2)
     pipe = _pipe()
     pipe.steps[-1] = ("refine", _FailsOnce(method="nearest"))
     _FailsOnce.failed = False
     report = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=pipe)
-    assert report.n_done == 1
-    assert json.loads((tmp_path / "out" / "img0.json").read_text())["attempts"] == 2
+    assert [r["status"] for r in report.results] == ["failed", "done"]
+    assert report.failures[0]["error"] == "OSError: disk hiccup"
+    assert report.failures[0]["attempts"] == 1
+    assert json.loads((tmp_path / "out" / "img1.json").read_text())["attempts"] == 1
+    # the next run finishes the image
+    assert segment_collection(tmp_path / "in", tmp_path / "out", pipeline=pipe).n_done == 1
 
 
 # --------------------------------------------------------------------------
@@ -495,17 +495,17 @@ def test_a_killed_writer_leaves_no_temporary_file_after_an_interruption(tmp_path
     """A worker killed mid-write cannot clean up; the interrupted run removes its files."""
     _write_images(tmp_path / "in", n=3)
     out = tmp_path / "out"
-    real_write = batch_module._atomic_write
+    real_write = store_module.atomic_write
 
     def killed_mid_write(path, write, **kwargs):
         if path.name == "img1_mask.png":  # as if SIGKILLed: the temporary file stays
-            batch_module._temporary_name(path, kwargs["run_id"]).write_bytes(b"half")
+            temporary_name(path, kwargs["tag"]).write_bytes(b"half")
             raise KeyboardInterrupt
         return real_write(path, write, **kwargs)
 
     (out / "stranger").mkdir(parents=True)  # others' files are left alone
     (out / ".someone-else.tmp").write_bytes(b"x")
-    monkeypatch.setattr(batch_module, "_atomic_write", killed_mid_write)
+    monkeypatch.setattr(store_module, "atomic_write", killed_mid_write)
     with pytest.raises(KeyboardInterrupt):
         segment_collection(tmp_path / "in", out, pipeline=_pipe())
     assert _listing(out) == sorted([".someone-else.tmp", "stranger"]
@@ -552,7 +552,7 @@ def test_directories_that_cannot_be_listed(tmp_path, monkeypatch, caplog):
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    with caplog.at_level("WARNING", logger="sklearn_clasp.batch"):
+    with caplog.at_level("WARNING", logger="sklearn_clasp.io"):
         assert [n for _, n in find_images(folder)] == ["img0"]
     assert "cannot list the directory" in caplog.text and "locked" in caplog.text
     with pytest.raises(PermissionError, match="cannot list the directory .*locked.* Make it "

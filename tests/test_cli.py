@@ -19,21 +19,15 @@ from scipy.io import savemat
 from threadpoolctl import threadpool_limits
 
 from sklearn_clasp import make_clasp_pipeline
-from sklearn_clasp.cli import (
-    DINOV2_MODELS,
-    build_pipeline,
-    find_mask_files,
-    main,
-    read_label_file,
-    score_prediction,
-)
+from sklearn_clasp.cli import main
+from sklearn_clasp.io import find_mask_files, read_label_file
+from sklearn_clasp.metrics import score_prediction
 from sklearn_clasp.data import SAMPLE_IMAGE_NAMES, sample_image_paths
 from sklearn_clasp.datasets import make_shapes_image
-from sklearn_clasp.image import DEFAULT_MAX_IMAGE_PIXELS
 from sklearn_clasp.metrics import segmentation_covering, variation_of_information
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["--embedder", "handcrafted", "--short-side", "none"]
+FAST = ["--embedder", "handcrafted", "--embed-short-side", "none"]
 
 
 @pytest.fixture(autouse=True)
@@ -84,19 +78,13 @@ def test_sample_images_are_small_rgb_jpegs():
     assert "CC0" in licences and "public domain" in licences
 
 
-def test_model_names_match_the_weights_table():
-    from sklearn_clasp.embedding._weights import OFFICIAL_WEIGHTS
-
-    assert sorted(DINOV2_MODELS) == sorted(OFFICIAL_WEIGHTS)
-
-
 # --------------------------------------------------------------------------
 # segment
 # --------------------------------------------------------------------------
 def test_segment_writes_masks_overlays_json_and_a_summary(image_dir, tmp_path, capsys):
     out = tmp_path / "out"
     status = main(["segment", str(image_dir), "--out", str(out), "--k-max", "12",
-                   "--beta", "0.5", "--seed", "3", "--crf-iterations", "5", *FAST])
+                   "--beta", "0.5", "--random-state", "3", "--refine-n-iter", "5", *FAST])
     assert status == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["a.json", "a_mask.png", "a_overlay.png",
@@ -128,7 +116,7 @@ def test_segment_writes_masks_overlays_json_and_a_summary(image_dir, tmp_path, c
 def test_a_corrupt_image_fails_alone(image_dir, tmp_path, capsys):
     (image_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     out = tmp_path / "out"
-    status = main(["segment", str(image_dir), "--out", str(out), "--no-crf", *FAST])
+    status = main(["segment", str(image_dir), "--out", str(out), "--refine", "nearest", *FAST])
     assert status == 1
     assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "b.json"]
     assert not (out / "broken_mask.png").exists()
@@ -142,7 +130,7 @@ def test_a_corrupt_image_fails_alone(image_dir, tmp_path, capsys):
 
 def test_rerun_skips_done_images_and_overwrite_redoes_them(image_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["segment", str(image_dir / "a.png"), "--out", str(out), "--no-crf", *FAST]
+    argv = ["segment", str(image_dir / "a.png"), "--out", str(out), "--refine", "nearest", *FAST]
     assert main(argv) == 0
     first = (out / "a.json").stat().st_mtime_ns
     capsys.readouterr()
@@ -159,7 +147,7 @@ def test_rerun_skips_done_images_and_overwrite_redoes_them(image_dir, tmp_path, 
 def test_no_overlay_and_quiet(image_dir, tmp_path, capsys):
     (image_dir / "broken.png").write_bytes(b"garbage")
     out = tmp_path / "out"
-    status = main(["segment", str(image_dir), "--out", str(out), "--no-crf", "--no-overlay",
+    status = main(["segment", str(image_dir), "--out", str(out), "--refine", "nearest", "--write-overlay", "false",
                    "-q", *FAST])
     assert status == 1
     assert not list(out.glob("*_overlay.png")) and (out / "a_mask.png").is_file()
@@ -171,7 +159,7 @@ def test_no_overlay_and_quiet(image_dir, tmp_path, capsys):
 def test_no_input_segments_the_bundled_samples(tmp_path, capsys):
     out = tmp_path / "out"
     status = main(["segment", "--out", str(out), "--embedder", "handcrafted",
-                   "--short-side", "56", "--no-crf"])
+                   "--embed-short-side", "56", "--refine", "nearest"])
     assert status == 0
     for path in sample_image_paths():
         mask = _read(out / f"{path.stem}_mask.png")
@@ -180,19 +168,30 @@ def test_no_input_segments_the_bundled_samples(tmp_path, capsys):
     assert "3 image(s): 3 segmented" in capsys.readouterr().out
 
 
-def test_run_options_reach_segment_collection(image_dir, tmp_path, monkeypatch):
-    from sklearn_clasp import batch
+@pytest.fixture
+def captured(monkeypatch):
+    """Replace segment_collection: record what the command line passes to it."""
+    import functools
+
+    from sklearn_clasp import collection
 
     seen = {}
 
+    @functools.wraps(collection.segment_collection)  # its options come from its signature
     def fake(inputs, out_dir, **kwargs):
         seen.update(kwargs, inputs=inputs, out_dir=out_dir)
-        return batch.CollectionReport([], out_dir=out_dir)
+        return collection.CollectionReport([], out_dir=out_dir)
 
-    monkeypatch.setattr(batch, "segment_collection", fake)
+    monkeypatch.setattr(collection, "segment_collection", fake)
+    monkeypatch.setattr("sklearn_clasp.cli._load_embedder", lambda pipeline: None)
+    return seen
+
+
+def test_run_options_reach_segment_collection(image_dir, tmp_path, captured):
+    seen = captured
     status = main(["segment", str(image_dir), "--out", str(tmp_path / "o"), "--n-jobs", "2",
-                   "--scheduler", "tcp://10.0.0.1:8786", "--overwrite", "--no-overlay",
-                   "--max-attempts", "5", "--progress", *FAST])
+                   "--scheduler", "tcp://10.0.0.1:8786", "--overwrite", "--write-overlay",
+                   "false", "--max-attempts", "5", "--progress", *FAST])
     assert status == 0
     assert seen["n_jobs"] == 2 and seen["scheduler"] == "tcp://10.0.0.1:8786"
     assert seen["overwrite"] is True and seen["write_overlay"] is False
@@ -200,11 +199,10 @@ def test_run_options_reach_segment_collection(image_dir, tmp_path, monkeypatch):
     assert [im.name for im in seen["inputs"]] == ["a", "b"]
     assert seen["pipeline"].get_params()["embed__short_side"] is None
     seen.clear()
-    assert main(["segment", str(image_dir), "--out", str(tmp_path / "o"), *FAST]) == 0
-    assert seen["n_jobs"] == 1 and seen["scheduler"] is None and seen["overwrite"] is False
-    assert seen["write_overlay"] is True and seen["max_attempts"] == 3
+    assert main(["segment", str(image_dir), "--out-dir", str(tmp_path / "o"), *FAST]) == 0
+    # options not given are not passed: segment_collection's own defaults apply
+    assert not {"n_jobs", "scheduler", "overwrite", "write_overlay", "max_attempts"} & set(seen)
     assert seen["progress"] is False  # stderr is not a terminal under pytest
-    assert seen["max_image_pixels"] == DEFAULT_MAX_IMAGE_PIXELS  # the guard is on by default
     for value, expected in [("1000", 1000), ("20_000_000", 20_000_000), ("none", None)]:
         seen.clear()
         assert main(["segment", str(image_dir), "--out", str(tmp_path / "o"),
@@ -218,24 +216,21 @@ def test_run_options_reach_segment_collection(image_dir, tmp_path, monkeypatch):
     assert seen["max_image_pixels"] == 5000
 
 
-def test_every_option_sets_its_parameter():
-    import argparse
-
-    from sklearn_clasp.cli import build_parser
-
-    args = build_parser().parse_args([
-        "segment", "--out", "o", "--embedder", "dinov2", "--model", "dinov2_vitb14",
-        "--weights", "w.pth", "--weights-sha256", "a" * 64, "--no-download", "--device",
-        "auto", "--dtype", "bfloat16", "--facet", "keys", "--layer", "-2", "--batch-size",
-        "4", "--short-side", "224", "--n-neighbors", "10", "--keep-negative", "--k-min", "3",
-        "--k-max", "9", "--beta", "0.25", "--spectrum", "normalized", "--eigengap-rule",
-        "largest", "--single-segment-threshold", "none", "--n-init", "5", "--seed", "7",
-        "--refine", "bilinear", "--crf-iterations", "3", "--crf-gt-prob", "0.7",
-        "--crf-gaussian-sxy", "2", "--crf-gaussian-compat", "1", "--crf-bilateral-sxy", "50",
-        "--crf-bilateral-srgb", "9", "--crf-bilateral-compat", "6",
-    ])
-    assert isinstance(args, argparse.Namespace)
-    params = build_pipeline(vars(args)).get_params()
+def test_every_option_sets_its_parameter(image_dir, tmp_path, captured):
+    argv = ["segment", str(image_dir), "--out", str(tmp_path / "o"), "--embedder", "dinov2",
+            "--embed-model", "dinov2_vitb14", "--embed-weights", "w.pth",
+            "--embed-weights-sha256", "a" * 64, "--embed-download", "false", "--embed-device",
+            "auto", "--embed-dtype", "bfloat16", "--embed-facet", "keys", "--embed-layer", "-2",
+            "--embed-batch-size", "4", "--embed-short-side", "224", "--affinity-n-neighbors",
+            "10", "--affinity-clip-negative", "false", "--k-min", "3", "--k-max", "9",
+            "--beta", "0.25", "--segment-spectrum", "normalized", "--segment-eigengap-rule",
+            "largest", "--segment-single-segment-threshold", "none", "--segment-n-init", "5",
+            "--random-state", "7", "--refine", "bilinear", "--refine-n-iter", "3",
+            "--refine-gt-prob", "0.7", "--refine-gaussian-sxy", "2", "--refine-gaussian-compat",
+            "1", "--refine-bilateral-sxy", "50", "--refine-bilateral-srgb", "9",
+            "--refine-bilateral-compat", "6"]
+    assert main(argv) == 0
+    params = captured["pipeline"].get_params()
     expected = {
         "embed__model": "dinov2_vitb14", "embed__weights": "w.pth",
         "embed__weights_sha256": "a" * 64, "embed__download": False,
@@ -253,24 +248,70 @@ def test_every_option_sets_its_parameter():
     assert {k: params[k] for k in expected} == expected
 
 
-def test_paper_and_handcrafted_options():
-    from sklearn_clasp.cli import build_parser
-
-    parse = build_parser().parse_args
-    params = build_pipeline(vars(parse(["segment", "--paper", *FAST]))).get_params()
+def test_paper_preset_and_handcrafted_options(image_dir, tmp_path, captured):
+    out = ["--out", str(tmp_path / "o")]
+    assert main(["segment", str(image_dir), "--paper", *out, *FAST]) == 0
+    params = captured["pipeline"].get_params()
     assert params["segment__eigengap_rule"] == "elbow"
     assert params["segment__single_segment_threshold"] is None
     # explicit options override the paper's settings
-    args = parse(["segment", "--paper", "--eigengap-rule", "relative", "--color-weight", "2",
-                  "--texture-weight", "0", "--position-weight", "0.3", "--color-sigma", "9",
-                  *FAST])
-    params = build_pipeline(vars(args)).get_params()
+    assert main(["segment", str(image_dir), "--paper", "--segment-eigengap-rule", "relative",
+                 "--embed-color-weight", "2", "--embed-texture-weight", "0",
+                 "--embed-position-weight", "0.3", "--embed-color-sigma", "9", *out,
+                 *FAST]) == 0
+    params = captured["pipeline"].get_params()
     assert params["segment__eigengap_rule"] == "relative"
     assert params["segment__spectrum"] == "affinity"
     assert (params["embed__color_weight"], params["embed__texture_weight"],
             params["embed__position_weight"], params["embed__color_sigma"]) == (2, 0, 0.3, 9)
-    assert build_pipeline(vars(parse(["segment", "--no-crf", *FAST]))).get_params()[
-        "refine__method"] == "nearest"
+
+
+def test_cli_toml_and_json_names_of_every_setting_agree(image_dir, tmp_path):
+    """One name per setting: the parameter path is the TOML key and the JSON key, and
+    the option is derived from it; a record's settings run the same pipeline again."""
+    from sklearn_clasp.cli import build_parser, flag_of, pipeline_setting_specs, \
+        run_setting_specs
+    from sklearn_clasp.collection import segment_collection
+
+    parser = build_parser("segment")
+    (sub,) = [a for a in parser._actions if hasattr(a, "choices") and a.choices]
+    options = {opt for action in sub.choices["segment"]._actions
+               for opt in action.option_strings}
+    specs = pipeline_setting_specs() + run_setting_specs()
+    for spec in specs:
+        assert spec.flag == flag_of(spec.name) in options
+        assert spec.flag == "--" + spec.name.replace("__", "-").replace("_", "-")
+    assert len({s.flag for s in specs}) == len(specs)  # no two settings share an option
+    # every pipeline setting of a record is a setting name; fed back, it gives the same hash
+    pipe = make_clasp_pipeline("handcrafted", short_side=None, refine="nearest",
+                               random_state=0)
+    segment_collection(image_dir / "a.png", tmp_path / "run", pipeline=pipe)
+    record = _json(tmp_path / "run" / "a.json")
+    names = {s.name for s in pipeline_setting_specs()} | {"embed"}
+    assert set(record["settings"]) <= names
+    toml = "".join(f"{k} = {json.dumps('none' if v is None else v)}\n"
+                   for k, v in record["settings"].items())
+    (tmp_path / "settings.toml").write_text(toml)
+    for config in (tmp_path / "run" / "a.json", tmp_path / "settings.toml"):
+        assert main(["segment", str(image_dir / "a.png"), "--config", str(config),
+                     "--out", str(tmp_path / "run"), "-q"]) == 0
+        again = _json(tmp_path / "run" / "a.json")
+        assert again["run_id"] == record["run_id"]  # skipped: the same settings hash
+
+
+def test_help_lists_options_by_stage_with_the_estimators_defaults(capsys):
+    from sklearn_clasp import AdaptiveSpectralSegmenter, CRFRefiner
+
+    assert main(["segment", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    order = [text.index(g) for g in ("common settings (aliases):", "embed: both embedders:",
+                                     "affinity:", "segment:", "refine:", "running:")]
+    assert order == sorted(order)
+    assert "--segment-k-max N Largest K" in text
+    seg, ref = AdaptiveSpectralSegmenter(), CRFRefiner()
+    assert f"(default: {seg.k_max})" in text[text.rindex("--segment-k-max N"):][:300]
+    assert f"(default: {ref.n_iter})" in text[text.rindex("--refine-n-iter N"):][:300]
+    assert "--k-max N alias of --segment-k-max" in text
 
 
 # --------------------------------------------------------------------------
@@ -279,22 +320,24 @@ def test_paper_and_handcrafted_options():
 def test_config_file_values_apply_and_command_line_overrides(image_dir, tmp_path):
     config = tmp_path / "clasp.toml"
     config.write_text(
-        "[segment]\n"
         'embedder = "handcrafted"\n'
+        'out_dir = "results"\n'
+        'inputs = ["images/a.png"]\n'
+        "random_state = 11\n"
+        "[embed]\n"
         'short_side = "none"\n'
+        "[segment]\n"
         "k_max = 6\n"
         "beta = 0.25\n"
-        "no_crf = true\n"
-        "seed = 11\n"
-        'out = "results"\n'
-        'inputs = ["images/a.png"]\n'
+        "[refine]\n"
+        'method = "nearest"\n'
     )
     assert main(["segment", "--config", str(config)]) == 0
     record = _json(tmp_path / "results" / "a.json")  # paths relative to the file
     settings = record["settings"]
     assert settings["segment__k_max"] == 6 and settings["segment__beta"] == 0.25
     assert settings["refine__method"] == "nearest" and settings["segment__random_state"] == 11
-    assert settings["embed__short_side"] is None
+    assert settings["embed__short_side"] is None  # "none": TOML has no null
     out2 = tmp_path / "cli"
     assert main(["segment", str(image_dir / "b.jpg"), "--config", str(config), "--out",
                  str(out2), "--k-max", "4"]) == 0
@@ -303,30 +346,31 @@ def test_config_file_values_apply_and_command_line_overrides(image_dir, tmp_path
     assert settings["segment__k_max"] == 4 and settings["segment__beta"] == 0.25
 
 
-def test_config_file_top_level_keys(tmp_path):
-    from sklearn_clasp.cli import build_parser, load_config
+def test_config_file_keys_are_setting_names_or_aliases(tmp_path):
+    from sklearn_clasp.cli import load_config
 
     config = tmp_path / "c.toml"
-    config.write_text('k_min = 3\ncrf_iterations = 2\nrefine = "crf"\nweights = "random"\n')
-    seg = build_parser()._subparsers._group_actions[0].choices["segment"]
-    assert load_config(config, seg) == {"k_min": 3, "crf_iterations": 2, "refine": "crf",
-                                        "weights": "random"}
+    config.write_text('k_min = 3\nrefine__n_iter = 2\nrefine = "crf"\n'
+                      '[embed]\nweights = "random"\n')
+    assert load_config(config) == {"segment__k_min": 3, "refine__n_iter": 2,
+                                   "refine__method": "crf", "embed__weights": "random"}
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("k_maxx = 3\n", "unknown key 'k_maxx'; valid keys: batch_size, beta,"),
-        ("[segment]\nbogus = 1\n", "unknown key 'bogus'"),
-        ("k_max = 0\n", "k_max: expected a positive integer"),
-        ('embedder = "sift"\n', "embedder = 'sift' is not one of dinov2, handcrafted"),
-        ('no_crf = "yes"\n', "no_crf must be true or false"),
-        ("k_max = [1, 2]\n", "k_max must be a single value"),
+        ("k_maxx = 3\n", "k_maxx: unknown setting; valid: affinity__clip_negative,"),
+        ("[segment]\nbogus = 1\n", "segment__bogus: unknown setting"),
+        ("k_max = 0\n", "k_max 0: must be an int in the range [1, inf)"),
+        ('embedder = "sift"\n', "embedder 'sift': must be a str among"),
+        ('refine__method = "yes"\n', "refine__method 'yes': must be a str among"),
+        ("k_max = [1, 2]\n", "k_max [1, 2]: must be an int"),
         ("k_max = \n", "is not valid TOML"),
-        ("k_max = 3\n[segment]\nk_max = 4\n", "set both at the top level and under"),
-        ("max_image_pixels = -5\n", "max_image_pixels: expected a positive integer or 'none'"),
-        ("max_pixels = 5\n", "unknown key 'max_pixels'"),
-        ("[segmentt]\nk_max = 4\n", "unknown key 'segmentt'"),
+        ("segment__k_max = 3\n[segment]\nk_max = 4\n", "segment__k_max is set twice"),
+        ("max_image_pixels = -5\n", "max_image_pixels -5: must be None or an int"),
+        ("max_pixels = 5\n", "max_pixels: unknown setting"),
+        ("[segmentt]\nk_max = 4\n", "segmentt__k_max: unknown setting"),
+        ("[segment.k]\nmax = 4\n", "nests too deep"),
     ],
 )
 def test_bad_config_files_exit_2(text, message, tmp_path, capsys):
@@ -418,22 +462,26 @@ def test_undecodable_file_names_are_printed_escaped(image_dir, tmp_path, capsys)
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["segment", "--k-min", "5", "--k-max", "3"], "--k-min 5 is larger than --k-max 3"),
-        (["segment", "--embedder", "handcrafted", "--weights", "w.pth"],
-         "--weights only applies to --embedder dinov2"),
-        (["segment", "--color-weight", "2"], "--color-weight only applies to --embedder "
-                                             "handcrafted"),
-        (["segment", "--embedder", "sift"], "invalid choice"),
-        (["segment", "--beta", "-1"], "non-negative"),
-        (["segment", "--short-side", "big"], "positive integer or 'none'"),
-        (["segment", "--crf-gt-prob", "1"], "strictly between 0 and 1"),
-        (["segment", "--single-segment-threshold", "2"], "in [0, 1] or 'none'"),
-        (["segment", "--n-jobs", "0"], "non-zero integer"),
-        (["segment", "--max-image-pixels", "0"], "positive integer or 'none'"),
-        (["segment", "--max-image-pixels", "lots"], "positive integer or 'none'"),
-        (["segment", "--no-crf", "--refine", "crf"], "--no-crf conflicts with --refine crf"),
-        (["segment", "--model", "vit_huge"], "invalid choice"),
+        (["segment", "--k-min", "5", "--k-max", "3"], "k_min=5 is larger than k_max=3"),
+        (["segment", "--embedder", "handcrafted", "--embed-weights", "w.pth"],
+         "embed__weights does not apply to embed='handcrafted': it is a setting of "
+         "embed='dinov2'. (--embed-weights)"),
+        (["segment", "--embed-color-weight", "2"],
+         "embed__color_weight does not apply to embed='dinov2'"),
+        (["segment", "--embedder", "sift"], "--embedder 'sift': must be a str among"),
+        (["segment", "--beta", "-1"], "--beta '-1': must be a float in the range [0.0, inf)"),
+        (["segment", "--embed-short-side", "big"], "must be an int in the range [1, inf) or None"),
+        (["segment", "--refine-gt-prob", "1"], "must be a float in the range (0.0, 1.0)"),
+        (["segment", "--segment-single-segment-threshold", "2"],
+         "must be a float in the range [0.0, 1.0] or None"),
+        (["segment", "--n-jobs", "0"], "--n-jobs '0': must be"),
+        (["segment", "--max-image-pixels", "0"], "must be None or an int in the range [1, inf)"),
+        (["segment", "--max-image-pixels", "lots"], "must be None or an int"),
+        (["segment", "--refine-method", "sharp"], "--refine-method 'sharp': must be a str among"),
+        (["segment", "--embed-model", "vit_huge"], "--embed-model 'vit_huge': must be"),
+        (["segment", "--overwrite", "maybe"], "--overwrite 'maybe': must be an instance of 'bool'"),
         (["segment", "--quiet", "--verbose"], "not allowed with argument"),
+        (["segment", "--crf-iterations", "5"], "unrecognized arguments: --crf-iterations"),
         (["frobnicate"], "invalid choice"),
         ([], "usage: clasp"),
     ],
@@ -448,7 +496,7 @@ def test_usage_errors_exit_2(argv, message, tmp_path, capsys):
 
 def test_missing_out_and_no_images_are_usage_errors(tmp_path, capsys):
     assert main(["segment", "--embedder", "handcrafted"]) == 2
-    assert "--out DIR" in capsys.readouterr().err
+    assert "--out-dir DIR" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["segment", str(empty), "--out", str(tmp_path / "out"), *FAST]) == 2
@@ -463,7 +511,7 @@ def test_help_and_version_exit_0(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"clasp {__version__}"
-    for command in ("segment", "evaluate", "weights", "explain"):
+    for command in ("segment", "evaluate", "report", "weights", "explain"):
         assert main([command, "--help"]) == 0
         assert f"usage: clasp {command}" in capsys.readouterr().out
 
@@ -471,7 +519,7 @@ def test_help_and_version_exit_0(capsys):
 @pytest.fixture
 def no_weights_anywhere(tmp_path, monkeypatch):
     """No DINOv2 file on disk, and a download that fails as offline."""
-    from sklearn_clasp.embedding import _weights
+    from sklearn_clasp.embedding import weights as _weights
 
     empty = tmp_path / "weights"
     empty.mkdir()
@@ -490,30 +538,30 @@ def test_dinov2_without_weights_exits_3_with_the_ways_to_get_them(
     status = main(["segment", str(image_dir), "--out", str(tmp_path / "out")])
     assert status == 3
     err = capsys.readouterr().err
-    assert "could not load the dinov2 embedder" in err
+    assert "could not load the DinoPatchEmbedder" in err
     assert "dinov2_vits14_reg4_pretrain.pth" in err
     assert "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/" in err
     assert "SKLEARN_CLASP_WEIGHTS" in err and "torch hub cache" in err
-    assert "--weights PATH" in err
+    assert "--embed-weights PATH" in err
     assert not list((tmp_path / "out").glob("*.json"))
     # the same with --no-download (nothing attempted)
     assert main(["segment", str(image_dir), "--out", str(tmp_path / "out"),
-                 "--no-download"]) == 3
+                 "--embed-download", "false"]) == 3
     assert "download=False" in capsys.readouterr().err
 
 
 def test_missing_weights_file_exits_3(image_dir, tmp_path, capsys):
     missing = tmp_path / "missing.pth"
     status = main(["segment", str(image_dir), "--out", str(tmp_path / "out"),
-                   "--weights", str(missing)])
+                   "--embed-weights", str(missing)])
     assert status == 3
     assert f"weights={str(missing)!r}: no such file" in capsys.readouterr().err
 
 
 def test_dinov2_random_weights_end_to_end(image_dir, tmp_path):
     out = tmp_path / "out"
-    status = main(["segment", str(image_dir / "b.jpg"), "--out", str(out), "--weights",
-                   "random", "--short-side", "56", "--model", "dinov2_vits14", "--no-crf",
+    status = main(["segment", str(image_dir / "b.jpg"), "--out", str(out), "--embed-weights",
+                   "random", "--embed-short-side", "56", "--embed-model", "dinov2_vits14", "--refine", "nearest",
                    "-q"])
     assert status == 0
     record = _json(out / "b.json")
@@ -709,7 +757,7 @@ def test_score_prediction_mean_and_best():
 # --------------------------------------------------------------------------
 @pytest.fixture
 def weights_dirs(tmp_path, monkeypatch):
-    from sklearn_clasp.embedding import _weights
+    from sklearn_clasp.embedding import weights as _weights
 
     env, hub = tmp_path / "weights", tmp_path / "hub"
     env.mkdir()
@@ -731,14 +779,16 @@ def test_weights_lists_where_and_what(weights_dirs, capsys):
     out = capsys.readouterr().out
     assert f"$SKLEARN_CLASP_WEIGHTS = {env} (exists)" in out
     assert f"the torch hub cache: {hub}" in out
-    for model in DINOV2_MODELS:
+    from sklearn_clasp.embedding.weights import OFFICIAL_WEIGHTS
+
+    for model in OFFICIAL_WEIGHTS:
         assert f"\n{model}" in out
     assert "dinov2_vits14_reg4_pretrain.pth (88.3 MB)" in out
     assert ("https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/"
             "dinov2_vits14_reg4_pretrain.pth") in out
     assert "f433177089a681826f849f194ece3bb48f4d63fb38d32fc837e3dc7a4e5641fb" in out
     assert f"present:  {hub / 'dinov2_vits14_pretrain.pth'}" in out
-    assert out.count("present:  no") == len(DINOV2_MODELS) - 1
+    assert out.count("present:  no") == len(OFFICIAL_WEIGHTS) - 1
     assert "verified" not in out
 
 
@@ -755,7 +805,7 @@ def test_weights_verify_reports_a_mismatch(weights_dirs, capsys):
 def test_weights_verify_ok_with_a_known_digest(weights_dirs, monkeypatch, capsys):
     import hashlib
 
-    from sklearn_clasp.embedding import _weights
+    from sklearn_clasp.embedding import weights as _weights
 
     env, _ = weights_dirs
     data = b"a tiny stand-in checkpoint"
@@ -769,7 +819,7 @@ def test_weights_verify_ok_with_a_known_digest(weights_dirs, monkeypatch, capsys
 
 
 def test_weights_download_uses_the_download_function(weights_dirs, monkeypatch, capsys):
-    from sklearn_clasp.embedding import _weights
+    from sklearn_clasp.embedding import weights as _weights
 
     env, _ = weights_dirs
     calls = []
@@ -832,11 +882,11 @@ def test_python_dash_m_is_the_same_command(image_dir, tmp_path):
 
     done = run("--help")
     assert done.returncode == 0 and "usage: clasp" in done.stdout
-    for command in ("segment", "evaluate", "weights", "explain"):
+    for command in ("segment", "evaluate", "report", "weights", "explain"):
         assert command in done.stdout
-    done = run("segment", str(image_dir / "a.png"), "--out", "out", "--no-crf", *FAST)
+    done = run("segment", str(image_dir / "a.png"), "--out", "out", "--refine", "nearest", *FAST)
     assert done.returncode == 0, done.stderr
     assert "1 image(s): 1 segmented" in done.stdout
     assert (tmp_path / "out" / "a_mask.png").is_file()
     done = run("segment", "--k-min", "4", "--k-max", "2", "--out", "o", *FAST)
-    assert done.returncode == 2 and "--k-min 4 is larger than --k-max 2" in done.stderr
+    assert done.returncode == 2 and "k_min=4 is larger than k_max=2" in done.stderr

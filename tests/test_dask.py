@@ -16,14 +16,13 @@ import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from sklearn_clasp import HandcraftedPatchEmbedder, make_clasp_pipeline  # noqa: E402
-from sklearn_clasp import batch as batch_module  # noqa: E402
-from sklearn_clasp.batch import (  # noqa: E402
-    FAILURES_FILE,
-    pipeline_settings,
-    segment_collection,
-    settings_hash,
-)
+from sklearn_clasp import __version__  # noqa: E402
+from sklearn_clasp.collection import FAILURES_FILE, segment_collection  # noqa: E402
+from sklearn_clasp.collection.engine import Job, RunContext, segment_task  # noqa: E402
+from sklearn_clasp.collection.store import OutputStore  # noqa: E402
 from sklearn_clasp.datasets import make_shapes_image  # noqa: E402
+from sklearn_clasp.io import find_images  # noqa: E402
+from sklearn_clasp.pipeline import pipeline_settings, settings_hash  # noqa: E402
 from sklearn_clasp.refine import CRFRefiner  # noqa: E402
 
 SIZES = [(56, 70), (84, 98), (112, 140), (70, 84)]
@@ -139,9 +138,9 @@ def test_dask_run_writes_the_same_outputs_as_a_local_run(tmp_path, client):
         assert on_dask["attempts"] == 1
         assert on_dask["run_id"] == report.run_id
 
-    # each worker built the pipeline once, for these settings only
+    # each worker built the embedder once, for these settings only
     cached = client.run(
-        lambda dask_worker: sorted(getattr(dask_worker, "_sklearn_clasp_pipelines", {})))
+        lambda dask_worker: sorted(getattr(dask_worker, "_sklearn_clasp_embedders", {})))
     assert set(map(tuple, cached.values())) <= {(settings_hash(_pipe()),)}
     assert any(cached.values())
 
@@ -195,14 +194,10 @@ def test_killed_worker_images_are_retried_and_nothing_is_lost(tmp_path, client):
                                 client=client)
 
     assert (tmp_path / "killed-once").exists()  # a worker really died
-    assert (report.n_done, report.n_failed) == (7, 0)
-    # every output once, complete; no temporary files, no attempt markers
+    assert (report.n_done, report.n_failed) == (7, 0)  # the scheduler ran it again
+    # every output once, complete; no temporary files
     assert _listing(tmp_path / "out") == _expected_files(names)
     killed = _record(tmp_path / "out", "kill_once")
-    assert killed["attempts"] == 2
-    assert {r["name"]: r["attempts"] for r in report.results}["kill_once"] == 2
-    for name in names[:-1]:
-        assert _record(tmp_path / "out", name)["attempts"] == 1
     mask = _read_png(tmp_path / "out" / "kill_once_mask.png")
     assert mask.shape == tuple(killed["image_size"])
 
@@ -239,19 +234,19 @@ def test_a_retried_task_does_not_redo_or_rewrite_complete_outputs(tmp_path, monk
     monkeypatch.setattr(HandcraftedPatchEmbedder, "transform",
                         lambda self, X: calls.append(1) or original(self, X))
 
-    def context(run_id):
-        return {"digest": settings_hash(pipe), "settings": pipeline_settings(pipe),
-                "run_id": run_id, "write_overlay": True}
+    ctx = RunContext(digest=settings_hash(pipe), settings=pipeline_settings(pipe),
+                     max_image_pixels=None, overwrite=False, version=__version__)
 
     def task(run_id, overwrite=False):
-        return batch_module._dask_task(0, str(tmp_path / "in" / "a.png"), "a", str(out), pipe,
-                                       context(run_id), overwrite)
+        job = Job(index=0, name="a", path=str(tmp_path / "in" / "a.png"))
+        context = ctx if not overwrite else RunContext(**{**ctx.__dict__, "overwrite": True})
+        return segment_task(job, None, pipe, OutputStore(out, run_id), context)
 
     run = uuid.uuid4().hex[:16]
     first = task(run)
     assert (first["status"], first["attempts"], len(calls)) == ("done", 1, 1)
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    assert sorted(stamps) == _expected_files(["a"])  # attempt markers removed
+    assert sorted(stamps) == _expected_files(["a"])
 
     # the same task again (a retry after its worker died having written everything)
     for overwrite in (False, True):
@@ -270,7 +265,7 @@ def test_a_retried_task_does_not_redo_or_rewrite_complete_outputs(tmp_path, monk
 def test_workers_that_cannot_see_the_files_say_so(tmp_path, client):
     """An image that vanished before its task ran: the error explains the file view."""
     _write_images(tmp_path / "in", ["a", "b"])
-    images = batch_module.find_images(tmp_path / "in")
+    images = find_images(tmp_path / "in")
     (tmp_path / "in" / "b.png").unlink()
     report = segment_collection(images, tmp_path / "out", pipeline=_pipe(), client=client,
                                 max_attempts=2)
@@ -278,7 +273,7 @@ def test_workers_that_cannot_see_the_files_say_so(tmp_path, client):
     (failure,) = report.failures
     assert failure["error"].startswith("FileNotFoundError: the image ")
     assert "same view of the files" in failure["error"]
-    assert failure["attempts"] == 2
+    assert failure["attempts"] == 1  # a missing file is not retried
     assert _listing(tmp_path / "out") == sorted(_expected_files(["a"]) + [FAILURES_FILE])
 
 
@@ -295,6 +290,6 @@ def test_broken_and_oversized_files_on_the_cluster_fail_with_their_reasons(tmp_p
     assert "more than the limit of 8232 pixels" in errors["big"]
     assert "not a readable image file" in errors["broken"]
     assert "the file is empty (0 bytes)" in errors["empty"]
-    assert all(r["attempts"] == 2 for r in report.failures)
+    assert all(r["attempts"] == 1 for r in report.failures)  # each tried once
     assert _listing(tmp_path / "out") == sorted(_expected_files(["img0", "img1"])
                                                 + [FAILURES_FILE])

@@ -22,7 +22,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 
 from sklearn_clasp.embedding import DinoPatchEmbedder, load_dinov2
-from sklearn_clasp.embedding import _weights
+from sklearn_clasp.embedding import weights as _weights
 from sklearn_clasp.embedding._dinov2 import IMAGENET_MEAN, IMAGENET_STD, prepare_dino_input
 from sklearn_clasp.embedding._vit import MODEL_CONFIGS, build_dinov2
 from sklearn_clasp.image import resize_image

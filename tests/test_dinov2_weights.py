@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from sklearn_clasp.embedding import DinoPatchEmbedder, load_dinov2
-from sklearn_clasp.embedding import _weights
+from sklearn_clasp.embedding import weights as _weights
 from sklearn_clasp.embedding._vit import MODEL_CONFIGS, build_dinov2
-from sklearn_clasp.embedding._weights import (
+from sklearn_clasp.embedding.weights import (
     OFFICIAL_WEIGHTS,
     WEIGHTS_ENV_VAR,
     ChecksumMismatchError,

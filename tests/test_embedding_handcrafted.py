@@ -8,7 +8,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_clasp.embedding import HandcraftedPatchEmbedder, handcrafted_patch_features
 from sklearn_clasp.embedding._handcrafted import rgb_to_lab
-from sklearn_clasp.image import patch_grid_shape
+from sklearn_clasp.embedding import patch_grid_shape
 from sklearn_clasp.records import PatchGrid
 
 RED, BLUE, GREEN, GREY = (220, 30, 30), (30, 60, 220), (30, 180, 60), (128, 128, 128)
@@ -337,7 +337,7 @@ def test_patch_budget_bounds_the_grid(shape, caplog):
     img = np.full(shape + (3,), 90, np.uint8)
     unbounded = patch_grid_shape(*shape)  # 640 x 32 patches at short side 448
     assert unbounded[0] * unbounded[1] == 20_480
-    with caplog.at_level("INFO", logger="sklearn_clasp.embedding._handcrafted"):
+    with caplog.at_level("INFO", logger="sklearn_clasp.embedding._grid"):
         (rec,) = HandcraftedPatchEmbedder().transform([img])  # default budget, 10,000
     h, w = rec.grid_shape
     assert h * w <= 10_000 and rec.features.shape[:2] == (h, w)

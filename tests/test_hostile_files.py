@@ -127,7 +127,7 @@ def test_mixed_good_and_broken_files_through_clasp_segment(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "sklearn_clasp", "segment", str(root), "--out", str(out),
-         "--embedder", "handcrafted", "--short-side", "none", "--no-crf", "--n-jobs", "2"],
+         "--embedder", "handcrafted", "--embed-short-side", "none", "--refine", "nearest", "--n-jobs", "2"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:

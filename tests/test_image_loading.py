@@ -14,8 +14,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from sklearn_clasp import HandcraftedPatchEmbedder, make_clasp_pipeline
-from sklearn_clasp.image import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, load_image
-from sklearn_clasp.pipeline import segment_image
+from sklearn_clasp.io import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, load_image
+from sklearn_clasp.pipeline import clasp_one
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -149,7 +149,7 @@ def test_multi_frame_gif_gives_its_first_frame(tmp_path):
 
 def test_large_image_strips_assemble_exactly(tmp_path, monkeypatch):
     """Decoding goes strip by strip; the strips must join without a seam."""
-    from sklearn_clasp import image as image_module
+    from sklearn_clasp import io as image_module
 
     monkeypatch.setattr(image_module, "_STRIP_PIXELS", 7 * 30)  # 7-row strips
     rgb = _rgb(50, 30)
@@ -190,7 +190,7 @@ def test_mask_of_an_exif_rotated_photo_matches_its_displayed_orientation(tmp_pat
     path = _with_orientation(tmp_path / "rot.jpg", rgb, 6, "JPEG")  # displayed rotated 90
     pipe = make_clasp_pipeline("handcrafted", short_side=None, refine="nearest",
                                random_state=0)
-    record, mask = segment_image(pipe, str(path))
+    mask, record = clasp_one(pipe, str(path))
     assert mask.shape == (70, 42)
     # displayed: red on top, black below (rotated 90 degrees clockwise)
     assert record.image[5, 20, 0] > 200 and record.image[65, 20, 0] < 30
@@ -421,6 +421,6 @@ def test_tiny_and_extreme_aspect_files_are_segmented(tmp_path, shape):
 def test_constant_file_is_one_segment(tmp_path):
     Image.fromarray(np.full((56, 70, 3), 90, dtype=np.uint8)).save(tmp_path / "flat.png")
     pipe = make_clasp_pipeline("handcrafted", short_side=None, random_state=0)
-    record, mask = segment_image(pipe, str(tmp_path / "flat.png"))
+    mask, record = clasp_one(pipe, str(tmp_path / "flat.png"))
     assert record.info["n_clusters"] == 1
     assert np.all(mask == 0)

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 8
 # CRF refinement on a 20 x 20 patch grid: a few tenths of a second per image, so that
 # the run is still busy when a few outputs exist
-OPTIONS = ["--embedder", "handcrafted", "--short-side", "280", "--k-max", "6"]
+OPTIONS = ["--embedder", "handcrafted", "--embed-short-side", "280", "--k-max", "6"]
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -116,7 +116,7 @@ def test_sigterm_handler_is_installed_only_while_a_command_runs(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before
     seen = []
 
-    def probe(args, parser):
+    def probe(args):
         seen.append(signal.getsignal(signal.SIGTERM))
         return 0
 
@@ -127,7 +127,7 @@ def test_sigterm_handler_is_installed_only_while_a_command_runs(tmp_path):
     args.func = probe
     original = cli.build_parser
     try:
-        cli.build_parser = lambda: _Fixed(parser, args)
+        cli.build_parser = lambda command=None: _Fixed(parser, args)
         assert cli.main(["weights"]) == 0
     finally:
         cli.build_parser = original

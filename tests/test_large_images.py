@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from sklearn_clasp import make_clasp_pipeline
-from sklearn_clasp.image import patch_grid_shape
-from sklearn_clasp.pipeline import segment_image
+from sklearn_clasp.embedding import patch_grid_shape
+from sklearn_clasp.pipeline import clasp_one
 
 
 def two_halves(height, width, along="width"):
@@ -67,7 +67,7 @@ def test_patch_budget_keeps_the_aspect_ratio():
 @pytest.mark.parametrize("shape, along", [((20, 10000), "width"), ((10000, 20), "height")])
 def test_extreme_aspect_ratio(shape, along):
     pipe = make_clasp_pipeline("handcrafted", random_state=0, max_patches=2000)
-    record, mask = segment_image(pipe, two_halves(*shape, along=along))
+    mask, record = clasp_one(pipe, two_halves(*shape, along=along))
     rows, cols = record.grid_shape
     assert rows * cols <= 2000 and record.info["patch_budget_applied"]
     assert mask.shape == shape
@@ -86,7 +86,7 @@ def test_images_smaller_than_a_patch(shape, short_side):
     pipe = make_clasp_pipeline("handcrafted", short_side=short_side, random_state=0,
                                max_patches=1000)
     image = np.full(shape + (3,), 77, np.uint8)
-    record, mask = segment_image(pipe, image)
+    mask, record = clasp_one(pipe, image)
     assert mask.shape == shape and mask.dtype == np.int64
     assert record.info["n_clusters"] == 1 and np.all(mask == 0)
     assert record.labels.shape == record.grid_shape
@@ -96,7 +96,7 @@ def test_images_smaller_than_a_patch(shape, short_side):
 @pytest.mark.parametrize("shape", [(56, 56), (360, 480), (700, 300)])
 def test_constant_images_are_one_segment(shape, colour):
     pipe = make_clasp_pipeline("handcrafted", random_state=0)
-    record, mask = segment_image(pipe, np.full(shape + (3,), colour, np.uint8))
+    mask, record = clasp_one(pipe, np.full(shape + (3,), colour, np.uint8))
     assert record.info["single_segment"] and record.info["n_clusters"] == 1
     assert mask.shape == shape and not mask.any()
 
@@ -129,7 +129,7 @@ _HUGE = textwrap.dedent(
     import numpy as np
     sys.path.insert(0, {root!r})
     from sklearn_clasp import make_clasp_pipeline
-    from sklearn_clasp.pipeline import segment_image
+    from sklearn_clasp.pipeline import clasp_one
 
     def status(key):
         with open("/proc/self/status") as f:
@@ -145,7 +145,7 @@ _HUGE = textwrap.dedent(
     base = status("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    record, mask = segment_image(pipe, image)
+    mask, record = clasp_one(pipe, image)
     peak = status("VmHWM")
     print(json.dumps(dict(delta=peak - base, mask=mask.nbytes, shape=mask.shape,
                           grid=record.grid_shape,

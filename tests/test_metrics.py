@@ -4,9 +4,8 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator
 from sklearn.model_selection import GridSearchCV
-from sklearn.pipeline import Pipeline
 
 from sklearn_clasp.metrics import (
     SegmentationScoreAccumulator,
@@ -490,62 +489,23 @@ def test_scorer_errors():
         miou_scorer(RecordsOut(), [0], TRUTHS[:1])
 
 
-class FakeSegmentStep(TransformerMixin, BaseEstimator):
-    """Returns PatchGrid records, with info['silhouette'] = silhouettes[i] if given."""
+def test_silhouette_scorer_is_the_mean_silhouette_of_each_images_segmentation():
+    from sklearn_clasp import make_clasp_pipeline
+    from sklearn_clasp.datasets import make_shapes_image
+    from sklearn_clasp.pipeline import clasp_one
 
-    def __init__(self, silhouettes=None):
-        self.silhouettes = silhouettes
-
-    def fit(self, X, y=None):
-        return self
-
-    def transform(self, X):
-        out = []
-        for i, x in enumerate(X):
-            rec = x if isinstance(x, PatchGrid) else PatchGrid(
-                image=np.zeros((14, 14, 3), np.uint8), grid_shape=(1, 1), source=str(i))
-            if self.silhouettes is not None:
-                rec = rec.replace(info={"silhouette": self.silhouettes[i]})
-            out.append(rec)
-        return out
-
-
-class ExplodingRefiner(TransformerMixin, BaseEstimator):
-    """A refiner that must not run when the silhouette is already known."""
-
-    def fit(self, X, y=None):
-        raise AssertionError("the refiner was run")
-
-    def transform(self, X):
-        raise AssertionError("the refiner was run")
-
-
-class MaskRefiner(TransformerMixin, BaseEstimator):
-    def fit(self, X, y=None):
-        return self
-
-    def transform(self, X):
-        return [np.zeros((14, 14), np.int64) for _ in X]
-
-
-def test_silhouette_scorer_skips_the_refiner():
-    pipe = Pipeline([("segment", FakeSegmentStep([0.2, 0.6, 0.0])),
-                     ("refine", ExplodingRefiner())])
-    assert silhouette_scorer(pipe, [None] * 3) == pytest.approx(0.8 / 3)
-
-
-def test_silhouette_scorer_segmenter_last_and_plain_estimator():
-    pipe = Pipeline([("embed", FakeSegmentStep()),
-                     ("segment", FakeSegmentStep([0.5, -0.1]))])
-    assert silhouette_scorer(pipe, [None, None]) == pytest.approx(0.2)
-    assert silhouette_scorer(FakeSegmentStep([0.3]), [None], None) == pytest.approx(0.3)
+    images = [make_shapes_image(84, 98, n_shapes=n, random_state=n)[0] for n in (1, 3)]
+    pipe = make_clasp_pipeline("handcrafted", short_side=None, refine="nearest",
+                               random_state=0)
+    expected = np.mean([clasp_one(pipe, im)[1].info["silhouette"] for im in images])
+    assert silhouette_scorer(pipe, images) == pytest.approx(expected)
+    # the segmenter alone, on records
+    records = pipe[:2].fit_transform(images)
+    assert silhouette_scorer(pipe.named_steps["segment"], records) == pytest.approx(expected)
 
 
 def test_silhouette_scorer_errors():
-    pipe = Pipeline([("embed", FakeSegmentStep()), ("refine", MaskRefiner())])
+    from sklearn_clasp import HandcraftedPatchEmbedder
+
     with pytest.raises(ValueError, match="silhouette"):
-        silhouette_scorer(pipe, [None])
-    with pytest.raises(ValueError, match="silhouette"):
-        silhouette_scorer(FakeSegmentStep(), [None])
-    with pytest.raises(ValueError, match="finite"):
-        silhouette_scorer(FakeSegmentStep([float("nan")]), [None])
+        silhouette_scorer(HandcraftedPatchEmbedder(), [np.zeros((28, 28, 3), np.uint8)])

@@ -13,15 +13,16 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from sklearn_clasp import HandcraftedPatchEmbedder, make_clasp_pipeline
-from sklearn_clasp import batch as batch_module
 from sklearn_clasp import visualize
-from sklearn_clasp.batch import FAILURES_FILE, ImageInput, find_images, segment_collection
 from sklearn_clasp.cli import main
+from sklearn_clasp.collection import FAILURES_FILE, segment_collection
+from sklearn_clasp.collection import store as store_module
+from sklearn_clasp.io import ImageInput, atomic_write, find_images
 from sklearn_clasp.datasets import make_shapes_image
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-FAST = ["--embedder", "handcrafted", "--short-side", "none", "--no-crf"]
+FAST = ["--embedder", "handcrafted", "--embed-short-side", "none", "--refine", "nearest"]
 
 
 @pytest.fixture(autouse=True)
@@ -268,7 +269,7 @@ def test_unwritable_output_directory_fails_before_any_work(tmp_path, monkeypatch
         assert embedded == []  # nothing was read or embedded
         assert main(["segment", str(tmp_path / "in"), "--out", str(out), *FAST]) == 2
         err = capsys.readouterr().err
-        assert f"--out: cannot write into the output directory '{out}'" in err
+        assert f"--out-dir: cannot write into the output directory '{out}'" in err
         assert "fix its permissions or choose another output directory" in err
         assert embedded == []
     finally:
@@ -302,21 +303,21 @@ def test_output_directory_through_a_symlink_is_the_users_choice(tmp_path):
 def test_disk_full_fails_the_image_with_no_partial_file(tmp_path, monkeypatch):
     for i in range(3):
         _image(tmp_path / "in" / f"img{i}.png", seed=i)
-    real_save = visualize.save_png
+    real_save = store_module.save_png
 
-    def filling_save(path, array):
+    def filling_save(path, array, **kwargs):
         if "img1_mask" in os.fspath(path):  # the disk fills up while writing img1's mask
             with open(path, "wb") as fh:
                 fh.write(b"\x89PNG\r\n\x1a\n half")
             raise OSError(errno.ENOSPC, "No space left on device", os.fspath(path))
-        return real_save(path, array)
+        return real_save(path, array, **kwargs)
 
-    monkeypatch.setattr(visualize, "save_png", filling_save)
+    monkeypatch.setattr(store_module, "save_png", filling_save)
     out = tmp_path / "out"
     report = segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=2)
     assert (report.n_done, report.n_failed) == (2, 1)
     (failure,) = report.failures
-    assert failure["name"] == "img1" and failure["attempts"] == 2
+    assert failure["name"] == "img1" and failure["attempts"] == 1
     error = failure["error"]
     assert error.startswith("OSError: [Errno 28] could not write img1_mask.png in ")
     assert "the disk (or quota) is full" in error and "No partial file was left" in error
@@ -326,14 +327,14 @@ def test_disk_full_fails_the_image_with_no_partial_file(tmp_path, monkeypatch):
         + [FAILURES_FILE])
 
     # space freed: the re-run does the missing image only
-    monkeypatch.setattr(visualize, "save_png", real_save)
+    monkeypatch.setattr(store_module, "save_png", real_save)
     again = segment_collection(tmp_path / "in", out, pipeline=_pipe())
     assert [r["status"] for r in again.results] == ["skipped", "done", "skipped"]
 
 
 def test_disk_full_while_writing_the_record_leaves_it_unvouched(tmp_path, monkeypatch):
     _image(tmp_path / "in" / "a.png")
-    real_write = batch_module._atomic_write
+    real_write = store_module.atomic_write
 
     def full_on_json(path, write, **kwargs):
         if path.suffix == ".json":
@@ -343,12 +344,12 @@ def test_disk_full_while_writing_the_record_leaves_it_unvouched(tmp_path, monkey
             return real_write(path, partial, **kwargs)
         return real_write(path, write, **kwargs)
 
-    monkeypatch.setattr(batch_module, "_atomic_write", full_on_json)
+    monkeypatch.setattr(store_module, "atomic_write", full_on_json)
     out = tmp_path / "out"
     report = segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=1)
     assert report.n_failed == 1 and "quota" in report.failures[0]["error"]
     assert not (out / "a.json").exists() and _hidden(out) == []
-    monkeypatch.setattr(batch_module, "_atomic_write", real_write)
+    monkeypatch.setattr(store_module, "atomic_write", real_write)
     assert segment_collection(tmp_path / "in", out, pipeline=_pipe()).n_done == 1
 
 
@@ -358,19 +359,25 @@ def test_atomic_replace_swaps_a_link_and_never_touches_its_target(tmp_path):
     (tmp_path / "out").mkdir()
     link = tmp_path / "out" / "x.json"
     link.symlink_to(victim)
-    batch_module._atomic_write(link, lambda p: p.write_text("new"))
+    atomic_write(link, lambda p: p.write_text("new"))
     assert victim.read_text() == "precious"
     assert not link.is_symlink() and link.read_text() == "new"
     assert _hidden(tmp_path / "out") == []
 
 
-def test_overlays_of_huge_images_are_drawn_downscaled(monkeypatch):
-    monkeypatch.setattr(batch_module, "_OVERLAY_MAX_PIXELS", 100)
+def test_overlays_of_huge_images_are_drawn_downscaled(tmp_path, monkeypatch):
     image = np.zeros((40, 30, 3), dtype=np.uint8)
     mask = np.zeros((40, 30), dtype=np.int64)
     mask[:, 15:] = 1
-    small = batch_module._overlay(image, mask)
+    small = visualize.overlay(image, mask, max_pixels=100)
     assert small.shape[0] * small.shape[1] <= 100
     assert small.shape[:2] == (11, 8)
-    monkeypatch.setattr(batch_module, "_OVERLAY_MAX_PIXELS", 10_000)
-    assert batch_module._overlay(image, mask).shape == (40, 30, 3)
+    assert visualize.overlay(image, mask, max_pixels=10_000).shape == (40, 30, 3)
+    # the store draws at most OVERLAY_MAX_PIXELS
+    monkeypatch.setattr(store_module, "OVERLAY_MAX_PIXELS", 100)
+    store = store_module.OutputStore(tmp_path, run_id="r").prepare()
+    store.write("x", image, mask, {"timings": {}})
+    with Image.open(tmp_path / "x_overlay.png") as im:
+        assert im.size == (8, 11)
+    with Image.open(tmp_path / "x_mask.png") as im:
+        assert im.size == (30, 40)

@@ -25,7 +25,7 @@ from sklearn_clasp.metrics import (
     segmentation_scores,
     silhouette_scorer,
 )
-from sklearn_clasp.pipeline import STEP_NAMES, segment_image
+from sklearn_clasp.pipeline import STEP_NAMES, clasp_one
 
 
 @pytest.fixture(autouse=True)
@@ -119,9 +119,9 @@ def test_dinov2_pipeline_is_built_without_loading_weights():
     assert not hasattr(embed, "model_")  # nothing loaded until fit
     params = clone(pipe).get_params(deep=True)
     assert params["embed__model"] == "dinov2_vits14_reg"
-    # segment_image refuses an unfitted embedder, naming the fix
+    # clasp_one refuses an unfitted embedder, naming the fix
     with pytest.raises(NotFittedError, match=r"pipeline\[0\]\.fit"):
-        segment_image(pipe, np.zeros((28, 28, 3), np.uint8))
+        clasp_one(pipe, np.zeros((28, 28, 3), np.uint8))
 
 
 @pytest.mark.parametrize(
@@ -129,7 +129,6 @@ def test_dinov2_pipeline_is_built_without_loading_weights():
     [
         ({"embedder": "dino"}, ValueError, "embedder"),
         ({"embedder": "handcrafted", "refine": "gaussian"}, ValueError, "refine"),
-        ({"embedder": "handcrafted", "k_min": 5, "k_max": 3}, ValueError, "k_min=5"),
         ({"embedder": "handcrafted", "beta": -1}, ValueError, "beta"),
         ({"embedder": "handcrafted", "patch_sise": 14}, TypeError, "patch_sise"),
         ({"embedder": HandcraftedPatchEmbedder(), "short_side": 224}, TypeError,
@@ -139,6 +138,12 @@ def test_dinov2_pipeline_is_built_without_loading_weights():
 def test_make_clasp_pipeline_rejects_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         make_clasp_pipeline(**kwargs)
+
+
+def test_k_bounds_are_checked_where_the_segmenter_checks_them(shapes_data):
+    pipe = make_clasp_pipeline("handcrafted", k_min=5, k_max=3)  # parameters are only stored
+    with pytest.raises(ValueError, match="k_min=5 is larger than k_max=3"):
+        pipe.fit_predict(shapes_data[0][:1])
 
 
 # --------------------------------------------------------------------------
@@ -192,14 +197,14 @@ def test_segment_image_matches_fit_predict(shapes_data):
     images, _ = shapes_data
     pipe = _small_pipeline()
     expected, = clone(pipe).fit_predict([images[0]])
-    record, mask = segment_image(pipe, images[0])
+    mask, record = clasp_one(pipe, images[0])
     np.testing.assert_array_equal(mask, expected)
     assert isinstance(record, PatchGrid)
     assert record.labels.shape == record.grid_shape == (8, 10)
     assert record.info["n_clusters"] == int(record.labels.max()) + 1
     assert record.info["eigengap_k"] >= 1
     with pytest.raises(TypeError, match="CLASP Pipeline"):
-        segment_image(pipe.named_steps["segment"], images[0])
+        clasp_one(pipe.named_steps["segment"], images[0])
 
 
 def test_each_step_passes_on_what_later_steps_need(shapes_data):

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from sklearn_clasp import AdaptiveSpectralSegmenter, cosine_affinity, make_clasp_pipeline
-from sklearn_clasp.image import patch_grid_shape
-from sklearn_clasp.pipeline import segment_image
+from sklearn_clasp.embedding import patch_grid_shape
+from sklearn_clasp.pipeline import clasp_one
 
 # No example database: the tests leave no files behind.
 SETTINGS = settings(max_examples=30, deadline=None, database=None,
@@ -121,13 +121,13 @@ def small_images(draw):
 def test_pipeline_masks_have_the_images_shape(image, short_side, refine, seed):
     pipe = make_clasp_pipeline("handcrafted", short_side=short_side, refine=refine,
                                random_state=seed)
-    record, mask = segment_image(pipe, image)
+    mask, record = clasp_one(pipe, image)
     k = record.info["n_clusters"]
     assert mask.shape == image.shape[:2] and mask.dtype == np.int64
     _check_labelling(record.labels, k)
     # the refiner keeps (a subset of) the patch labels, never invents one
     assert set(np.unique(mask).tolist()) <= set(range(k))
-    record2, mask2 = segment_image(
+    mask2, record2 = clasp_one(
         make_clasp_pipeline("handcrafted", short_side=short_side, refine=refine,
                             random_state=seed), image)
     np.testing.assert_array_equal(mask, mask2)

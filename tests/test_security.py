@@ -24,8 +24,8 @@ import torch
 
 import sklearn_clasp
 from sklearn_clasp.embedding import DinoPatchEmbedder, load_dinov2
-from sklearn_clasp.embedding import _weights
-from sklearn_clasp.embedding._weights import (
+from sklearn_clasp.embedding import weights as _weights
+from sklearn_clasp.embedding.weights import (
     OFFICIAL_WEIGHTS,
     WEIGHTS_ENV_VAR,
     ChecksumMismatchError,
@@ -329,7 +329,7 @@ for mod in pkgutil.walk_packages(sklearn_clasp.__path__, "sklearn_clasp."):
     importlib.import_module(mod.name)
 from joblib import Parallel, delayed
 from sklearn_clasp import make_clasp_pipeline
-from sklearn_clasp.batch import segment_collection
+from sklearn_clasp.collection import segment_collection
 
 pipe = make_clasp_pipeline("handcrafted", short_side=None, refine="nearest", random_state=0)
 for n_jobs in (1, 2):
@@ -410,7 +410,7 @@ def test_security_is_passed_to_the_client(monkeypatch, tmp_path):
     from distributed.security import Security
 
     from sklearn_clasp import make_clasp_pipeline
-    from sklearn_clasp.batch import segment_collection
+    from sklearn_clasp.collection import segment_collection
 
     calls = _recording_client(monkeypatch)
     security = Security(tls_ca_file="ca.pem", tls_client_cert="c.pem",

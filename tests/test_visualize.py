@@ -10,9 +10,9 @@ from sklearn_clasp.visualize import (
     label_colors,
     mark_boundaries,
     overlay,
-    save_png,
     side_by_side,
 )
+from sklearn_clasp.io import save_png
 
 RED, GREEN, BLUE = (230, 25, 75), (60, 180, 75), (67, 99, 216)
 
@@ -260,8 +260,11 @@ def test_save_png_label_mask_8bit_round_trip(tmp_path):
     mask = np.array([[0, 1, 2], [255, 7, 0]], dtype=np.int64)
     path = save_png(tmp_path / "m8.png", mask)
     mode, back = _read(path)
-    assert mode == "L"
+    assert mode == "P"  # a palette PNG: the values are the labels, the colours visible
     np.testing.assert_array_equal(back, mask)
+    with Image.open(path) as im:
+        palette = np.array(im.getpalette()[:6]).reshape(2, 3)
+    np.testing.assert_array_equal(palette, label_colors(2))
 
 
 def test_save_png_label_mask_16bit_round_trip(tmp_path):

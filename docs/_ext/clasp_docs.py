@@ -48,7 +48,7 @@ API_MODULES = (
     "sklearn_clasp.image",
     "sklearn_clasp.embedding",
     "sklearn_clasp.embedding._dinov2",
-    "sklearn_clasp.embedding._weights",
+    "sklearn_clasp.embedding.weights",
     "sklearn_clasp.embedding._vit",
     "sklearn_clasp.affinity",
     "sklearn_clasp.spectral",

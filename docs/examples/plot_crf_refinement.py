@@ -64,13 +64,13 @@ plt.show()
 import numpy as np
 
 from sklearn_clasp.data import sample_image_paths
-from sklearn_clasp.pipeline import segment_image
+from sklearn_clasp.pipeline import clasp_one
 from sklearn_clasp.refine import refine_labels
 from sklearn_clasp.visualize import overlay
 
 photo_pipe = make_clasp_pipeline("handcrafted", random_state=0)
 photo_pipe[0].fit(None)
-record, photo_crf = segment_image(photo_pipe, sample_image_paths()[1])
+photo_crf, record = clasp_one(photo_pipe, sample_image_paths()[1])
 photo_nearest = refine_labels(record.labels, record.image, method="nearest")
 changed = np.mean(photo_crf != photo_nearest)
 print(f"K = {record.info['n_clusters']}; the CRF relabelled {changed:.1%} of the pixels")

@@ -76,17 +76,17 @@ plt.show()
 #
 # ``make_clasp_pipeline("dinov2", ...)`` passes embedder parameters through;
 # an already-fitted embedder can be reused so that the backbone is loaded
-# once. :func:`~sklearn_clasp.pipeline.segment_image` runs one image through
+# once. :func:`~sklearn_clasp.pipeline.clasp_one` runs one image through
 # the pipeline and returns its record with the segmenter's diagnostics.
 from sklearn_clasp import make_clasp_pipeline
-from sklearn_clasp.pipeline import segment_image
+from sklearn_clasp.pipeline import clasp_one
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the random-weights warning, seen above
     pipe = make_clasp_pipeline("dinov2", weights="random", short_side=168,
                                random_state=0)
     pipe[0].fit(None)
-record, mask = segment_image(pipe, paths[0])
+mask, record = clasp_one(pipe, paths[0])
 print(f"K = {record.info['n_clusters']} (meaningless with random weights), "
       f"mask {mask.shape}")
 

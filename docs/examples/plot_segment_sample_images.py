@@ -22,7 +22,7 @@ proper, with the same code.
 # per image.
 from sklearn_clasp import make_clasp_pipeline
 from sklearn_clasp.data import sample_image_paths
-from sklearn_clasp.image import load_image
+from sklearn_clasp.io import load_image
 
 paths = sample_image_paths()
 images = [load_image(path) for path in paths]

@@ -26,8 +26,8 @@ except ImportError:  # not installed: use the checkout this script lives in
 
 from sklearn_clasp import make_clasp_pipeline
 from sklearn_clasp.data import sample_image_paths
-from sklearn_clasp.image import load_image
-from sklearn_clasp.pipeline import segment_image
+from sklearn_clasp.io import load_image
+from sklearn_clasp.pipeline import clasp_one
 from sklearn_clasp.visualize import overlay, side_by_side
 
 logger = logging.getLogger("make_readme_figure")
@@ -59,7 +59,7 @@ def make_figure(out, *, random_state=0):
     rows = []
     for path in sample_image_paths():
         start = time.perf_counter()
-        record, mask = segment_image(pipe, path)
+        mask, record = clasp_one(pipe, path)
         logger.info("%s: grid %s, K=%d (eigengap %d), %d segments in the mask, %.2f s",
                     path.name, record.grid_shape, record.info["n_clusters"],
                     record.info["eigengap_k"], np.unique(mask).size,

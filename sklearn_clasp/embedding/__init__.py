@@ -8,12 +8,15 @@ The DINOv2 names are imported on first use, so that ``import sklearn_clasp``
 does not import torch.
 """
 
+from ._grid import MAX_PATCHES, patch_grid_shape
 from ._handcrafted import HandcraftedPatchEmbedder, handcrafted_patch_features
 
 __all__ = [
     "ChecksumMismatchError",
     "DinoPatchEmbedder",
     "HandcraftedPatchEmbedder",
+    "MAX_PATCHES",
+    "patch_grid_shape",
     "UnsafeCheckpointError",
     "WeightsUnavailableError",
     "handcrafted_patch_features",
@@ -24,9 +27,9 @@ __all__ = [
 _LAZY = {
     "DinoPatchEmbedder": "_dinov2",
     "load_dinov2": "_dinov2",
-    "ChecksumMismatchError": "_weights",
-    "UnsafeCheckpointError": "_weights",
-    "WeightsUnavailableError": "_weights",
+    "ChecksumMismatchError": "weights",
+    "UnsafeCheckpointError": "weights",
+    "WeightsUnavailableError": "weights",
 }
 
 

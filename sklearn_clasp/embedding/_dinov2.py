@@ -27,12 +27,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 
-from .._cache import check_cache_location
-from ..image import check_image_list, load_image, patch_grid_shape, resize_image
-from ._handcrafted import _log_patch_budget
+from ..io import check_cache_location
+from ..image import resize_image
+from ._grid import MAX_PATCHES, patch_grid_shape, prepare_images
 from ..records import PatchGrid
 from ._vit import MODEL_CONFIGS, build_dinov2
-from ._weights import load_checkpoint, load_state_dict_strict, resolve_weights
+from .weights import load_checkpoint, load_state_dict_strict, resolve_weights
 
 __all__ = [
     "DinoPatchEmbedder",
@@ -134,7 +134,7 @@ def prepare_dino_input(image, *, short_side=448, patch_size=14, max_patches=None
     short_side : int or None, default=448
         Target shorter side; ``None`` keeps the size (rounded to multiples of
         ``patch_size``, the paper's policy). See
-        :func:`~sklearn_clasp.image.patch_grid_shape`.
+        :func:`~sklearn_clasp.embedding.patch_grid_shape`.
     patch_size : int, default=14
     max_patches : int or None, default=None
         Patch budget: the grid is shrunk (aspect ratio kept) to at most this
@@ -299,7 +299,7 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
     max_patches : int or None, default=10_000
         Patch budget: a grid with more patches is shrunk, aspect ratio kept,
         to at most this many (see
-        :func:`~sklearn_clasp.image.patch_grid_shape`), so huge images and
+        :func:`~sklearn_clasp.embedding.patch_grid_shape`), so huge images and
         extreme aspect ratios are downscaled for the backbone instead of
         exhausting memory; ``info["patch_budget_applied"]`` says when. The
         default leaves every grid up to 1400 x 1400 pixels (100 x 100
@@ -397,7 +397,7 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
         weights_sha256=None,
         download=True,
         short_side=448,
-        max_patches=10_000,
+        max_patches=MAX_PATCHES,
         facet="tokens",
         layer=-1,
         batch_size=8,
@@ -524,19 +524,11 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
             ``patch_budget_applied``).
         """
         check_is_fitted(self, "model_")
-        items = check_image_list(X, step=type(self).__name__)
         p = self.model_.patch_size
-        sources, images, inputs, grids, budget = [], [], [], [], []
-        for i, item in enumerate(items):
-            source = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"image[{i}]"
-            image = load_image(item, name=source)
-            x, grid = prepare_dino_input(image, short_side=self.short_side, patch_size=p,
-                                         max_patches=self.max_patches)
-            budget.append(_log_patch_budget(image.shape, grid, self.short_side, p, source))
-            sources.append(source)
-            images.append(image)
-            inputs.append(x)
-            grids.append(grid)
+        prepared = prepare_images(X, step=type(self).__name__, short_side=self.short_side,
+                                  patch_size=p, max_patches=self.max_patches)
+        sources, images, grids, budget = zip(*prepared)
+        inputs = [resize_image(image, (g[0] * p, g[1] * p)) for image, g in zip(images, grids)]
         with _torch_threads(self.n_threads):
             features, cached = self._embed_inputs(inputs)
         return [

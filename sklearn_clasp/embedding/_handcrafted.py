@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from numbers import Integral, Real
 
 import numpy as np
@@ -20,7 +19,8 @@ from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval
 
-from ..image import check_image_list, load_image, patch_grid_shape, resize_image
+from ..image import resize_image
+from ._grid import MAX_PATCHES, prepare_images
 from ..records import PatchGrid
 
 __all__ = ["HandcraftedPatchEmbedder", "handcrafted_patch_features"]
@@ -338,26 +338,6 @@ def handcrafted_patch_features(
 # --- the estimator ------------------------------------------------------
 
 
-#: Default patch budget of the embedders: at most this many patches per image
-#: (100 x 100, a 1400 x 1400 pixel input), so that the dense float32 affinity
-#: stays within 400 MB (``sklearn_clasp.affinity.MAX_DENSE_SAMPLES``).
-MAX_PATCHES = 10_000
-
-
-def _log_patch_budget(image_shape, grid, short_side, patch_size, source):
-    """Whether the patch budget shrank ``grid``; logged at INFO level if so."""
-    full = patch_grid_shape(image_shape[0], image_shape[1], short_side=short_side,
-                            patch_size=patch_size)
-    if tuple(full) == tuple(grid):
-        return False
-    logger.info(
-        "%s: %d x %d image downscaled for the patch budget: %d x %d patches "
-        "instead of %d x %d", source, image_shape[0], image_shape[1], grid[0],
-        grid[1], full[0], full[1],
-    )
-    return True
-
-
 class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
     """Weights-free patch embedder: colour, texture and position per patch.
 
@@ -373,7 +353,7 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
     It has the same output contract and resize policy as the DINOv2 embedder:
     the image is scaled so that its shorter side is ``short_side`` pixels and
     each side is rounded to a multiple of ``patch_size``
-    (:func:`~sklearn_clasp.image.patch_grid_shape`).
+    (:func:`~sklearn_clasp.embedding.patch_grid_shape`).
 
     The embedder is stateless: :meth:`fit` only validates the parameters and
     :meth:`transform` can be called without it.
@@ -388,7 +368,7 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
     max_patches : int or None, default=10_000
         Patch budget: a grid with more patches is shrunk, aspect ratio kept,
         to at most this many (see
-        :func:`~sklearn_clasp.image.patch_grid_shape`), so huge images and
+        :func:`~sklearn_clasp.embedding.patch_grid_shape`), so huge images and
         extreme aspect ratios are downscaled instead of exhausting memory;
         ``info["patch_budget_applied"]`` says when. ``None`` sets no limit.
     color_weight : float, default=1.0
@@ -507,25 +487,17 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
         """
         self._validate_params()
         self._check_weights()
-        images = check_image_list(X, step=type(self).__name__)
-        if self.n_jobs in (None, 1) or len(images) == 1:
-            return [self._embed_one(img, i) for i, img in enumerate(images)]
+        prepared = prepare_images(X, step=type(self).__name__, short_side=self.short_side,
+                                  patch_size=self.patch_size, max_patches=self.max_patches)
+        if self.n_jobs in (None, 1) or len(prepared) == 1:
+            return [self._embed_one(*item) for item in prepared]
         return list(
             Parallel(n_jobs=self.n_jobs, prefer="threads")(
-                delayed(self._embed_one)(img, i) for i, img in enumerate(images)
+                delayed(self._embed_one)(*item) for item in prepared
             )
         )
 
-    def _embed_one(self, image, index):
-        is_path = isinstance(image, (str, os.PathLike))
-        source = os.fspath(image) if is_path else f"image[{index}]"
-        rgb = load_image(image, name=source)
-        grid = patch_grid_shape(
-            rgb.shape[0], rgb.shape[1], short_side=self.short_side,
-            patch_size=self.patch_size, max_patches=self.max_patches,
-        )
-        applied = _log_patch_budget(rgb.shape, grid, self.short_side, self.patch_size,
-                                    source)
+    def _embed_one(self, source, rgb, grid, budget_applied):
         features = handcrafted_patch_features(
             rgb,
             grid,
@@ -546,6 +518,6 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
             info={
                 "embedder": "handcrafted",
                 "input_size": (grid[0] * self.patch_size, grid[1] * self.patch_size),
-                "patch_budget_applied": applied,
+                "patch_budget_applied": budget_applied,
             },
         )

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import sha256_of_stream
 from ._vit import MODEL_CONFIGS, build_dinov2
 
 __all__ = [
@@ -211,14 +212,6 @@ def _stat_key(st):
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _hash_stream(fh):
-    """SHA-256 (hex) of what is left to read in the binary file ``fh``."""
-    h = hashlib.sha256()
-    for chunk in iter(lambda: fh.read(1 << 20), b""):
-        h.update(chunk)
-    return h.hexdigest()
-
-
 def _handle_sha256(fh):
     """SHA-256 of the open binary file ``fh`` from its start (remembered per file state)."""
     key = _stat_key(os.fstat(fh.fileno()))
@@ -226,7 +219,7 @@ def _handle_sha256(fh):
         digest = _DIGEST_MEMO.get(key)
     if digest is None:
         fh.seek(0)
-        digest = _hash_stream(fh)
+        digest = sha256_of_stream(fh)
         if _stat_key(os.fstat(fh.fileno())) == key:  # not written to while hashed
             with _DIGEST_LOCK:
                 while len(_DIGEST_MEMO) >= _DIGEST_MEMO_SIZE:

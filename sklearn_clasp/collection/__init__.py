@@ -1,0 +1,420 @@
+"""Segment image collections: files in; masks, overlays and JSON records out.
+
+:func:`segment_collection` runs a CLASP pipeline over a collection of image
+files and writes, for each image ``<name>``, into one output directory (see
+:mod:`~sklearn_clasp.collection.store`): ``<name>_mask.png`` (the integer
+mask, full size, a palette PNG), ``<name>_overlay.png`` and, last,
+``<name>.json`` (the record). A re-run skips the images whose record matches
+the input bytes and the settings; one failing image is recorded (in the
+report and in ``failures.jsonl``) and does not stop the others.
+
+The package has three parts: the output store
+(:mod:`~sklearn_clasp.collection.store`), the run engine
+(:mod:`~sklearn_clasp.collection.engine`: one per-image task on this process,
+local worker processes or a Dask cluster, with one retry policy: only for a
+worker that died) and the report (:class:`CollectionReport`). Inputs are
+found and named by :func:`sklearn_clasp.io.find_images`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from numbers import Integral
+from pathlib import Path
+
+from sklearn.pipeline import Pipeline
+from sklearn.utils._param_validation import Interval, validate_params
+
+from ..io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageInput,
+    check_image_inputs,
+    find_images,
+    is_inside,
+)
+from ..pipeline import pipeline_settings, settings_hash
+from .engine import Job, RunContext, run_dask, run_local
+from .store import FAILURES_FILE, OutputStore
+
+__all__ = ["FAILURES_FILE", "CollectionReport", "segment_collection"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectionReport:
+    """What :func:`segment_collection` did, image by image.
+
+    Parameters
+    ----------
+    results : list of dict
+        One per image, in input order: ``name``, ``source``, ``status``
+        (``"done"``, ``"skipped"`` or ``"failed"``), ``n_clusters`` (None when
+        failed), ``seconds`` (the image's processing time), ``error``
+        (``"Type: message"`` when failed, else None), ``attempts``.
+    out_dir : pathlib.Path, default=None
+        The output directory.
+    wall_seconds : float, default=0.0
+        Wall-clock time of the whole run.
+    settings_hash : str, default=None
+        :func:`~sklearn_clasp.pipeline.settings_hash` of the pipeline.
+    run_id : str, default=None
+        Identifier of the run, also stored in the records it wrote.
+
+    Examples
+    --------
+    >>> report = CollectionReport([
+    ...     {"name": "a", "source": "a.png", "status": "done", "n_clusters": 3,
+    ...      "seconds": 0.5, "error": None},
+    ...     {"name": "b", "source": "b.png", "status": "failed", "n_clusters": None,
+    ...      "seconds": 0.0, "error": "ValueError: not an image"}])
+    >>> report.n_done, report.n_failed, report.segments_histogram
+    (1, 1, {3: 1})
+    """
+
+    results: list
+    out_dir: Path | None = None
+    wall_seconds: float = 0.0
+    settings_hash: str | None = None
+    run_id: str | None = None
+
+    def _count(self, status):
+        return sum(r["status"] == status for r in self.results)
+
+    @property
+    def n_images(self):
+        """Number of images in the collection."""
+        return len(self.results)
+
+    @property
+    def n_done(self):
+        """Images segmented by this run."""
+        return self._count("done")
+
+    @property
+    def n_skipped(self):
+        """Images whose outputs were already complete for these settings."""
+        return self._count("skipped")
+
+    @property
+    def n_failed(self):
+        """Images that failed."""
+        return self._count("failed")
+
+    @property
+    def seconds(self):
+        """Wall-clock time of the run, in seconds."""
+        return self.wall_seconds
+
+    @property
+    def failures(self):
+        """The results of the images that failed."""
+        return [r for r in self.results if r["status"] == "failed"]
+
+    @property
+    def segments_histogram(self):
+        """``{K: number of images}`` over the done and skipped images, sorted by K."""
+        counts = Counter(r["n_clusters"] for r in self.results
+                         if r["status"] != "failed" and r.get("n_clusters") is not None)
+        return dict(sorted(counts.items()))
+
+    def summary(self):
+        """A multi-line human summary: counts, time, segments per image, failures."""
+        rate = self.n_done / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"{self.n_images} image(s): {self.n_done} segmented, {self.n_skipped} skipped "
+            f"(already done), {self.n_failed} failed; {self.seconds:.1f} s"
+            + (f" ({rate:.2f} images/s)" if self.n_done else "")
+        ]
+        hist = self.segments_histogram
+        if hist:
+            lines.append("segments per image:")
+            top = max(hist.values())
+            for k, n in hist.items():
+                bar = "#" * max(1, round(30 * n / top))
+                lines.append(f"  K={k:>3}  {n:>6}  {bar}")
+        if self.failures:
+            lines.append("failures:")
+            lines.extend(f"  {r['name']} ({r['source']}): {r['error']}" for r in self.failures)
+        if self.out_dir is not None:
+            lines.append(f"outputs: {self.out_dir}" + (
+                f" (failures also in {Path(self.out_dir) / FAILURES_FILE})"
+                if self.failures else ""))
+        return "\n".join(lines)
+
+
+@validate_params(
+    {
+        "inputs": "no_validation",
+        "out_dir": [str, os.PathLike],
+        "pipeline": [None, Pipeline],
+        "n_jobs": [Interval(Integral, None, -1, closed="right"),
+                   Interval(Integral, 1, None, closed="left"), None],
+        "client": "no_validation",
+        "scheduler": [None, str],
+        "security": "no_validation",
+        "overwrite": ["boolean"],
+        "progress": ["boolean"],
+        "max_attempts": [Interval(Integral, 1, None, closed="left")],
+        "write_overlay": ["boolean"],
+        "chunk_size": [None, Interval(Integral, 1, None, closed="left")],
+        "max_image_pixels": [None, Interval(Integral, 1, None, closed="left")],
+    },
+    prefer_skip_nested_validation=True,
+)
+def segment_collection(
+    inputs,
+    out_dir,
+    *,
+    pipeline=None,
+    n_jobs=1,
+    client=None,
+    scheduler=None,
+    security=None,
+    overwrite=False,
+    progress=False,
+    max_attempts=3,
+    write_overlay=True,
+    chunk_size=None,
+    max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+):
+    """Segment a collection of image files; write masks, overlays and records.
+
+    For each image ``<name>`` (see :func:`~sklearn_clasp.io.find_images`) writes
+    ``<name>_mask.png`` (the integer mask, full size: a palette PNG whose pixel
+    values are the labels), ``<name>_overlay.png``
+    (if ``write_overlay``) and, last, ``<name>.json``, each atomically, into
+    ``out_dir``. The JSON record holds ``source``, ``name``, ``input_sha256``
+    (of the file's bytes), ``settings_hash`` and ``settings`` (see
+    :func:`~sklearn_clasp.pipeline.pipeline_settings`; a record can be passed
+    back as ``clasp segment --config``), ``image_size``, ``grid_shape``, ``n_clusters``
+    (the chosen K), ``n_segments`` (labels present in the mask),
+    ``eigengap_k``, ``silhouette``, ``silhouette_scores`` (K as a string ->
+    score; null where a K gave no valid partition), ``eigenvalues``,
+    ``second_eigenvalue``, ``single_segment``, ``background``, ``timings`` (seconds per
+    stage: ``load``, ``embed`` (the image's share of its batch), ``affinity``,
+    ``segment``, ``refine``, ``write``), ``attempts``, ``run_id``,
+    ``outputs`` and ``sklearn_clasp_version``.
+
+    An image whose record exists with the same ``input_sha256`` and
+    ``settings_hash`` and whose mask (and overlay, if asked for) exists is
+    skipped, so an interrupted run resumes where it stopped: the JSON records
+    are the index of finished inputs. An interruption (``KeyboardInterrupt``)
+    stops the workers, removes this run's temporary files and is raised again;
+    only complete files are left. An image that fails (unreadable or damaged
+    file, an image over ``max_image_pixels``, an error in a step, a full disk)
+    is tried once and recorded as failed in the report and in
+    ``out_dir/failures.jsonl`` with a one-line reason; the others go on. Only
+    an image whose worker process died (a crash in native code, the
+    out-of-memory killer) is tried again, alone, up to ``max_attempts``
+    times.
+
+    Each image is segmented on its own, with the later steps fitted afresh on
+    it, so the results do not depend on ``n_jobs``, on the batching or on the
+    other images.
+
+    Parameters
+    ----------
+    inputs : str, path-like, list of those, or list of ImageInput
+        Image files, directories (searched recursively) and glob patterns, as
+        for :func:`~sklearn_clasp.io.find_images`, or its output. Images inside ``out_dir``
+        are left out. The names of given ``ImageInput`` items must be safe
+        (``[A-Za-z0-9._-]``, no leading dot) and unique, as
+        :func:`~sklearn_clasp.io.find_images` makes them.
+    out_dir : str or path-like
+        Output directory, created if missing. It must be writable: this is
+        checked before any image is read.
+    pipeline : Pipeline, default=None
+        A CLASP pipeline (:func:`~sklearn_clasp.pipeline.make_clasp_pipeline`);
+        ``None`` means ``make_clasp_pipeline("dinov2")``. It is not modified:
+        an unfitted embedder is fitted as a copy (fit ``pipeline[0]``
+        beforehand to reuse a loaded backbone across calls).
+    n_jobs : int, default=1
+        Local worker processes (loky) for the clustering, the CRF and the
+        writing, while this process loads and embeds the images in batches.
+        ``1`` runs everything here; ``-1`` uses all processors. The workers
+        are started for the call and stopped at its end. Ignored with Dask.
+    client : distributed.Client, default=None
+        Run on this Dask cluster: each image is sent as a path, each worker
+        builds the embedder once, segments the image and writes its outputs.
+        Workers need the package, the model weights and the same view of the
+        input and output paths.
+    scheduler : str, default=None
+        Address of a Dask scheduler (e.g. ``"tcp://host:8786"``): a client is
+        connected for this call and closed at its end. Not with ``client``.
+    security : distributed.security.Security, default=None
+        TLS settings for connecting to ``scheduler``.
+    overwrite : bool, default=False
+        Redo every image, even when its outputs are complete.
+    progress : bool, default=False
+        Show a progress bar (tqdm, on stderr) with images per second.
+    max_attempts : int, default=3
+        Starts of an image whose worker process died, before it is recorded as
+        failed. On Dask the scheduler reschedules such an image itself, up to
+        its ``distributed.scheduler.allowed-failures`` setting.
+    write_overlay : bool, default=True
+        Write ``<name>_overlay.png``.
+    chunk_size : int, default=None
+        Images loaded and embedded at a time (memory is bounded by about this
+        many images); ``None`` means ``max(8, 2 * n_jobs)``.
+    max_image_pixels : int or None, default=DEFAULT_MAX_IMAGE_PIXELS
+        Largest image (width x height, read from the file's header before
+        decoding) that is segmented; a larger one fails with
+        :class:`~sklearn_clasp.io.ImageTooLargeError`. A guard against
+        decompression bombs; ``None`` for no limit (see
+        :func:`~sklearn_clasp.io.load_image`).
+
+    Returns
+    -------
+    report : CollectionReport
+        Per-image results (``report.results``), counts, the histogram of
+        segments per image and ``report.summary()``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If an input matches no image.
+    OSError
+        If ``out_dir`` cannot be created or written to (before any work), or
+        is not a directory (:class:`NotADirectoryError`).
+    ConnectionError
+        If no client can be made for ``scheduler`` (unreachable, or the TLS
+        handshake is refused); no image has been read.
+    ValueError
+        If both ``client`` and ``scheduler`` are given, ``security`` without
+        ``scheduler``, or ``ImageInput`` items with unsafe or duplicate names.
+    KeyboardInterrupt
+        When interrupted, after stopping the work and removing this run's
+        temporary files.
+
+    See Also
+    --------
+    sklearn_clasp.io.find_images : How inputs are expanded and named.
+    sklearn_clasp.pipeline.clasp_one : One image, in memory.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> from sklearn_clasp import make_clasp_pipeline
+    >>> from sklearn_clasp.datasets import make_shapes_image
+    >>> root = Path(tempfile.mkdtemp())
+    >>> image, _ = make_shapes_image(56, 70, n_shapes=1)
+    >>> Image.fromarray(image).save(root / "shapes.png")
+    >>> pipe = make_clasp_pipeline("handcrafted", short_side=None, refine="nearest",
+    ...                            random_state=0)
+    >>> report = segment_collection(root / "shapes.png", root / "out", pipeline=pipe)
+    >>> report.n_done, sorted(p.name for p in (root / "out").iterdir())
+    (1, ['shapes.json', 'shapes_mask.png', 'shapes_overlay.png'])
+    >>> segment_collection(root / "shapes.png", root / "out", pipeline=pipe).n_skipped
+    1
+    """
+    wall_start = time.perf_counter()
+    if client is not None and scheduler is not None:
+        raise ValueError("segment_collection: pass either client= or scheduler=, not both.")
+    if security is not None and scheduler is None:
+        raise ValueError("segment_collection: security= applies to scheduler=; to use TLS with "
+                         "a client, create it with Client(address, security=security).")
+    if pipeline is None:
+        from ..pipeline import make_clasp_pipeline
+
+        pipeline = make_clasp_pipeline("dinov2")
+    if len(pipeline.steps) < 3:
+        raise TypeError(
+            f"segment_collection: pipeline must be a CLASP Pipeline of at least three steps "
+            f"(embedder, segmenter, refiner), e.g. make_clasp_pipeline('dinov2'); got "
+            f"{len(pipeline.steps)} step(s)."
+        )
+    out_dir = Path(os.path.abspath(out_dir))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"segment_collection: out_dir {str(out_dir)!r} exists and is "
+                                 f"not a directory; choose another output directory.")
+    if isinstance(inputs, (list, tuple)) and inputs and all(
+            isinstance(x, ImageInput) for x in inputs):
+        images = list(inputs)
+        check_image_inputs(images)
+    else:
+        images = find_images(inputs)
+    store = OutputStore(out_dir, run_id=OutputStore.new_run_id(),
+                        write_overlay=write_overlay).prepare()
+    kept = [im for im in images if not is_inside(im.path, out_dir)]
+    if len(kept) < len(images):
+        logger.info("left out %d image(s) inside the output directory %s",
+                    len(images) - len(kept), out_dir)
+    jobs = [Job(index=i, name=im.name, path=os.path.abspath(im.path))
+            for i, im in enumerate(kept)]
+    from .. import __version__
+
+    ctx = RunContext(digest=settings_hash(pipeline), settings=pipeline_settings(pipeline),
+                     max_image_pixels=max_image_pixels, overwrite=overwrite,
+                     version=__version__)
+    logger.info("segmenting %d image(s) into %s (settings %s, run %s)", len(jobs), out_dir,
+                ctx.digest[:12], store.run_id)
+
+    from tqdm.auto import tqdm
+
+    results, n_failed = {}, [0]
+    bar = tqdm(total=len(jobs), unit="img", desc="segment", disable=not progress,
+               dynamic_ncols=True)
+
+    def emit(result):
+        results[result["index"]] = result
+        if result["status"] == "failed":
+            logger.warning("%s (%s) failed: %s", result["name"], result["source"],
+                           result["error"])
+            store.append_failure(result)
+            n_failed[0] += 1
+            bar.set_postfix(failed=n_failed[0], refresh=False)
+        bar.update(1)
+
+    own_client = None
+    try:
+        if scheduler is not None:
+            from distributed import Client
+
+            try:
+                client = own_client = Client(scheduler, security=security)
+            except OSError as exc:  # refused, timed out, TLS handshake failed
+                raise ConnectionError(
+                    f"segment_collection: cannot connect to the Dask scheduler at "
+                    f"{scheduler!r} ({type(exc).__name__}: {exc}). Check the address and "
+                    f"that the scheduler is running; a tls:// scheduler also needs "
+                    f"security= with the cluster's CA and a client certificate "
+                    f"(clasp: --tls-ca-file, --tls-cert, --tls-key)."
+                ) from exc
+        if client is not None:
+            run_dask(jobs, store, pipeline, ctx, client=client, max_attempts=max_attempts,
+                     emit=emit)
+        else:
+            from joblib import effective_n_jobs
+
+            n_workers = effective_n_jobs(n_jobs)
+            run_local(jobs, store, pipeline, ctx, n_workers=n_workers,
+                      chunk_size=chunk_size or max(8, 2 * n_workers),
+                      max_attempts=max_attempts, emit=emit)
+    except KeyboardInterrupt:
+        # the workers are stopped by now; one killed mid-write leaves its temporary file
+        store.remove_temporaries()
+        logger.warning("interrupted with %d of %d image(s) accounted for; every output "
+                       "written is complete: run again to resume", len(results), len(jobs))
+        raise
+    finally:
+        bar.close()
+        if own_client is not None:
+            own_client.close()
+    ordered = []
+    for i in range(len(jobs)):
+        r = dict(results[i])
+        r.pop("index", None)
+        ordered.append(r)
+    report = CollectionReport(ordered, out_dir=out_dir,
+                              wall_seconds=time.perf_counter() - wall_start,
+                              settings_hash=ctx.digest, run_id=store.run_id)
+    logger.info("%d done, %d skipped, %d failed in %.1f s", report.n_done, report.n_skipped,
+                report.n_failed, report.seconds)
+    return report
