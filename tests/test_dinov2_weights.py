@@ -354,7 +354,7 @@ def test_random_weights_warn():
 def _record_hash_and_load(monkeypatch):
     """Record, in order, every hashing of file bytes and every ``torch.load``."""
     events = []
-    hash_stream, torch_load = _weights._hash_stream, torch.load
+    hash_stream, torch_load = _weights.sha256_of_stream, torch.load
 
     def hashing(fh):
         events.append("hash")
@@ -364,7 +364,7 @@ def _record_hash_and_load(monkeypatch):
         events.append("load")
         return torch_load(*args, **kwargs)
 
-    monkeypatch.setattr(_weights, "_hash_stream", hashing)
+    monkeypatch.setattr(_weights, "sha256_of_stream", hashing)
     monkeypatch.setattr(torch, "load", loading)
     return events
 
