@@ -37,7 +37,6 @@ import contextlib
 import datetime
 import hashlib
 import html
-import io
 import json
 import logging
 import math
@@ -46,6 +45,7 @@ import re
 import stat
 import time
 import uuid
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
@@ -94,10 +94,10 @@ def _text(value, limit=_MAX_TEXT):
 
 
 def _int(value):
-    """A non-negative int, or None (booleans are not numbers here)."""
+    """A non-negative int below 2**31, or None (booleans are not numbers here)."""
     if isinstance(value, bool) or not isinstance(value, Integral):
         return None
-    return int(value) if value >= 0 else None
+    return int(value) if 0 <= value < 2**31 else None
 
 
 def _float(value, lo=-math.inf, hi=math.inf):
@@ -141,6 +141,8 @@ def _read_record(path):
             return None, "not UTF-8 text"
         except ValueError as exc:
             return None, f"not valid JSON ({exc})"
+        except RecursionError:
+            return None, "not valid JSON (nested too deeply)"
         except OSError as exc:
             return None, f"cannot be read ({exc.strerror or exc})"
     if not isinstance(data, dict):
@@ -166,21 +168,21 @@ def _scan(out_dir):
     return sorted(names), regular, links
 
 
-def _output_file(stem, suffix, record_name, regular, links, warnings, what):
+def _output_file(stem, suffix, record_name, regular, links, notes, what):
     """Whether ``<stem><suffix>`` is usable; a warning when it is expected but not."""
     name = stem + suffix
     if name in regular:
         return True
     if name in links:
-        warnings.append(f"the {what} is a symbolic link (not followed)")
+        notes.append(f"the {what} is a symbolic link (not followed)")
     elif record_name is not None:
-        warnings.append(f"the {what} {record_name!r} is missing")
+        notes.append(f"the {what} {record_name!r} is missing")
     return False
 
 
 def _card(stem, record, stages, regular, links):
     """The compact entry of one record for the page, and what its thumbnails need."""
-    warnings = []
+    notes = []
     entry = {"n": _text(stem, 1000)}
     url = quote(os.fsencode(stem), safe="")
     if url != entry["n"]:
@@ -193,9 +195,9 @@ def _card(stem, record, stages, regular, links):
         if value is not None:
             entry[key] = value
         elif record.get(field) is not None:
-            warnings.append(f"{field} is not a count: {_text(record.get(field), 40)}")
+            notes.append(f"{field} is not a count: {_text(record.get(field), 40)}")
     if "n_clusters" not in record:
-        warnings.append("the record has no n_clusters")
+        notes.append("the record has no n_clusters")
     sil = _float(record.get("silhouette"), -1.0, 1.0)
     if sil is not None:
         entry["sil"] = round(sil, 4)
@@ -204,7 +206,7 @@ def _card(stem, record, stages, regular, links):
         segment = _int(bg.get("segment"))
         entry["bg"] = [segment, _round(_float(bg.get("score")), 4)]
     elif bg is not None:
-        warnings.append("the background entry is not an object")
+        notes.append("the background entry is not an object")
     size = record.get("image_size")
     if isinstance(size, list) and len(size) == 2 and all(_int(v) for v in size):
         entry["sz"] = [int(size[0]), int(size[1])]
@@ -213,8 +215,9 @@ def _card(stem, record, stages, regular, links):
         row = []
         for stage, seconds in timings.items():
             seconds = _float(seconds, 0.0)
-            if seconds is None or not isinstance(stage, str):
+            if seconds is None:
                 continue
+            stage = _text(stage, 40)
             if stage not in stages:
                 if len(stages) >= _MAX_STAGES:
                     continue
@@ -227,23 +230,21 @@ def _card(stem, record, stages, regular, links):
     outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else {}
     flags = 0
     mask_name = outputs.get("mask", stem + "_mask.png")
-    if _output_file(stem, "_mask.png", mask_name, regular, links, warnings, "mask"):
+    if _output_file(stem, "_mask.png", mask_name, regular, links, notes, "mask"):
         flags |= 1
     overlay_name = outputs.get("overlay", stem + "_overlay.png")
-    if _output_file(stem, "_overlay.png", overlay_name, regular, links, warnings, "overlay"):
+    if _output_file(stem, "_overlay.png", overlay_name, regular, links, notes, "overlay"):
         flags |= 2
-    elif overlay_name is None:
-        warnings.append("no overlay was written")
-    if _output_file(stem, "_explain.png", None, regular, links, warnings, "explain figure"):
+    if _output_file(stem, "_explain.png", None, regular, links, notes, "explain figure"):
         flags |= 4
     if flags:
         entry["f"] = flags
-    if warnings:
-        entry["w"] = [_text(w, 300) for w in warnings]
+    if notes:
+        entry["w"] = [_text(w, 300) for w in notes]
     return entry
 
 
-def _read_failures(path, warnings):
+def _read_failures(path, bad):
     """``{name: failure}``: the last failure of each name, with how many times it failed."""
     failures = {}
     try:
@@ -253,7 +254,7 @@ def _read_failures(path, warnings):
     except OSError as exc:
         reason = ("symbolic link (not followed)" if os.path.islink(path)
                   else f"cannot be read ({exc.strerror or exc})")
-        warnings.append({"file": _FAILURES_FILE, "reason": reason})
+        bad.append({"file": _FAILURES_FILE, "reason": reason})
         return failures
     with fh:
         number = 0
@@ -261,7 +262,7 @@ def _read_failures(path, warnings):
             try:
                 line = fh.readline(_MAX_FAILURE_LINE)
             except OSError as exc:
-                warnings.append({"file": _FAILURES_FILE, "reason": f"cannot be read ({exc})"})
+                bad.append({"file": _FAILURES_FILE, "reason": f"cannot be read ({exc})"})
                 break
             if not line:
                 break
@@ -270,17 +271,17 @@ def _read_failures(path, warnings):
             if not line.endswith(b"\n") and len(line) >= _MAX_FAILURE_LINE:
                 while line and not line.endswith(b"\n"):  # skip the rest of the line
                     line = fh.readline(_MAX_FAILURE_LINE)
-                warnings.append({"file": where, "reason": "line too long"})
+                bad.append({"file": where, "reason": "line too long"})
                 continue
             if not line.strip():
                 continue
             try:
                 item = json.loads(line.decode("utf-8"))
-            except ValueError as exc:  # UnicodeDecodeError too
-                warnings.append({"file": where, "reason": f"not valid JSON ({_text(exc, 200)})"})
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError too
+                bad.append({"file": where, "reason": f"not valid JSON ({_text(exc, 200)})"})
                 continue
             if not isinstance(item, dict):
-                warnings.append({"file": where, "reason": "not a JSON object"})
+                bad.append({"file": where, "reason": "not a JSON object"})
                 continue
             name = _text(item.get("name"), 1000) or "?"
             entry = {"n": name, "c": failures.get(name, {}).get("c", 0) + 1}
@@ -303,11 +304,15 @@ def _key(*parts):
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
-def _save_thumbnail(data, dest, size, max_pixels):
-    """Write a JPEG thumbnail (longest side ``size``) of the image file bytes ``data``."""
+def _save_thumbnail(fh, dest, size, max_pixels):
+    """Write a JPEG thumbnail (longest side ``size``) of the image in the open file ``fh``."""
     from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(data)) as im:
+    with warnings.catch_warnings():
+        # the size is checked against max_pixels below; Pillow's warning is noise
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(fh)
+    with im:
         width, height = im.size
         if max_pixels is not None and width * height > max_pixels:
             raise ValueError(f"{width} x {height} pixels, over the limit of {max_pixels}")
@@ -323,8 +328,8 @@ def _save_thumbnail(data, dest, size, max_pixels):
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
-                              0o666), "wb") as fh:
-                im.save(fh, format="JPEG", quality=85, optimize=True)
+                              0o666), "wb") as out:
+                im.save(out, format="JPEG", quality=85, optimize=True)
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -332,36 +337,41 @@ def _save_thumbnail(data, dest, size, max_pixels):
             raise
 
 
+def _open_source(path):
+    """The source image, for reading: the user's input, which may be reached by a link."""
+    fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError("not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _make_thumbnail(task):
     """Run one thumbnail task; return None or the reason it could not be made."""
     kind, path, dest, size, sha256 = task
+    what = "source image" if kind == "i" else "overlay"
     try:
-        if kind == "o":
-            fh, _ = _open_in_folder(path)
-        else:  # the source image: the user's input, which may be reached by a link
-            fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise OSError("not a regular file")
-                fh = os.fdopen(fd, "rb")
-            except BaseException:
-                os.close(fd)
-                raise
-        with fh:
-            data = fh.read()
+        fh = _open_in_folder(path)[0] if kind == "o" else _open_source(path)
     except FileNotFoundError:
-        return "the source image is not found" if kind == "i" else "the overlay is missing"
+        return f"the {what} is not found"
     except OSError as exc:
-        return f"cannot read the {'source image' if kind == 'i' else 'overlay'} " \
-               f"({exc.strerror or exc})"
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        return "the source image has changed since it was segmented"
-    try:
-        _save_thumbnail(data, dest, size, DEFAULT_MAX_IMAGE_PIXELS)
-    except Exception as exc:  # a damaged or unsupported file: shown, not raised
-        what = "source image" if kind == "i" else "overlay"
-        logger.debug("no thumbnail of %s: %s: %s", path, type(exc).__name__, exc)
-        return f"no thumbnail of the {what} ({type(exc).__name__}: {_text(exc, 200)})"
+        return f"cannot read the {what} ({exc.strerror or exc})"
+    with fh:
+        try:
+            if sha256 is not None:
+                digest = hashlib.sha256()
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+                if digest.hexdigest() != sha256:
+                    return "the source image has changed since it was segmented"
+                fh.seek(0)
+            _save_thumbnail(fh, dest, size, DEFAULT_MAX_IMAGE_PIXELS)
+        except Exception as exc:  # a damaged or unsupported file: shown, not raised
+            logger.debug("no thumbnail of %s: %s: %s", path, type(exc).__name__, exc)
+            return f"no thumbnail of the {what} ({type(exc).__name__}: {_text(exc, 200)})"
     return None
 
 
@@ -627,11 +637,19 @@ def write_report(out_dir, *, path=None, title=None, thumbnail_size=256, page_siz
     if title is None:
         title = f"CLASP report: {Path(os.path.abspath(out_dir)).name}"
 
-    names, regular, links = _scan(out_dir)
+    try:
+        names, regular, links = _scan(out_dir)
+    except OSError as exc:
+        raise OSError(exc.errno, f"write_report: cannot list the folder {str(out_dir)!r} "
+                                 f"({exc.strerror or exc}); make it readable.") from None
     stages, records, unreadable, tasks = {}, [], [], []
     run_ids, settings, seconds = set(), set(), 0.0
     for file_name in names:
         stem = file_name[:-5]
+        if file_name in links:  # checked here too: O_NOFOLLOW is not everywhere
+            unreadable.append({"file": _text(file_name, 1000),
+                               "reason": "symbolic link (not followed)"})
+            continue
         record, reason = _read_record(out_dir / file_name)
         if record is None:
             unreadable.append({"file": _text(file_name, 1000), "reason": reason})
@@ -655,15 +673,18 @@ def write_report(out_dir, *, path=None, title=None, thumbnail_size=256, page_siz
                                             thumbs / f"{key}.o.jpg", thumbnail_size, None)))
         sha, source = record.get("input_sha256"), record.get("source")
         if source_thumbnails:
-            if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha) and \
-                    isinstance(source, str) and source:
+            if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)
+                    and isinstance(source, str) and source):
+                entry.setdefault("w", []).append(
+                    "no source image thumbnail: the record has no source or input_sha256")
+            elif not os.path.isabs(source):
+                entry.setdefault("w", []).append(
+                    "no source image thumbnail: the source is not an absolute path")
+            else:
                 key = _key("i", stem, sha, thumbnail_size)
                 entry["it"] = key
                 tasks.append((entry, "it", ("i", Path(source), thumbs / f"{key}.i.jpg",
                                             thumbnail_size, sha)))
-            else:
-                entry.setdefault("w", []).append(
-                    "no source image thumbnail: the record has no source or input_sha256")
 
     todo = [(entry, field, task) for entry, field, task in tasks if not _is_regular(task[2])]
     made = 0
@@ -684,9 +705,7 @@ def write_report(out_dir, *, path=None, title=None, thumbnail_size=256, page_siz
     used = {f"{e[f]}.{f[0]}.jpg" for e in records for f in ("it", "ot") if f in e}
     _remove_unused(thumbs, used)
 
-    warnings_unreadable = []
-    failures = _read_failures(out_dir / _FAILURES_FILE, warnings_unreadable)
-    unreadable.extend(warnings_unreadable)
+    failures = _read_failures(out_dir / _FAILURES_FILE, unreadable)
     have_record = {r["n"] for r in records}
     n_failed_with_record = 0
     for entry in failures.values():
@@ -949,7 +968,37 @@ _SCRIPT = r"""
     "time-desc": compare(function (r) { return r.t ? total(r) : null; }, -1)
   };
 
-  function apply() {
+  var fields = {kmin: "kmin", kmax: "kmax", smin: "smin", smax: "smax", q: "search",
+                sort: "sort"};
+  function readHash() {
+    var pairs = location.hash.replace(/^#/, "").split("&"), page = 0;
+    for (var i = 0; i < pairs.length; i++) {
+      var kv = pairs[i].split("="), key = kv[0], v;
+      try { v = decodeURIComponent(kv.slice(1).join("=")); } catch (e) { continue; }
+      if (fields.hasOwnProperty(key)) $(fields[key]).value = v;
+      else if (key === "warned") $("warned").checked = v === "1";
+      else if (key === "page" && /^[0-9]+$/.test(v)) page = Math.max(0, Number(v) - 1);
+    }
+    if (!sorts[$("sort").value]) $("sort").value = "name";
+    return page;
+  }
+  function writeHash() {
+    var parts = [];
+    for (var key in fields) {
+      var v = $(fields[key]).value;
+      if (v !== "" && !(key === "sort" && v === "name")) {
+        parts.push(key + "=" + encodeURIComponent(v));
+      }
+    }
+    if ($("warned").checked) parts.push("warned=1");
+    if (state.page > 0) parts.push("page=" + (state.page + 1));
+    var hash = parts.length ? "#" + parts.join("&") : "";
+    if (hash !== location.hash && history.replaceState) {
+      history.replaceState(null, "", hash || location.pathname + location.search);
+    }
+  }
+
+  function apply(page) {
     var kmin = value("kmin"), kmax = value("kmax"), smin = value("smin"), smax = value("smax");
     var text = $("search").value.trim().toLowerCase(), warned = $("warned").checked;
     var list = records.filter(function (r) {
@@ -966,7 +1015,7 @@ _SCRIPT = r"""
     });
     list.sort(sorts[$("sort").value] || sorts.name);
     state.list = list;
-    state.page = 0;
+    state.page = typeof page === "number" ? page : 0;
     var bars = document.querySelectorAll(".hbar");
     for (var i = 0; i < bars.length; i++) {
       var k = Number(bars[i].getAttribute("data-k"));
@@ -1006,6 +1055,7 @@ _SCRIPT = r"""
     box.setAttribute("data-shown", end - start);
     pager($("pager-top"), pages);
     pager($("pager-bottom"), pages);
+    writeHash();
     mark();
   }
 
@@ -1049,7 +1099,9 @@ _SCRIPT = r"""
   }
 
   var ids = ["kmin", "kmax", "smin", "smax", "search", "sort", "warned"];
-  for (var i = 0; i < ids.length; i++) $(ids[i]).addEventListener("input", apply);
+  for (var i = 0; i < ids.length; i++) {
+    $(ids[i]).addEventListener("input", function () { apply(); });
+  }
   $("controls").addEventListener("reset", function () { setTimeout(apply, 0); });
   $("controls").addEventListener("submit", function (e) { e.preventDefault(); });
   var bars = document.querySelectorAll(".hbar");
@@ -1076,7 +1128,7 @@ _SCRIPT = r"""
     ["file", function (r) { return r.file; }, "file"],
     ["reason", function (r) { return r.reason; }, "reason"]
   ], 50, "Every entry could be read.");
-  apply();
+  apply(readHash());
   root.setAttribute("data-rendered", "1");
 })();
 """
