@@ -461,6 +461,8 @@ histogram are complete without it.</p></noscript>
 <section id="histogram"><h2>Segments per image (K)</h2>
 {histogram}
 </section>
+<section id="failures"><h2>Failures</h2><div id="failure-table"></div></section>
+<section id="unreadable"><h2>Unreadable entries</h2><div id="unreadable-table"></div></section>
 <section id="images"><h2>Images</h2>
 <form id="controls" autocomplete="off">
 <label>K from <input id="kmin" type="number" min="0" step="1"></label>
@@ -484,8 +486,6 @@ histogram are complete without it.</p></noscript>
 <div id="cards"></div>
 <nav class="pager" id="pager-bottom"></nav>
 </section>
-<section id="failures"><h2>Failures</h2><div id="failure-table"></div></section>
-<section id="unreadable"><h2>Unreadable entries</h2><div id="unreadable-table"></div></section>
 <script type="application/json" id="clasp-data">{data_json}</script>
 <script>{script}</script>
 </body>
@@ -545,6 +545,9 @@ def write_report(out_dir, *, path=None, title=None, thumbnail_size=256, page_siz
       and how many records carry warnings;
     * the histogram of K, the number of segments chosen (click a bar to show
       those images);
+    * the table of failures with their reasons (the last failure of each
+      name, how many times it failed, whether it has a record since), and the
+      table of unreadable entries with theirs;
     * a grid of cards, a page at a time: a thumbnail of the source image and of
       the overlay (linked to the full overlay), the name and source, K, the
       eigengap K0, the silhouette, the background segment and its score (when
@@ -552,9 +555,11 @@ def write_report(out_dir, *, path=None, title=None, thumbnail_size=256, page_siz
       the record, the mask and the explain figure ``<name>_explain.png``
       (where there is one), and the record's warnings (a missing overlay, a
       field that is not what it should be);
-    * filtering by K, by silhouette and by text in the name or source, and
-      sorting by name, K, silhouette or time;
-    * the table of failures with their reasons, and the unreadable entries.
+    * filtering by K, by silhouette, by text in the name or source and to the
+      cards with warnings, and sorting by name, K, silhouette or time. The
+      filters, the order and the page are kept in the address
+      (``report.html#kmin=3&kmax=3&sort=sil-asc&page=2``; also ``smin``,
+      ``smax``, ``q`` and ``warned=1``), so a view can be bookmarked.
 
     The folder is read defensively: a record that cannot be read or parsed,
     that is a symbolic link (never followed: nothing outside the folder is
@@ -804,7 +809,7 @@ text-align:left}
 #controls input[type=number]{width:5rem}
 .pager{display:flex;gap:.5rem;align-items:center;margin:.4rem 0}
 .pager button{font:inherit}
-#cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(19rem,1fr));gap:.8rem}
+#cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(16.5rem,1fr));gap:.8rem}
 .card{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:.5rem;
 min-width:0}
 .thumbs{display:grid;grid-template-columns:1fr 1fr;gap:.3rem}
@@ -824,7 +829,9 @@ justify-content:center;overflow:hidden;border-radius:3px}
 .warnings{margin:.3rem 0 0;padding-left:1.1rem;color:var(--warn);font-size:.8rem}
 table{border-collapse:collapse;background:var(--card);width:100%}
 th,td{border:1px solid var(--line);padding:.25rem .4rem;text-align:left;vertical-align:top;
-overflow-wrap:anywhere}
+overflow-wrap:break-word}
+td.source,td.reason{overflow-wrap:anywhere}
+td.error-type,td.time,td.count,td.has-record{white-space:nowrap}
 th{background:#eef1f4}
 """
 
@@ -1123,11 +1130,11 @@ _SCRIPT = r"""
     ["time", function (r) { return r.tm; }, "time"],
     ["times failed", function (r) { return r.c; }, "count"],
     ["has a record", function (r) { return r.r ? "yes" : "no"; }, "has-record"]
-  ], 50, "No image failed.");
+  ], 10, "No image failed.");
   table($("unreadable-table"), data.unreadable, [
     ["file", function (r) { return r.file; }, "file"],
     ["reason", function (r) { return r.reason; }, "reason"]
-  ], 50, "Every entry could be read.");
+  ], 10, "Every entry could be read.");
   apply(readHash());
   root.setAttribute("data-rendered", "1");
 })();
