@@ -136,7 +136,10 @@ def _read_record(path):
         if info.st_size > _MAX_RECORD_BYTES:
             return None, f"too large for a record ({info.st_size} bytes)"
         try:
-            data = json.loads(fh.read().decode("utf-8"))
+            raw = fh.read(_MAX_RECORD_BYTES + 1)
+            if len(raw) > _MAX_RECORD_BYTES:
+                return None, "too large for a record (grew while read)"
+            data = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             return None, "not UTF-8 text"
         except ValueError as exc:
@@ -181,7 +184,7 @@ def _output_file(stem, suffix, record_name, regular, links, notes, what):
 
 
 def _card(stem, record, stages, regular, links):
-    """The compact entry of one record for the page, and what its thumbnails need."""
+    """The compact entry of one record for the page (thumbnails are added later)."""
     notes = []
     entry = {"n": _text(stem, 1000)}
     url = quote(os.fsencode(stem), safe="")
@@ -386,6 +389,99 @@ def _thumbs_dir(folder):
                                  f"move it away or pass another path=.")
     folder.mkdir(exist_ok=True)
     return folder
+
+
+def _read_folder(out_dir):
+    """Everything the page shows about the folder, read defensively.
+
+    Returns a dict: ``records`` (the compact card entries, sorted by name),
+    ``sources`` (``(stem, source, input_sha256)`` of each record, aligned with
+    ``records``; with the file stem first), ``unreadable``, ``failures`` (the last failure of each name),
+    ``stages``, ``run_ids``, ``settings`` and ``seconds``.
+    """
+    try:
+        names, regular, links = _scan(out_dir)
+    except OSError as exc:
+        raise OSError(exc.errno, f"write_report: cannot list the folder {str(out_dir)!r} "
+                                 f"({exc.strerror or exc}); make it readable.") from None
+    stages, records, sources, unreadable = {}, [], [], []
+    run_ids, settings, seconds = set(), set(), 0.0
+    for file_name in names:
+        if file_name in links:  # checked here too: O_NOFOLLOW is not everywhere
+            unreadable.append({"file": _text(file_name, 1000),
+                               "reason": "symbolic link (not followed)"})
+            continue
+        record, reason = _read_record(out_dir / file_name)
+        if record is None:
+            unreadable.append({"file": _text(file_name, 1000), "reason": reason})
+            continue
+        entry = _card(file_name[:-5], record, stages, regular, links)
+        records.append(entry)
+        sources.append((file_name[:-5], record.get("source"), record.get("input_sha256")))
+        for value, seen in ((record.get("run_id"), run_ids),
+                            (record.get("settings_hash"), settings)):
+            if isinstance(value, str):
+                seen.add(value)
+        seconds += sum(t for t in entry.get("t", ()) if t is not None)
+    failures = _read_failures(out_dir / _FAILURES_FILE, unreadable)
+    have_record = {r["n"] for r in records}
+    for entry in failures.values():
+        if entry["n"] in have_record:
+            entry["r"] = 1
+    return {"records": records, "sources": sources, "unreadable": unreadable,
+            "failures": list(failures.values()), "stages": list(stages),
+            "run_ids": run_ids, "settings": settings, "seconds": seconds}
+
+
+def _thumbnails(folder, out_dir, thumbs, *, thumbnail_size, source_thumbnails, n_jobs):
+    """Make the missing thumbnails, set their keys in the entries, remove unused ones.
+
+    Returns the number of thumbnails made and reused.
+    """
+    tasks = []
+    for entry, (stem, source, sha) in zip(folder["records"], folder["sources"]):
+        overlay = out_dir / f"{stem}_overlay.png"
+        if entry.get("f", 0) & 2:
+            with contextlib.suppress(OSError):
+                info = os.lstat(overlay)
+                key = _key("o", stem, info.st_size, info.st_mtime_ns, thumbnail_size)
+                entry["ot"] = key
+                tasks.append((entry, "ot", ("o", overlay, thumbs / f"{key}.o.jpg",
+                                            thumbnail_size, None)))
+        if not source_thumbnails:
+            continue
+        if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)
+                and isinstance(source, str) and source):
+            entry.setdefault("w", []).append(
+                "no source image thumbnail: the record has no source or input_sha256")
+        elif not os.path.isabs(source):
+            entry.setdefault("w", []).append(
+                "no source image thumbnail: the source is not an absolute path")
+        else:
+            key = _key("i", stem, sha, thumbnail_size)
+            entry["it"] = key
+            tasks.append((entry, "it", ("i", Path(source), thumbs / f"{key}.i.jpg",
+                                        thumbnail_size, sha)))
+
+    todo = [(entry, field, task) for entry, field, task in tasks if not _is_regular(task[2])]
+    made = 0
+    if todo:
+        workers = (os.cpu_count() or 1) if n_jobs is not None and n_jobs < 0 else (n_jobs or 1)
+        logger.info("making %d thumbnail(s) in %s", len(todo), thumbs)
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                errors = list(pool.map(_make_thumbnail, [t for _, _, t in todo]))
+        else:
+            errors = [_make_thumbnail(t) for _, _, t in todo]
+        for (entry, field, _), error in zip(todo, errors):
+            if error is None:
+                made += 1
+            else:
+                del entry[field]
+                entry.setdefault("w", []).append(error)
+    used = {f"{e[f]}.{f[0]}.jpg" for e in folder["records"] for f in ("it", "ot") if f in e}
+    _remove_unused(thumbs, used)
+    return made, len(tasks) - len(todo)
 
 
 # --------------------------------------------------------------------------
@@ -642,92 +738,22 @@ def write_report(out_dir, *, path=None, title=None, thumbnail_size=256, page_siz
     if title is None:
         title = f"CLASP report: {Path(os.path.abspath(out_dir)).name}"
 
-    try:
-        names, regular, links = _scan(out_dir)
-    except OSError as exc:
-        raise OSError(exc.errno, f"write_report: cannot list the folder {str(out_dir)!r} "
-                                 f"({exc.strerror or exc}); make it readable.") from None
-    stages, records, unreadable, tasks = {}, [], [], []
-    run_ids, settings, seconds = set(), set(), 0.0
-    for file_name in names:
-        stem = file_name[:-5]
-        if file_name in links:  # checked here too: O_NOFOLLOW is not everywhere
-            unreadable.append({"file": _text(file_name, 1000),
-                               "reason": "symbolic link (not followed)"})
-            continue
-        record, reason = _read_record(out_dir / file_name)
-        if record is None:
-            unreadable.append({"file": _text(file_name, 1000), "reason": reason})
-            continue
-        entry = _card(stem, record, stages, regular, links)
-        records.append(entry)
-        for value, seen in ((record.get("run_id"), run_ids),
-                            (record.get("settings_hash"), settings)):
-            if isinstance(value, str):
-                seen.add(value)
-        seconds += sum(t for t in entry.get("t", ()) if t is not None)
-        if entry.get("f", 0) & 2:
-            try:
-                info = os.lstat(out_dir / f"{stem}_overlay.png")
-            except OSError:
-                pass
-            else:
-                key = _key("o", stem, info.st_size, info.st_mtime_ns, thumbnail_size)
-                entry["ot"] = key
-                tasks.append((entry, "ot", ("o", out_dir / f"{stem}_overlay.png",
-                                            thumbs / f"{key}.o.jpg", thumbnail_size, None)))
-        sha, source = record.get("input_sha256"), record.get("source")
-        if source_thumbnails:
-            if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)
-                    and isinstance(source, str) and source):
-                entry.setdefault("w", []).append(
-                    "no source image thumbnail: the record has no source or input_sha256")
-            elif not os.path.isabs(source):
-                entry.setdefault("w", []).append(
-                    "no source image thumbnail: the source is not an absolute path")
-            else:
-                key = _key("i", stem, sha, thumbnail_size)
-                entry["it"] = key
-                tasks.append((entry, "it", ("i", Path(source), thumbs / f"{key}.i.jpg",
-                                            thumbnail_size, sha)))
-
-    todo = [(entry, field, task) for entry, field, task in tasks if not _is_regular(task[2])]
-    made = 0
-    if todo:
-        workers = (os.cpu_count() or 1) if n_jobs is not None and n_jobs < 0 else (n_jobs or 1)
-        logger.info("making %d thumbnail(s) in %s", len(todo), thumbs)
-        if workers > 1:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                errors = list(pool.map(_make_thumbnail, [t for _, _, t in todo]))
-        else:
-            errors = [_make_thumbnail(t) for _, _, t in todo]
-        for (entry, field, _), error in zip(todo, errors):
-            if error is None:
-                made += 1
-            else:
-                del entry[field]
-                entry.setdefault("w", []).append(error)
-    used = {f"{e[f]}.{f[0]}.jpg" for e in records for f in ("it", "ot") if f in e}
-    _remove_unused(thumbs, used)
-
-    failures = _read_failures(out_dir / _FAILURES_FILE, unreadable)
-    have_record = {r["n"] for r in records}
-    n_failed_with_record = 0
-    for entry in failures.values():
-        if entry["n"] in have_record:
-            entry["r"] = 1
-            n_failed_with_record += 1
+    folder = _read_folder(out_dir)
+    records, unreadable, failures = folder["records"], folder["unreadable"], folder["failures"]
+    made, reused = _thumbnails(folder, out_dir, thumbs, thumbnail_size=thumbnail_size,
+                               source_thumbnails=source_thumbnails, n_jobs=n_jobs)
+    n_failed_with_record = sum(1 for f in failures if "r" in f)
     n_failed = len(failures) - n_failed_with_record
 
     counts = Counter(r["k"] for r in records if "k" in r)
     n_warned = sum(1 for r in records if "w" in r)
     data = {
         "version": 1,
-        "stages": list(stages),
+        "stages": folder["stages"],
         "thumbs": _url_prefix(thumbs, path.parent),
         "out": _url_prefix(out_dir, path.parent),
         "records": records,
-        "failures": list(failures.values()),
+        "failures": failures,
         "unreadable": unreadable,
         "counts": {"records": len(records), "failed": n_failed,
                    "failed_with_record": n_failed_with_record,
@@ -736,16 +762,15 @@ def write_report(out_dir, *, path=None, title=None, thumbnail_size=256, page_siz
     summary = _summary_html(n_records=len(records), n_failed=n_failed,
                             n_failed_with_record=n_failed_with_record,
                             n_unreadable=len(unreadable), n_warned=n_warned,
-                            seconds=seconds, run_ids=run_ids, settings=settings,
-                            out_dir=out_dir)
+                            seconds=folder["seconds"], run_ids=folder["run_ids"],
+                            settings=folder["settings"], out_dir=out_dir)
     generated = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
     page = _page(title=_text(title, 300), summary=summary,
                  histogram=_histogram_html(counts, len(records) - sum(counts.values())),
                  data_json=_json_for_script(data), page_size=page_size, generated=generated)
     _write_text(path, page)
     logger.info("wrote %s: %d record(s), %d failed, %d unreadable; %d thumbnail(s) made, "
-                "%d reused", path, len(records), n_failed, len(unreadable), made,
-                len(tasks) - len(todo))
+                "%d reused", path, len(records), n_failed, len(unreadable), made, reused)
     return path
 
 
