@@ -168,7 +168,7 @@ def _scan(out_dir):
                 regular.add(entry.name)
             if entry.name.endswith(".json") and len(entry.name) > 5:
                 names.append(entry.name)
-    return sorted(names), regular, links
+    return sorted(names, key=lambda n: n[:-5]), regular, links  # by name, as the page sorts
 
 
 def _output_file(stem, suffix, record_name, regular, links, notes, what):
@@ -395,9 +395,9 @@ def _read_folder(out_dir):
     """Everything the page shows about the folder, read defensively.
 
     Returns a dict: ``records`` (the compact card entries, sorted by name),
-    ``sources`` (``(stem, source, input_sha256)`` of each record, aligned with
-    ``records``; with the file stem first), ``unreadable``, ``failures`` (the last failure of each name),
-    ``stages``, ``run_ids``, ``settings`` and ``seconds``.
+    ``sources`` (``(file stem, source, input_sha256)`` of each record, aligned
+    with ``records``), ``unreadable``, ``failures`` (the last failure of each
+    name), ``stages``, ``run_ids``, ``settings`` and ``seconds``.
     """
     try:
         names, regular, links = _scan(out_dir)

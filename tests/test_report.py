@@ -405,7 +405,8 @@ def _browse(page, tmp_path):
 def _browse_uri(uri, tmp_path):
     """The DOM of the page after its scripts ran, from headless Chromium."""
     command = [_chromium(), "--headless", "--disable-gpu", "--no-first-run",
-               "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'p'}",
+               "--disable-extensions", "--disable-dev-shm-usage", "--hide-scrollbars",
+               f"--user-data-dir={tmp_path / 'p'}",
                "--virtual-time-budget=10000", "--window-size=1400,5000"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
@@ -425,10 +426,14 @@ def test_in_a_browser_images_render_counts_match_and_names_stay_text(run, tmp_pa
     shutil.copy(out / "shapes0_overlay.png", out / f"{MARKUP_STEM}_overlay.png")
     shutil.copy(out / "shapes0_mask.png", out / f"{MARKUP_STEM}_mask.png")
     (out / "truncated.json").write_text("{")
+    # a name that the page sorts after "chelsea" although "chelsea-b.json" < "chelsea.json"
+    shutil.copy(out / "shapes0.json", out / "chelsea-b.json")
+    shutil.copy(out / "shapes0_overlay.png", out / "chelsea-b_overlay.png")
+    shutil.copy(out / "shapes0_mask.png", out / "chelsea-b_mask.png")
     page = write_report(out)
     data = _data(page.read_text(encoding="utf-8"))
     expected_images = sum(("it" in e) + ("ot" in e) for e in data["records"])
-    assert expected_images == 2 * 7 + 1  # the markup-named record has no source image
+    assert expected_images == 2 * 8 + 1  # the markup-named record has no source image
 
     dom = _browse(page, tmp_path)
     doc = _parse(dom)
@@ -443,13 +448,16 @@ def test_in_a_browser_images_render_counts_match_and_names_stay_text(run, tmp_pa
     assert not [a for t, a in doc.elements if "onerror" in a]
     # the counts shown match the records
     cards = [a for t, a in doc.elements if t == "article"]
-    assert len(cards) == len(data["records"]) == 8 == _count(doc, "n-records")
+    assert len(cards) == len(data["records"]) == 9 == _count(doc, "n-records")
+    assert [a["data-name"] for a in cards] == [e["n"] for e in data["records"]]
+    order = [a["data-name"] for a in cards]
+    assert order.index("chelsea-b") == order.index("chelsea") + 1
     by_id = {a["id"]: a for t, a in doc.elements if "id" in a}
-    assert by_id["cards"]["data-shown"] == "8"
+    assert by_id["cards"]["data-shown"] == "9"
     assert by_id["failure-table"]["data-rows"] == "1" == str(_count(doc, "n-failed"))
     assert by_id["unreadable-table"]["data-rows"] == "1" == str(_count(doc, "n-unreadable"))
-    assert doc.texts["#showing"] == ["Showing 1\u20138 of 8 matching image(s) (8 in all)."]
-    assert doc.texts["k"] == [str(data["records"][i].get("k", "\u2013")) for i in range(8)]
+    assert doc.texts["#showing"] == ["Showing 1\u20139 of 9 matching image(s) (9 in all)."]
+    assert doc.texts["k"] == [str(e.get("k", "\u2013")) for e in data["records"]]
     # hostile names are shown as text, exactly
     sources = doc.texts["source"]
     assert str(run["script_source"]) in sources  # .../<script>alert(1)</script>.png
