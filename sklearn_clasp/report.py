@@ -697,6 +697,11 @@ def write_report(out_dir, *, path=None, title=None, thumbnail_size=256, page_siz
     NotADirectoryError
         If ``out_dir`` is not a folder, or the thumbnail folder's name is taken
         by a file.
+    IsADirectoryError
+        If ``path`` is a folder.
+    OSError
+        If ``out_dir`` cannot be listed, or the page or a thumbnail folder
+        cannot be written there.
 
     See Also
     --------
