@@ -524,6 +524,31 @@ def atomic_write(path, write, *, tag=None):
         raise
 
 
+def is_regular_file(path):
+    """``path`` is a regular file itself (not a symbolic link to one)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def open_nofollow(path):
+    """``(binary file, os.stat_result)`` of a regular file, never through a symbolic link.
+
+    Never blocks on a FIFO. Raises :class:`OSError` for a link, a missing file
+    or anything that is not a regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.fdopen(fd, "rb"), info
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_json(path):
     """A JSON object from a regular file, never through a symbolic link; else ``None``.
 
@@ -538,14 +563,12 @@ def read_json(path):
         JSON, or not a JSON object.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        fh, _ = open_nofollow(path)
     except OSError:
         return None
     try:
-        with os.fdopen(fd, encoding="utf-8") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                return None
-            data = json.load(fh)
+        with fh:
+            data = json.loads(fh.read().decode("utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

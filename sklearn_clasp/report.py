@@ -1,7 +1,7 @@
 """An HTML report of a run's output folder: one static page, opened from disk.
 
 :func:`write_report` reads the output folder of
-:func:`~sklearn_clasp.batch.segment_collection` (the JSON records and
+:func:`~sklearn_clasp.collection.segment_collection` (the JSON records and
 ``failures.jsonl``) and writes one HTML page that opens from the file system
 (``file://``) with no server and no network: every style, script and datum is
 inline, and the images are thumbnails in a folder beside the page, linked by
@@ -42,9 +42,7 @@ import logging
 import math
 import os
 import re
-import stat
 import time
-import uuid
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -54,14 +52,20 @@ from urllib.parse import quote
 
 from sklearn.utils._param_validation import Interval, validate_params
 
-from .image import DEFAULT_MAX_IMAGE_PIXELS
+from .collection.store import FAILURES_FILE
+from .io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    atomic_write,
+    is_regular_file,
+    open_nofollow,
+    open_regular_file,
+    sha256_of_stream,
+)
 
 __all__ = ["write_report"]
 
 logger = logging.getLogger(__name__)
 
-# The failure log of segment_collection (one JSON object a line); part of its output format.
-_FAILURES_FILE = "failures.jsonl"
 # Keys of which a JSON object needs one to be taken as a record of segment_collection.
 _RECORD_KEYS = ("n_clusters", "source", "input_sha256", "settings_hash")
 # Guards against files that are not what they claim to be (a record is a few kB).
@@ -72,9 +76,6 @@ _MAX_STAGES = 16
 _THUMB_VERSION = "1"
 _THUMB_RE = re.compile(r"[0-9a-f]{20}\.[io]\.jpg")
 _TEMP_RE = re.compile(r"\.[0-9a-f]{20}\.[io]\.jpg\.[0-9a-f]{12}\.tmp")
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 # --------------------------------------------------------------------------
@@ -111,23 +112,10 @@ def _round(value, digits):
     return None if value is None else round(value, digits)
 
 
-def _open_in_folder(path):
-    """A read-only file object for a regular file, never through a symbolic link."""
-    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError("not a regular file")
-        return os.fdopen(fd, "rb"), info
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def _read_record(path):
     """``(record, None)`` or ``(None, reason)`` for one ``<name>.json``."""
     try:
-        fh, info = _open_in_folder(path)
+        fh, info = open_nofollow(path)
     except OSError as exc:
         if os.path.islink(path):
             return None, "symbolic link (not followed)"
@@ -251,13 +239,13 @@ def _read_failures(path, bad):
     """``{name: failure}``: the last failure of each name, with how many times it failed."""
     failures = {}
     try:
-        fh, _ = _open_in_folder(path)
+        fh, _ = open_nofollow(path)
     except FileNotFoundError:
         return failures
     except OSError as exc:
         reason = ("symbolic link (not followed)" if os.path.islink(path)
                   else f"cannot be read ({exc.strerror or exc})")
-        bad.append({"file": _FAILURES_FILE, "reason": reason})
+        bad.append({"file": FAILURES_FILE, "reason": reason})
         return failures
     with fh:
         number = 0
@@ -265,12 +253,12 @@ def _read_failures(path, bad):
             try:
                 line = fh.readline(_MAX_FAILURE_LINE)
             except OSError as exc:
-                bad.append({"file": _FAILURES_FILE, "reason": f"cannot be read ({exc})"})
+                bad.append({"file": FAILURES_FILE, "reason": f"cannot be read ({exc})"})
                 break
             if not line:
                 break
             number += 1
-            where = f"{_FAILURES_FILE}, line {number}"
+            where = f"{FAILURES_FILE}, line {number}"
             if not line.endswith(b"\n") and len(line) >= _MAX_FAILURE_LINE:
                 while line and not line.endswith(b"\n"):  # skip the rest of the line
                     line = fh.readline(_MAX_FAILURE_LINE)
@@ -328,28 +316,8 @@ def _save_thumbnail(fh, dest, size, max_pixels):
         else:
             im = im.convert("RGB")
         im.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
-                              0o666), "wb") as out:
-                im.save(out, format="JPEG", quality=85, optimize=True)
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-
-def _open_source(path):
-    """The source image, for reading: the user's input, which may be reached by a link."""
-    fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError("not a regular file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+        atomic_write(dest, lambda tmp: im.save(tmp, format="JPEG", quality=85,
+                                               optimize=True))
 
 
 def _make_thumbnail(task):
@@ -357,7 +325,7 @@ def _make_thumbnail(task):
     kind, path, dest, size, sha256 = task
     what = "source image" if kind == "i" else "overlay"
     try:
-        fh = _open_in_folder(path)[0] if kind == "o" else _open_source(path)
+        fh = open_nofollow(path)[0] if kind == "o" else open_regular_file(path, str(path))
     except FileNotFoundError:
         return f"the {what} is not found"
     except OSError as exc:
@@ -365,10 +333,7 @@ def _make_thumbnail(task):
     with fh:
         try:
             if sha256 is not None:
-                digest = hashlib.sha256()
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-                if digest.hexdigest() != sha256:
+                if sha256_of_stream(fh) != sha256:
                     return "the source image has changed since it was segmented"
                 fh.seek(0)
             _save_thumbnail(fh, dest, size, DEFAULT_MAX_IMAGE_PIXELS)
@@ -423,7 +388,7 @@ def _read_folder(out_dir):
             if isinstance(value, str):
                 seen.add(value)
         seconds += sum(t for t in entry.get("t", ()) if t is not None)
-    failures = _read_failures(out_dir / _FAILURES_FILE, unreadable)
+    failures = _read_failures(out_dir / FAILURES_FILE, unreadable)
     have_record = {r["n"] for r in records}
     for entry in failures.values():
         if entry["n"] in have_record:
@@ -463,7 +428,7 @@ def _thumbnails(folder, out_dir, thumbs, *, thumbnail_size, source_thumbnails, n
             tasks.append((entry, "it", ("i", Path(source), thumbs / f"{key}.i.jpg",
                                         thumbnail_size, sha)))
 
-    todo = [(entry, field, task) for entry, field, task in tasks if not _is_regular(task[2])]
+    todo = [(entry, field, task) for entry, field, task in tasks if not is_regular_file(task[2])]
     made = 0
     if todo:
         workers = (os.cpu_count() or 1) if n_jobs is not None and n_jobs < 0 else (n_jobs or 1)
@@ -668,7 +633,7 @@ def write_report(out_dir, *, path=None, title=None, thumbnail_size=256, page_siz
     Parameters
     ----------
     out_dir : str or path-like
-        The output folder of :func:`~sklearn_clasp.batch.segment_collection`
+        The output folder of :func:`~sklearn_clasp.collection.segment_collection`
         (or ``clasp segment``).
     path : str or path-like, default=None
         The page to write; ``None`` means ``out_dir / "report.html"``. Its
@@ -773,17 +738,10 @@ def write_report(out_dir, *, path=None, title=None, thumbnail_size=256, page_siz
     page = _page(title=_text(title, 300), summary=summary,
                  histogram=_histogram_html(counts, len(records) - sum(counts.values())),
                  data_json=_json_for_script(data), page_size=page_size, generated=generated)
-    _write_text(path, page)
+    atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8", newline="\n"))
     logger.info("wrote %s: %d record(s), %d failed, %d unreadable; %d thumbnail(s) made, "
                 "%d reused", path, len(records), n_failed, len(unreadable), made, reused)
     return path
-
-
-def _is_regular(path):
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _remove_unused(thumbs, used):
@@ -803,20 +761,6 @@ def _remove_unused(thumbs, used):
             if stale and (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
-
-
-def _write_text(path, text):
-    """Write ``path`` atomically; a symbolic link there is replaced, not followed."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o666)
-        with open(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 _STYLE = """

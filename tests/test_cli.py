@@ -890,3 +890,16 @@ def test_python_dash_m_is_the_same_command(image_dir, tmp_path):
     assert (tmp_path / "out" / "a_mask.png").is_file()
     done = run("segment", "--k-min", "4", "--k-max", "2", "--out", "o", *FAST)
     assert done.returncode == 2 and "k_min=4 is larger than k_max=2" in done.stderr
+
+
+def test_report_writes_the_page_of_a_run(image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["segment", str(image_dir), "--out", str(out), *FAST, "-q"]) == 0
+    assert main(["report", str(out)]) == 0
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+    page = (out / "report.html").read_text()
+    assert '"a"' in page and '"b"' in page  # both records are in the page's data
+    assert main(["report", str(out), "--html", str(tmp_path / "elsewhere.html"), "-q"]) == 0
+    assert (tmp_path / "elsewhere.html").is_file()
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "no such directory" in capsys.readouterr().err

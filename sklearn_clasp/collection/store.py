@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import DISK_FULL_ERRNOS, atomic_write, read_json, save_png
+from ..io import DISK_FULL_ERRNOS, atomic_write, is_regular_file, read_json, save_png
 
 __all__ = ["FAILURES_FILE", "OutputStore", "image_record", "jsonable"]
 
@@ -58,14 +57,6 @@ def jsonable(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
-
-
-def _is_regular(path):
-    """``path`` is a regular file itself (not a symbolic link to one)."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def image_record(record, mask, *, name, source, input_sha256, settings, settings_hash,
@@ -198,8 +189,8 @@ class OutputStore:
             record is None
             or record.get("input_sha256") != input_sha256
             or record.get("settings_hash") != digest
-            or not _is_regular(paths["mask"])
-            or (self.write_overlay and not _is_regular(paths["overlay"]))
+            or not is_regular_file(paths["mask"])
+            or (self.write_overlay and not is_regular_file(paths["overlay"]))
         ):
             return None
         return record
