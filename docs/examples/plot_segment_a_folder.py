@@ -120,11 +120,11 @@ print(f"{again.n_done} segmented, {again.n_skipped} skipped, {again.n_failed} fa
 # parameter is an option (see :doc:`/cli`). The exit status is 1 because one
 # image failed. :func:`sklearn_clasp.cli.main` runs the command in-process;
 # in a shell: ``clasp segment photos --out segmented_cli --embedder handcrafted
-# --short-side 224 --max-attempts 1 --quiet``.
+# --embed-short-side 224 --max-attempts 1 --quiet``.
 from sklearn_clasp.cli import main
 
 status = main(["segment", str(photos), "--out", str(work / "segmented_cli"),
-               "--embedder", "handcrafted", "--short-side", "224",
+               "--embedder", "handcrafted", "--embed-short-side", "224",
                "--max-attempts", "1", "--quiet"])
 print("exit status:", status)
 print(sorted(p.name for p in (work / "segmented_cli").iterdir()))

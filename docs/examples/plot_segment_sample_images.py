@@ -44,7 +44,7 @@ for path, image, mask, k, k0 in zip(
 # :func:`~sklearn_clasp.visualize.label2rgb` colours a label map;
 # :func:`~sklearn_clasp.visualize.overlay` blends the colours over the image
 # and draws the segment boundaries. Both return plain ``uint8`` RGB arrays, so
-# any plotting library (or :func:`~sklearn_clasp.visualize.save_png`) can show
+# any plotting library (or :func:`~sklearn_clasp.io.save_png`) can show
 # them.
 import matplotlib.pyplot as plt
 
