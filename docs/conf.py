@@ -97,10 +97,12 @@ sphinx_gallery_conf = {
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"sklearn-clasp {release}"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
-    "header_links_before_dropdown": 8,
+    # the top bar holds one row at 1280 px: three links, the rest under "More"
+    "header_links_before_dropdown": 3,
 }
 html_show_sourcelink = False
