@@ -202,7 +202,7 @@ def plot_explanation(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .visualize import label2rgb, overlay
+    from .visualize import color_labels, overlay
 
     mask = _check_record(record, mask)
     info = record.info
@@ -229,7 +229,7 @@ def plot_explanation(
     ax_img.set_title(f"{short} ({H} x {W} px)", fontsize=10)
 
     # 4. patch labels on the grid (same extent as the image)
-    ax_lab.imshow(label2rgb(record.labels), interpolation="nearest", extent=(0, W, H, 0))
+    ax_lab.imshow(color_labels(record.labels), interpolation="nearest", extent=(0, W, H, 0))
     ax_lab.set_title(f"patch labels ({h} x {w} patches, K = {k})", fontsize=10)
 
     # 5. refined mask over the image

@@ -19,9 +19,9 @@ from .image import as_rgb_uint8, bounded_shape, check_label_map, resample_neares
 
 __all__ = [
     "label_colors",
-    "label2rgb",
-    "find_boundaries",
-    "mark_boundaries",
+    "color_labels",
+    "boundary_mask",
+    "draw_boundaries",
     "overlay",
     "side_by_side",
 ]
@@ -208,10 +208,11 @@ def label_colors(n):
     },
     prefer_skip_nested_validation=True,
 )
-def label2rgb(labels, image=None, *, alpha=0.45, colors=None, bg_label=None):
+def color_labels(labels, image=None, *, alpha=0.45, colors=None, bg_label=None):
     """Colour a label map, optionally blended over an image.
 
-    Like ``skimage.color.label2rgb(kind="overlay")``. The distinct labels
+    Like ``skimage.color.label2rgb(kind="overlay")``, with other defaults and a
+    ``uint8`` result (hence another name). The distinct labels
     (other than ``bg_label``) are sorted and the ``k``-th smallest gets colour
     ``colors[k % len(colors)]``, so labels may be any integers (negative,
     sparse, large); for labels ``0 .. K-1`` label ``k`` gets colour ``k``.
@@ -246,11 +247,11 @@ def label2rgb(labels, image=None, *, alpha=0.45, colors=None, bg_label=None):
     --------
     >>> import numpy as np
     >>> labels = np.array([[0, 1], [1, 7]])
-    >>> label2rgb(labels)[:, :, 0]
+    >>> color_labels(labels)[:, :, 0]
     array([[230,  60],
            [ 60,  67]], dtype=uint8)
     >>> image = np.full((2, 2, 3), 100, dtype=np.uint8)
-    >>> label2rgb(labels, image, alpha=0.5, bg_label=0)[:, :, 0]
+    >>> color_labels(labels, image, alpha=0.5, bg_label=0)[:, :, 0]
     array([[100, 165],
            [165,  80]], dtype=uint8)
     """
@@ -288,7 +289,7 @@ def label2rgb(labels, image=None, *, alpha=0.45, colors=None, bg_label=None):
 
 
 @validate_params({"labels": ["array-like"]}, prefer_skip_nested_validation=True)
-def find_boundaries(labels):
+def boundary_mask(labels):
     """Pixels on a segment boundary.
 
     A pixel is a boundary pixel when one of its 4 neighbours (up, down, left,
@@ -309,7 +310,7 @@ def find_boundaries(labels):
     Examples
     --------
     >>> import numpy as np
-    >>> find_boundaries(np.array([[0, 0, 1, 1]])).astype(int)
+    >>> boundary_mask(np.array([[0, 0, 1, 1]])).astype(int)
     array([[0, 1, 1, 0]])
     """
     labels = _check_labels(labels)
@@ -327,10 +328,10 @@ def find_boundaries(labels):
     {"image": ["array-like"], "labels": ["array-like"], "color": ["array-like"]},
     prefer_skip_nested_validation=True,
 )
-def mark_boundaries(image, labels, *, color=(255, 255, 0)):
+def draw_boundaries(image, labels, *, color=(255, 255, 0)):
     """Draw segment boundaries on an image.
 
-    Pixels where :func:`find_boundaries` is true are set to ``color``; all
+    Pixels where :func:`boundary_mask` is true are set to ``color``; all
     other pixels are left as they are. The input is not modified.
 
     Parameters
@@ -351,12 +352,12 @@ def mark_boundaries(image, labels, *, color=(255, 255, 0)):
     --------
     >>> import numpy as np
     >>> image = np.zeros((1, 4, 3), dtype=np.uint8)
-    >>> mark_boundaries(image, np.array([[0, 0, 1, 1]]))[0, :, 0]
+    >>> draw_boundaries(image, np.array([[0, 0, 1, 1]]))[0, :, 0]
     array([  0, 255, 255,   0], dtype=uint8)
     """
     labels = _check_labels(labels)
     out = _check_image_for(image, labels).copy()
-    out[find_boundaries(labels)] = _check_color(color)
+    out[boundary_mask(labels)] = _check_color(color)
     return out
 
 
@@ -372,7 +373,7 @@ def mark_boundaries(image, labels, *, color=(255, 255, 0)):
 def overlay(image, labels, *, alpha=0.45, max_pixels=None):
     """The standard CLASP figure: coloured segments and yellow boundaries.
 
-    ``mark_boundaries(label2rgb(labels, image, alpha=alpha), labels)``, drawn
+    ``draw_boundaries(color_labels(labels, image, alpha=alpha), labels)``, drawn
     on a copy downscaled to at most ``max_pixels`` pixels when the image is
     larger (the drawing takes about 180 bytes a pixel at its peak).
 
@@ -406,7 +407,7 @@ def overlay(image, labels, *, alpha=0.45, max_pixels=None):
         size = bounded_shape(height, width, max_pixels)
         image = resize_image(_check_image_for(image, labels), size, resample="area")
         labels = resample_nearest(labels, size)
-    return mark_boundaries(label2rgb(labels, image, alpha=alpha), labels)
+    return draw_boundaries(color_labels(labels, image, alpha=alpha), labels)
 
 
 # --------------------------------------------------------------------------

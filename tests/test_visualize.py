@@ -5,10 +5,10 @@ import pytest
 from PIL import Image
 
 from sklearn_clasp.visualize import (
-    find_boundaries,
-    label2rgb,
+    boundary_mask,
+    color_labels,
     label_colors,
-    mark_boundaries,
+    draw_boundaries,
     overlay,
     side_by_side,
 )
@@ -53,31 +53,31 @@ def test_label_colors_rejects_negative():
 
 
 # --------------------------------------------------------------------------
-# label2rgb
+# color_labels
 # --------------------------------------------------------------------------
 
 
-def test_label2rgb_exact_colours_without_image():
+def test_color_labels_exact_colours_without_image():
     labels = np.array([[0, 1], [2, 0]])
-    out = label2rgb(labels)
+    out = color_labels(labels)
     assert out.dtype == np.uint8 and out.shape == (2, 2, 3)
     pixels = [tuple(out[0, 0]), tuple(out[0, 1]), tuple(out[1, 0]), tuple(out[1, 1])]
     assert pixels == [RED, GREEN, BLUE, RED]
 
 
-def test_label2rgb_arbitrary_integer_values_use_sorted_rank():
+def test_color_labels_arbitrary_integer_values_use_sorted_rank():
     labels = np.array([[-5, 1000], [1000, 3]], dtype=np.int32)
-    out = label2rgb(labels)
+    out = color_labels(labels)
     # sorted distinct labels: -5 -> colour 0, 3 -> colour 1, 1000 -> colour 2
     assert tuple(out[0, 0]) == RED
     assert tuple(out[1, 1]) == GREEN
     assert tuple(out[0, 1]) == tuple(out[1, 0]) == BLUE
 
 
-def test_label2rgb_alpha_blending_arithmetic_over_gray():
+def test_color_labels_alpha_blending_arithmetic_over_gray():
     labels = np.array([[0, 1]])
     image = np.array([[[100, 100, 100], [10, 20, 30]]], dtype=np.uint8)
-    out = label2rgb(labels, image, alpha=0.25)
+    out = color_labels(labels, image, alpha=0.25)
     # pixel 0: gray 100; 0.25 * c + 0.75 * 100, halves rounded up
     expected0 = [np.floor(0.25 * c + 75 + 0.5) for c in RED]
     # pixel 1: luma 0.299*10 + 0.587*20 + 0.114*30 = 18.15 -> 18
@@ -87,31 +87,31 @@ def test_label2rgb_alpha_blending_arithmetic_over_gray():
     np.testing.assert_array_equal(out[0, 0], [133, 81, 94])
 
 
-def test_label2rgb_alpha_extremes():
+def test_color_labels_alpha_extremes():
     labels = np.array([[0, 1], [1, 0]])
     image = np.full((2, 2, 3), 77, dtype=np.uint8)
-    np.testing.assert_array_equal(label2rgb(labels, image, alpha=0.0), image)
-    opaque = label2rgb(labels, image, alpha=1.0)
-    np.testing.assert_array_equal(opaque, label2rgb(labels))
+    np.testing.assert_array_equal(color_labels(labels, image, alpha=0.0), image)
+    opaque = color_labels(labels, image, alpha=1.0)
+    np.testing.assert_array_equal(opaque, color_labels(labels))
 
 
-def test_label2rgb_bg_label_and_custom_colors():
+def test_color_labels_bg_label_and_custom_colors():
     labels = np.array([[0, 4], [9, 4]])
     image = np.full((2, 2, 3), 50, dtype=np.uint8)
     colors = [(255, 0, 0)]
-    out = label2rgb(labels, image, alpha=0.5, colors=colors, bg_label=0)
+    out = color_labels(labels, image, alpha=0.5, colors=colors, bg_label=0)
     np.testing.assert_array_equal(out[0, 0], [50, 50, 50])  # background untouched
     np.testing.assert_array_equal(out[0, 1], [153, 25, 25])  # 0.5*255+25 -> 152.5
     np.testing.assert_array_equal(out[1, 0], [153, 25, 25])  # colours cycle
-    no_image = label2rgb(labels, bg_label=0)
+    no_image = color_labels(labels, bg_label=0)
     np.testing.assert_array_equal(no_image[0, 0], [0, 0, 0])
     assert tuple(no_image[0, 1]) == RED and tuple(no_image[1, 0]) == GREEN
 
 
-def test_label2rgb_does_not_modify_inputs():
+def test_color_labels_does_not_modify_inputs():
     labels = np.array([[0, 1]])
     image = np.full((1, 2, 3), 9, dtype=np.uint8)
-    label2rgb(labels, image)
+    color_labels(labels, image)
     np.testing.assert_array_equal(image, 9)
     np.testing.assert_array_equal(labels, [[0, 1]])
 
@@ -134,9 +134,9 @@ def test_label2rgb_does_not_modify_inputs():
         (np.zeros((2, 2), int), None, {"colors": [(0, 0, 300)]}, ValueError, "colors"),
     ],
 )
-def test_label2rgb_errors(labels, image, kwargs, err, match):
+def test_color_labels_errors(labels, image, kwargs, err, match):
     with pytest.raises(err, match=match):
-        label2rgb(labels, image, **kwargs)
+        color_labels(labels, image, **kwargs)
 
 
 # --------------------------------------------------------------------------
@@ -163,52 +163,52 @@ BOUNDS_4x4 = np.array(
 )
 
 
-def test_find_boundaries_hand_made_4x4():
-    np.testing.assert_array_equal(find_boundaries(LABELS_4x4), BOUNDS_4x4)
+def test_boundary_mask_hand_made_4x4():
+    np.testing.assert_array_equal(boundary_mask(LABELS_4x4), BOUNDS_4x4)
 
 
-def test_find_boundaries_uniform_checker_and_dot():
-    assert not find_boundaries(np.full((3, 5), 7)).any()
+def test_boundary_mask_uniform_checker_and_dot():
+    assert not boundary_mask(np.full((3, 5), 7)).any()
     # in a checkerboard every pixel has a 4-neighbour with another label
     checker = np.array([[0, 1], [1, 0]])
-    assert find_boundaries(checker).all()
+    assert boundary_mask(checker).all()
     # a single pixel of another label marks itself and its 4 neighbours only
     dot = np.zeros((3, 3), int)
     dot[1, 1] = 1
     expected = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
-    np.testing.assert_array_equal(find_boundaries(dot), expected)
+    np.testing.assert_array_equal(boundary_mask(dot), expected)
 
 
-def test_mark_boundaries_changes_only_boundary_pixels():
+def test_draw_boundaries_changes_only_boundary_pixels():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
     before = image.copy()
-    out = mark_boundaries(image, LABELS_4x4, color=(1, 2, 3))
+    out = draw_boundaries(image, LABELS_4x4, color=(1, 2, 3))
     np.testing.assert_array_equal(image, before)  # input untouched
     n_bound = BOUNDS_4x4.sum()
     np.testing.assert_array_equal(out[BOUNDS_4x4], np.tile([1, 2, 3], (n_bound, 1)))
     np.testing.assert_array_equal(out[~BOUNDS_4x4], image[~BOUNDS_4x4])
-    default = mark_boundaries(image, LABELS_4x4)
+    default = draw_boundaries(image, LABELS_4x4)
     np.testing.assert_array_equal(default[0, 1], [255, 255, 0])
 
 
 @pytest.mark.parametrize(
     "color", [(255, 0), (0, 0, 256), (-1, 0, 0), (0.5, 0, 0), "yellow"]
 )
-def test_mark_boundaries_bad_color(color):
+def test_draw_boundaries_bad_color(color):
     with pytest.raises(ValueError, match="color"):
-        mark_boundaries(np.zeros((4, 4, 3), np.uint8), LABELS_4x4, color=color)
+        draw_boundaries(np.zeros((4, 4, 3), np.uint8), LABELS_4x4, color=color)
 
 
-def test_mark_boundaries_shape_mismatch_names_inputs():
+def test_draw_boundaries_shape_mismatch_names_inputs():
     with pytest.raises(ValueError, match=r"image has shape \(4, 5\).*labels"):
-        mark_boundaries(np.zeros((4, 5, 3), np.uint8), LABELS_4x4)
+        draw_boundaries(np.zeros((4, 5, 3), np.uint8), LABELS_4x4)
 
 
 def test_overlay_is_label2rgb_then_mark_boundaries():
     image = np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5
     out = overlay(image, LABELS_4x4, alpha=0.3)
-    expected = mark_boundaries(label2rgb(LABELS_4x4, image, alpha=0.3), LABELS_4x4)
+    expected = draw_boundaries(color_labels(LABELS_4x4, image, alpha=0.3), LABELS_4x4)
     np.testing.assert_array_equal(out, expected)
     yellow = np.tile([255, 255, 0], (BOUNDS_4x4.sum(), 1))
     np.testing.assert_array_equal(out[BOUNDS_4x4], yellow)

@@ -97,7 +97,7 @@ plt.show()
 # of labels gets a 112 x 112 image with a disc in it; the CRF moves the blocky
 # boundary onto the disc's edge.
 from sklearn_clasp import CRFRefiner
-from sklearn_clasp.visualize import mark_boundaries
+from sklearn_clasp.visualize import draw_boundaries
 
 yy, xx = np.mgrid[0:112, 0:112]
 disc = (yy - 50) ** 2 + (xx - 60) ** 2 < 33 ** 2
@@ -114,7 +114,7 @@ for name, mask in (("nearest", blocky), ("crf", refined)):
 
 fig, axes = plt.subplots(1, 2, figsize=(6, 3), layout="constrained")
 for ax, (title, mask) in zip(axes, (("coarse labels", blocky), ("CRFRefiner", refined))):
-    ax.imshow(mark_boundaries(image, mask))
+    ax.imshow(draw_boundaries(image, mask))
     ax.set_title(title, fontsize=10)
     ax.set_axis_off()
 plt.show()

@@ -43,13 +43,13 @@ for name, mask in (("nearest", nearest), ("crf", crf)):
 # fewer labels than K) and follows the shapes' outlines.
 import matplotlib.pyplot as plt
 
-from sklearn_clasp.visualize import mark_boundaries
+from sklearn_clasp.visualize import draw_boundaries
 
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), layout="constrained")
 for ax, (title, mask) in zip(axes, (("ground truth", truth),
                                     ("patch labels, nearest upsampling", nearest),
                                     ("after the DenseCRF", crf))):
-    ax.imshow(mark_boundaries(image, mask, color=(255, 0, 0)))
+    ax.imshow(draw_boundaries(image, mask, color=(255, 0, 0)))
     ax.set_title(title, fontsize=10)
     ax.set_axis_off()
 plt.show()

@@ -66,14 +66,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from sklearn_clasp.visualize import label2rgb
+from sklearn_clasp.visualize import color_labels
 
 mask = np.asarray(Image.open(out / "cats__chelsea_mask.png"))
 overlay_png = np.asarray(Image.open(out / "cats__chelsea_overlay.png"))
 print("mask:", mask.shape, mask.dtype, "values", np.unique(mask))
 
 fig, axes = plt.subplots(1, 2, figsize=(8, 2.9), layout="constrained")
-axes[0].imshow(label2rgb(mask))
+axes[0].imshow(color_labels(mask))
 axes[0].set_title("cats__chelsea_mask.png (coloured)", fontsize=10)
 axes[1].imshow(overlay_png)
 axes[1].set_title("cats__chelsea_overlay.png", fontsize=10)

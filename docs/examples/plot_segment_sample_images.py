@@ -41,22 +41,22 @@ for path, image, mask, k, k0 in zip(
 # Look at the masks
 # -----------------
 #
-# :func:`~sklearn_clasp.visualize.label2rgb` colours a label map;
+# :func:`~sklearn_clasp.visualize.color_labels` colours a label map;
 # :func:`~sklearn_clasp.visualize.overlay` blends the colours over the image
 # and draws the segment boundaries. Both return plain ``uint8`` RGB arrays, so
 # any plotting library (or :func:`~sklearn_clasp.io.save_png`) can show
 # them.
 import matplotlib.pyplot as plt
 
-from sklearn_clasp.visualize import label2rgb, overlay
+from sklearn_clasp.visualize import color_labels, overlay
 
 fig, axes = plt.subplots(len(images), 3, figsize=(9, 2.4 * len(images)),
                          layout="constrained")
 for row, (path, image, mask) in zip(axes, zip(paths, images, masks)):
     row[0].imshow(image)
     row[0].set_title(path.name, fontsize=9)
-    row[1].imshow(label2rgb(mask))
-    row[1].set_title(f"label2rgb: {len(set(mask.ravel().tolist()))} segments", fontsize=9)
+    row[1].imshow(color_labels(mask))
+    row[1].set_title(f"color_labels: {len(set(mask.ravel().tolist()))} segments", fontsize=9)
     row[2].imshow(overlay(image, mask))
     row[2].set_title("overlay", fontsize=9)
     for ax in row:
