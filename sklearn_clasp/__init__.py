@@ -4,45 +4,45 @@ CLASP (Clustering via Adaptive Spectral Processing) embeds an image into
 per-patch features, builds a cosine affinity between patches, clusters it with
 an adaptive spectral method that picks the number of segments itself, and
 refines the patch labels into a pixel-accurate mask with a DenseCRF.
+
+The names below are imported from their modules on first use, so that
+``import sklearn_clasp`` (and ``clasp --version``) imports neither
+scikit-learn nor torch.
 """
 
-from .affinity import CosineAffinity, cosine_affinity
-from .collection import segment_collection
-from .embedding import HandcraftedPatchEmbedder
-from .io import find_images, load_image
-from .pipeline import clasp_one, make_clasp_pipeline
-from .records import PatchGrid
-from .refine import CRFRefiner, dense_crf, refine_labels, upsample_labels
-from .spectral import PAPER_SETTINGS, AdaptiveSpectralSegmenter, adaptive_spectral_clustering
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AdaptiveSpectralSegmenter",
-    "CRFRefiner",
-    "CosineAffinity",
-    "DinoPatchEmbedder",
-    "HandcraftedPatchEmbedder",
-    "PAPER_SETTINGS",
-    "PatchGrid",
-    "adaptive_spectral_clustering",
-    "clasp_one",
-    "cosine_affinity",
-    "dense_crf",
-    "find_images",
-    "load_image",
-    "make_clasp_pipeline",
-    "refine_labels",
-    "segment_collection",
-    "upsample_labels",
-    "__version__",
-]
+# public name -> the module that defines it
+_HOMES = {
+    "AdaptiveSpectralSegmenter": "spectral",
+    "CRFRefiner": "refine",
+    "CosineAffinity": "affinity",
+    "DinoPatchEmbedder": "embedding",
+    "HandcraftedPatchEmbedder": "embedding",
+    "PAPER_SETTINGS": "spectral",
+    "PatchGrid": "records",
+    "adaptive_spectral_clustering": "spectral",
+    "clasp_one": "pipeline",
+    "cosine_affinity": "affinity",
+    "dense_crf": "refine",
+    "find_images": "io",
+    "load_image": "io",
+    "make_clasp_pipeline": "pipeline",
+    "refine_labels": "refine",
+    "segment_collection": "collection",
+    "upsample_labels": "refine",
+}
+
+__all__ = [*sorted(_HOMES), "__version__"]
 
 
 def __getattr__(name):
-    # DINOv2 (and so torch) is imported on first use only.
-    if name == "DinoPatchEmbedder":
-        from .embedding import DinoPatchEmbedder
-
-        return DinoPatchEmbedder
+    if name in _HOMES:
+        return getattr(import_module(f".{_HOMES[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOMES))

@@ -380,8 +380,9 @@ def build_parser(command=None):
     Parameters
     ----------
     command : str, default=None
-        Build the options of this subcommand only (the others get none), so
-        that a command pays only for its own options; ``None`` builds all.
+        Build the options of this subcommand only (the others get none, and
+        ``""`` builds none), so that a command pays only for its own options;
+        ``None`` builds all.
 
     Returns
     -------
@@ -1170,7 +1171,8 @@ def main(argv=None):
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
+    # only the command's own options are built ("": none, for --version and --help)
+    parser = build_parser(command if command in COMMANDS else "")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on errors, 0 for --help / --version

@@ -62,3 +62,20 @@ def test_no_private_imports_across_packages():
             if (name.startswith("_") and not name.startswith("__")) or private:
                 assert target.startswith(own_package + ".") or target == own_package, (
                     f"{module} imports {name} from {target}, private to another package")
+
+
+def test_import_and_version_load_neither_scikit_learn_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, sklearn_clasp; from sklearn_clasp.cli import main; main(['--version']); "
+            "print(sorted(m for m in ('sklearn', 'torch', 'scipy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+    # the public names are still there, imported on first use
+    code = "import sklearn_clasp as s; print(s.make_clasp_pipeline.__module__, 'torch' in dir())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.stdout.split()[0] == "sklearn_clasp.pipeline"
