@@ -1,15 +1,22 @@
 """DINOv2 weight files: official table, hub cache, env var, downloads, checksums, strict loading.
 
-No test reaches the network: ``_weights._open_url`` (the only function that would)
-is replaced in every test, and the hub cache is a temporary directory.
+No test reaches the network: ``_weights._download_url_to_file`` (the only function
+that would, torch's download helper) is replaced in every test, and so is the
+``urlopen`` that torch's helper calls (tests of the real helper serve bytes from
+memory through it); the hub cache is a temporary directory.
 """
 
 import dataclasses
+import email.message
+import hashlib
 import io
 import logging
 import os
+import socket
+import sys
 import urllib.error
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +35,10 @@ from sklearn_clasp.embedding.weights import (
     resolve_weights,
 )
 
+#: torch's download helper behind our one network function (the fixture below
+#: replaces the function; tests of the real helper put it back)
+REAL_DOWNLOAD = _weights._download_url_to_file
+
 REG = "dinov2_vits14_reg"
 REG_FILE = "dinov2_vits14_reg4_pretrain.pth"
 REG_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth"
@@ -43,7 +54,8 @@ def _isolated(monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise AssertionError("a test tried to reach the network")
 
-    monkeypatch.setattr(_weights, "_open_url", no_network)
+    monkeypatch.setattr(_weights, "_download_url_to_file", no_network)
+    monkeypatch.setattr(torch.hub, "urlopen", no_network)
     return hub
 
 
@@ -69,6 +81,38 @@ def _trust(monkeypatch, sha256, model=REG):
     """Make the official table expect ``sha256`` (our random stand-in file)."""
     info = dataclasses.replace(OFFICIAL_WEIGHTS[model], sha256=sha256)
     monkeypatch.setitem(OFFICIAL_WEIGHTS, model, info)
+
+
+class _Response(io.BytesIO):
+    """What ``urlopen`` gives torch's download helper: a body, its length, and a stall."""
+
+    def __init__(self, data, *, fail_after=None):
+        super().__init__(data)
+        self.headers = email.message.Message()
+        self.headers["Content-Length"] = str(len(data))
+        self.fail_after = fail_after
+
+    def info(self):
+        return self.headers
+
+    def read(self, n=-1):
+        if self.fail_after is not None and self.tell() >= self.fail_after:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return super().read(n if self.fail_after is None else min(n, 1000))
+
+
+def _serve(monkeypatch, data, opened=None, **kw):
+    """Run torch's real download helper, its ``urlopen`` serving ``data`` from memory."""
+
+    def urlopen(request, *args, **kwargs):
+        if opened is not None:
+            opened.append(request.full_url)
+        if isinstance(data, BaseException):
+            raise data
+        return _Response(data, **kw)
+
+    monkeypatch.setattr(_weights, "_download_url_to_file", REAL_DOWNLOAD)
+    monkeypatch.setattr(torch.hub, "urlopen", urlopen)
 
 
 def _features(emb, seed=0):
@@ -167,12 +211,8 @@ def _check_offline_message(msg, hub):
 
 def test_offline_error(monkeypatch, _isolated):
     calls = []
-
-    def offline(url, timeout=None):
-        calls.append(url)
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(_weights, "_open_url", offline)
+    _serve(monkeypatch, urllib.error.URLError("[Errno -3] Temporary failure in name resolution"),
+           calls)
     with pytest.raises(WeightsUnavailableError) as err:
         DinoPatchEmbedder().fit()
     assert calls == [REG_URL]
@@ -184,7 +224,7 @@ def test_offline_error(monkeypatch, _isolated):
 
 def test_download_false_never_touches_network(_isolated):
     with pytest.raises(WeightsUnavailableError) as err:
-        DinoPatchEmbedder(download=False).fit()  # _open_url would fail the test
+        DinoPatchEmbedder(download=False).fit()  # a download would fail the test
     _check_offline_message(str(err.value), _isolated)
     assert "download=False" in str(err.value)
 
@@ -197,7 +237,8 @@ def test_download_goes_to_hub_cache_with_official_url(monkeypatch, _isolated, re
     _trust(monkeypatch, sha)
     calls = []
 
-    def fake_download(url, dest, *, sha256=None, allow_unverified=False, timeout=60.0):
+    def fake_download(url, dest, *, sha256=None, allow_unverified=False, timeout=60.0,
+                      progress=None):
         calls.append((url, dest, sha256, allow_unverified))
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(data)
@@ -229,34 +270,117 @@ def test_download_goes_to_env_dir_when_set(monkeypatch, tmp_path):
 
 
 def test_download_is_verified_and_atomic(monkeypatch, tmp_path, caplog):
+    """torch's helper, for real: verified before it is in place, nothing left on failure."""
     payload = b"pretend checkpoint bytes" * 1000
-    good = __import__("hashlib").sha256(payload).hexdigest()
-    monkeypatch.setattr(_weights, "_open_url", lambda url, timeout=None: io.BytesIO(payload))
+    good = hashlib.sha256(payload).hexdigest()
+    _serve(monkeypatch, payload)
     dest = tmp_path / "dl" / "file.pth"
     with caplog.at_level(logging.INFO, logger=_weights.__name__):
-        assert download_weights("https://example.invalid/file.pth", dest, sha256=good) == good
+        assert download_weights("https://example.invalid/file.pth", dest, sha256=good,
+                                progress=False) == good
     assert dest.read_bytes() == payload
     assert "downloading https://example.invalid/file.pth" in caplog.text
+    assert f"downloaded {dest} (24000 bytes, SHA-256 {good})" in caplog.text
     assert [p.name for p in dest.parent.iterdir()] == ["file.pth"]
 
+    # a wrong digest: refused, nothing kept, and an existing file is left as it was
     other = tmp_path / "dl" / "other.pth"
-    with pytest.raises(ChecksumMismatchError, match="discarded"):
-        download_weights("https://example.invalid/other.pth", other, sha256="1" * 64)
+    with pytest.raises(ChecksumMismatchError, match=rf"has SHA-256 {good}, expected 1{{64}}; "
+                                                    rf"the file was discarded"):
+        download_weights("https://example.invalid/other.pth", other, sha256="1" * 64,
+                         progress=False)
     assert not other.exists()
+    with pytest.raises(ChecksumMismatchError):
+        download_weights("https://example.invalid/file.pth", dest, sha256="1" * 64,
+                         progress=False)
+    assert dest.read_bytes() == payload
     assert [p.name for p in dest.parent.iterdir()] == ["file.pth"]  # no temp file left
+
+    # a connection that breaks half-way: the error is the connection's, nothing kept
+    _serve(monkeypatch, payload, fail_after=10_000)
+    with pytest.raises(ConnectionResetError):
+        download_weights("https://example.invalid/cut.pth", tmp_path / "dl" / "cut.pth",
+                         sha256=good, progress=False)
+    assert [p.name for p in dest.parent.iterdir()] == ["file.pth"]
+
+
+def test_download_is_torch_helper_with_the_full_digest(monkeypatch, tmp_path):
+    calls = []
+
+    def helper(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, dst, hash_prefix, progress, socket.getdefaulttimeout()))
+        Path(dst).write_bytes(b"x")
+
+    monkeypatch.setattr(_weights, "_download_url_to_file", helper)
+    sha = hashlib.sha256(b"x").hexdigest()
+    assert socket.getdefaulttimeout() is None
+    download_weights("https://example.invalid/x", tmp_path / "x", sha256=sha.upper(),
+                     progress=False, timeout=7.5)
+    # the whole digest is the prefix; torch's helper has no timeout of its own, so the
+    # default socket timeout is set while it runs, and restored
+    assert calls == [("https://example.invalid/x", str(tmp_path / "x"), sha, False, 7.5)]
+    assert socket.getdefaulttimeout() is None
+    socket.setdefaulttimeout(3.0)  # one set by the application is kept
+    try:
+        download_weights("https://example.invalid/x", tmp_path / "x", sha256=sha,
+                         progress=False)
+        assert calls[-1][-1] == 3.0 and socket.getdefaulttimeout() == 3.0
+    finally:
+        socket.setdefaulttimeout(None)
+
+
+def test_download_draws_a_progress_bar_on_stderr_unless_quiet(monkeypatch, tmp_path, capsys):
+    payload = bytes(300_000)
+    sha = hashlib.sha256(payload).hexdigest()
+    _serve(monkeypatch, payload)
+    download_weights("https://example.invalid/a.pth", tmp_path / "a.pth", sha256=sha,
+                     progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "100%" in err and "293k/293k" in err  # tqdm's bar, in KiB
+    download_weights("https://example.invalid/b.pth", tmp_path / "b.pth", sha256=sha,
+                     progress=False)
+    assert capsys.readouterr() == ("", "")
+    # progress=None: a bar on a terminal only, and none when warnings are silenced
+    download_weights("https://example.invalid/c.pth", tmp_path / "c.pth", sha256=sha)
+    assert capsys.readouterr().err == ""  # captured stderr is no terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    download_weights("https://example.invalid/d.pth", tmp_path / "d.pth", sha256=sha)
+    assert "100%" in capsys.readouterr().err
+    package_logger = logging.getLogger("sklearn_clasp")
+    level = package_logger.level
+    package_logger.setLevel(logging.ERROR)  # what clasp -q does
+    try:
+        download_weights("https://example.invalid/e.pth", tmp_path / "e.pth", sha256=sha)
+    finally:
+        package_logger.setLevel(level)
+    assert capsys.readouterr().err == ""
+
+
+def test_clasp_weights_download_bar_and_quiet(monkeypatch, tmp_path, capsys):
+    from sklearn_clasp.cli import main
+
+    env = tmp_path / "weights"
+    monkeypatch.setenv(WEIGHTS_ENV_VAR, str(env))
+    payload = b"stand-in for the official file" * 10_000
+    _trust(monkeypatch, hashlib.sha256(payload).hexdigest())
+    _serve(monkeypatch, payload)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["weights", "--download", "-q"]) == 0
+    assert capsys.readouterr() == ("", "")  # -q: no bar, no listing
+    assert (env / REG_FILE).read_bytes() == payload
+    (env / REG_FILE).unlink()
+    assert main(["weights", "--download", "--model", REG]) == 0
+    out, err = capsys.readouterr()
+    assert "100%" in err and "(SHA-256" in out and "verified)" in out
+    assert sorted(p.name for p in env.iterdir()) == [REG_FILE]
 
 
 def test_unknown_digest_needs_a_hash_or_opt_in(monkeypatch, _isolated):
     data = b"checkpoint bytes of a model with no published digest"
-    sha = __import__("hashlib").sha256(data).hexdigest()
+    sha = hashlib.sha256(data).hexdigest()
     _trust(monkeypatch, None)
     opened = []
-
-    def serve(url, timeout=None):
-        opened.append(url)
-        return io.BytesIO(data)
-
-    monkeypatch.setattr(_weights, "_open_url", serve)
+    _serve(monkeypatch, data, opened)
     with pytest.raises(ValueError, match="refusing to download.*weights_sha256"):
         resolve_weights(REG)
     assert opened == []
@@ -336,7 +460,7 @@ def test_file_digest_not_fooled_by_a_restored_mtime(tmp_path):
     p.write_bytes(b"evil")
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert p.stat().st_mtime_ns == st.st_mtime_ns and p.stat().st_size == st.st_size
-    assert file_sha256(p) == __import__("hashlib").sha256(b"evil").hexdigest() != good
+    assert file_sha256(p) == hashlib.sha256(b"evil").hexdigest() != good
 
 
 def test_random_weights_warn():

@@ -45,7 +45,8 @@ def _no_network(monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise AssertionError("a test tried to reach the network")
 
-    monkeypatch.setattr(_weights, "_open_url", no_network)
+    monkeypatch.setattr(_weights, "_download_url_to_file", no_network)
+    monkeypatch.setattr(torch.hub, "urlopen", no_network)
 
 
 def _subprocess_env(**extra):

@@ -10,9 +10,11 @@ model. It is looked for, in this order, in
 
 and is otherwise downloaded from the official URL into the first of these
 (``SKLEARN_CLASP_WEIGHTS`` if set, else the hub cache). Official files are
-always checked against their published SHA-256 before use; a download is
-written to a temporary file, verified, then renamed into place. Nothing here
-touches the network unless a download is needed and allowed.
+always checked against their published SHA-256 before use. Downloads go
+through :func:`torch.hub.download_url_to_file`, which writes a temporary file
+beside the destination, checks its SHA-256 and only then renames it into
+place (a progress bar on stderr where wanted). Nothing here touches the network
+unless a download is needed and allowed.
 
 Weight files are untrusted input. :func:`load_checkpoint` opens a file once,
 checks the SHA-256 of the open file (so that it cannot be swapped between the
@@ -30,16 +32,16 @@ corroborated by at least one other project pinning the same file).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
 import re
-import tempfile
+import socket
+import sys
 import threading
 import urllib.error
-import urllib.request
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -291,17 +293,54 @@ def verify_file(path, sha256, *, what="weights file"):
     return actual
 
 
-def _open_url(url, timeout=60.0):
-    """Open ``url`` for reading (the only place this module touches the network)."""
-    return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - fixed https URL
+def _download_url_to_file(url, dst, hash_prefix=None, progress=True):
+    """:func:`torch.hub.download_url_to_file`: the only place this module reaches the network."""
+    torch.hub.download_url_to_file(url, dst, hash_prefix=hash_prefix, progress=progress)
 
 
-def download_weights(url, dest, *, sha256=None, allow_unverified=False, timeout=60.0):
+# torch's download helper opens its connection without a timeout; the process-wide
+# default socket timeout is set (where none is) for the duration of a download, one
+# download at a time
+_DOWNLOAD_LOCK = threading.Lock()
+
+
+@contextmanager
+def _default_socket_timeout(seconds):
+    with _DOWNLOAD_LOCK:
+        previous = socket.getdefaulttimeout()
+        if previous is None and seconds is not None:
+            socket.setdefaulttimeout(seconds)
+        try:
+            yield
+        finally:
+            socket.setdefaulttimeout(previous)
+
+
+def _show_progress(progress):
+    """``progress``, or for ``None``: stderr is a terminal and warnings are not silenced."""
+    if progress is not None:
+        return bool(progress)
+    if not logger.isEnabledFor(logging.WARNING):  # e.g. ``clasp -q``: errors only
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        return False
+
+
+_TORCH_HASH_ERROR = re.compile(r'invalid hash value \(expected "([0-9a-f]*)", got "([0-9a-f]*)"\)')
+
+
+def download_weights(url, dest, *, sha256=None, allow_unverified=False, timeout=60.0,
+                     progress=None):
     """Download ``url`` to ``dest`` atomically, verifying its SHA-256.
 
-    The data are written to a temporary file beside ``dest``, hashed while
-    written, and renamed to ``dest`` only if the digest matches ``sha256``; on
-    any failure the temporary file is removed and ``dest`` is untouched.
+    The download is done by :func:`torch.hub.download_url_to_file`: the data
+    are written to a temporary file beside ``dest`` (``<dest>.<random>.partial``),
+    hashed while written, and renamed to ``dest`` only if the digest matches
+    ``sha256`` (the full 64-digit digest is passed as torch's ``hash_prefix``);
+    on any failure, an interruption included, the temporary file is removed
+    and ``dest`` is left as it was.
 
     Parameters
     ----------
@@ -313,13 +352,27 @@ def download_weights(url, dest, *, sha256=None, allow_unverified=False, timeout=
         Expected SHA-256. ``None`` is refused unless ``allow_unverified=True``.
     allow_unverified : bool, default=False
         Accept a download whose digest cannot be checked.
-    timeout : float, default=60.0
-        Socket timeout in seconds.
+    timeout : float or None, default=60.0
+        Seconds a connection may stall. Torch's helper sets no timeout of its
+        own, so while the download runs this is the process-wide default
+        socket timeout (:func:`socket.setdefaulttimeout`), unless one is set
+        already; ``None`` waits for ever.
+    progress : bool or None, default=None
+        Draw a progress bar on stderr. ``None``: when stderr is a terminal and
+        warnings from this package are not silenced (``clasp -q`` silences
+        them).
 
     Returns
     -------
     digest : str
         SHA-256 of the downloaded file.
+
+    Raises
+    ------
+    ChecksumMismatchError
+        If the downloaded data have another SHA-256 (nothing is kept).
+    urllib.error.URLError, OSError
+        If the download fails (offline, HTTP error, timeout).
     """
     sha256 = _check_sha256_string(sha256, "sha256")
     dest = Path(dest)
@@ -331,32 +384,24 @@ def download_weights(url, dest, *, sha256=None, allow_unverified=False, timeout=
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     logger.info("downloading %s to %s", url, dest)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".partial", dir=dest.parent)
     try:
-        h = hashlib.sha256()
-        n_bytes = 0
-        with os.fdopen(fd, "wb") as out, _open_url(url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                out.write(chunk)
-                h.update(chunk)
-                n_bytes += len(chunk)
-        digest = h.hexdigest()
-        if sha256 is not None and digest != sha256:
-            raise ChecksumMismatchError(
-                f"download of {url} has SHA-256 {digest} ({n_bytes} bytes), expected "
-                f"{sha256}; the file was discarded. Retry; if it persists, the file on "
-                f"the server changed."
-            )
-        if sha256 is None:
-            logger.warning("accepted unverified download %s (SHA-256 %s)", url, digest)
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    logger.info("downloaded %s (%d bytes, SHA-256 %s)", dest, n_bytes, digest)
+        with _default_socket_timeout(timeout):
+            _download_url_to_file(url, os.fspath(dest), hash_prefix=sha256,
+                                  progress=_show_progress(progress))
+    except RuntimeError as exc:
+        match = _TORCH_HASH_ERROR.search(str(exc))
+        if match is None:
+            raise
+        raise ChecksumMismatchError(
+            f"download of {url} has SHA-256 {match.group(2)}, expected {sha256}; the file "
+            f"was discarded. Retry; if it persists, the file on the server changed."
+        ) from None
+    if sha256 is None:
+        digest = file_sha256(dest)
+        logger.warning("accepted unverified download %s (SHA-256 %s)", url, digest)
+    else:
+        digest = sha256
+    logger.info("downloaded %s (%d bytes, SHA-256 %s)", dest, dest.stat().st_size, digest)
     return digest
 
 
@@ -420,7 +465,7 @@ def _check_user_file(model, path, digest):
 
 
 def resolve_weights(model, weights=None, *, weights_sha256=None, download=True,
-                    allow_unverified=False):
+                    allow_unverified=False, progress=None):
     """Find (and if needed download) a weight file, verified.
 
     Parameters
@@ -437,6 +482,8 @@ def resolve_weights(model, weights=None, *, weights_sha256=None, download=True,
         Whether a missing official file may be downloaded.
     allow_unverified : bool, default=False
         Accept a download that no SHA-256 is known for.
+    progress : bool or None, default=None
+        Progress bar of a download (see :func:`download_weights`).
 
     Returns
     -------
@@ -495,7 +542,7 @@ def resolve_weights(model, weights=None, *, weights_sha256=None, download=True,
     dest = (_env_dir() or hub_checkpoint_dir()) / info.filename
     try:
         digest = download_weights(info.url, dest, sha256=expected,
-                                  allow_unverified=allow_unverified)
+                                  allow_unverified=allow_unverified, progress=progress)
     except (urllib.error.URLError, OSError) as exc:  # offline, DNS, HTTP error, timeout
         raise WeightsUnavailableError(
             _offline_message(info, f"downloading it failed ({exc})")
