@@ -10,9 +10,11 @@ import dataclasses
 import email.message
 import hashlib
 import io
+import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import urllib.error
 import warnings
@@ -576,7 +578,6 @@ def test_corrupt_truncated_and_empty_files_name_the_file(tmp_path, reg_checkpoin
     cases = {
         "truncated.pth": data[: len(data) // 2],
         "tail_cut.pth": data[:-100],
-        "junk.pth": b"this is not a checkpoint at all",
         "empty.pth": b"",
     }
     for name, content in cases.items():
@@ -589,6 +590,177 @@ def test_corrupt_truncated_and_empty_files_name_the_file(tmp_path, reg_checkpoin
         assert f"could not read weights file {path}" in msg, msg
         assert ("empty (0 bytes)" if not content else "corrupt, truncated") in msg
         assert len(msg) < 500
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"this is not a checkpoint at all", "it is text, starting 'this is not a ch'"),
+    # torch.load calls this one "pickled objects or code" (its first byte is a pickle
+    # opcode that its restricted unpickler refuses)
+    (b"model: dinov2\nweights: none\n", "it is text, starting 'model: dinov2 we'"),
+    (b"\x00\x01\x02\x03\xff\xfe binary junk", "it starts with the bytes 00 01 02 03 ff fe"),
+    (len(b'{"__metadata__":{}}').to_bytes(8, "little") + b'{"__metadata__":{}}',
+     "it looks like a .safetensors file: give it the .safetensors suffix"),
+])
+def test_a_file_that_is_no_checkpoint_is_called_so(monkeypatch, tmp_path, content, what):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(ValueError) as err:
+        DinoPatchEmbedder("dinov2_vits14", weights=path).fit()
+    msg = str(err.value)
+    assert not isinstance(err.value, _weights.UnsafeCheckpointError)
+    assert "pickled" not in msg and "code" not in msg
+    assert f"could not read weights file {path}: it is not a PyTorch checkpoint" in msg
+    assert what in msg and "Pass a checkpoint file" in msg
+    assert loads == []  # not even handed to torch
+
+
+_SPECIAL_FILES_SCRIPT = r"""
+import contextlib, io, json, sys, warnings
+from sklearn_clasp.cli import main
+from sklearn_clasp.embedding import DinoPatchEmbedder
+from sklearn_clasp.embedding.weights import file_sha256, load_checkpoint
+
+images, out_dir, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+out = {}
+for path in paths:
+    calls = {
+        "fit": lambda: DinoPatchEmbedder("dinov2_vits14", weights=path).fit(),
+        "load_checkpoint": lambda: load_checkpoint(path, model="dinov2_vits14"),
+        "file_sha256": lambda: file_sha256(path),
+    }
+    for how, call in calls.items():
+        try:
+            call()
+            out[f"{path} {how}"] = "no error"
+        except Exception as exc:
+            out[f"{path} {how}"] = f"{type(exc).__name__}: {exc}"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(["segment", images, "--out", out_dir, "--embed-model", "dinov2_vits14",
+                       "--embed-weights", path])
+    out[f"{path} cli"] = [status, err.getvalue()]
+print(json.dumps(out))
+"""
+
+
+def test_weights_that_are_not_regular_files_are_named_and_never_read(tmp_path):
+    """A named pipe, /dev/zero, a directory: each said to be what it is, none read.
+
+    In a subprocess with a time limit: reading either of the first two would block
+    or never end.
+    """
+    import sklearn_clasp
+    from PIL import Image
+
+    fifo = tmp_path / "pipe.pth"
+    os.mkfifo(fifo)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(images / "a.png")
+    root = str(Path(sklearn_clasp.__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if k != WEIGHTS_ENV_VAR}
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.run(
+        [sys.executable, "-c", _SPECIAL_FILES_SCRIPT, str(images), str(tmp_path / "out"),
+         str(fifo), "/dev/zero", str(folder)],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.splitlines()[-1])
+    kinds = {str(fifo): "a named pipe (FIFO)", "/dev/zero": "a character device",
+             str(folder): "a directory"}
+    for path, kind in kinds.items():
+        for how in ("fit", "load_checkpoint", "file_sha256"):
+            msg = results[f"{path} {how}"]
+            assert msg.startswith("ValueError: "), msg
+            label = f"weights={path!r}" if how == "fit" else f"weights file {path}"
+            assert f"{label} is {kind}, not a weights file" in msg, msg
+            assert "nothing was read from it" in msg and "no such file" not in msg
+        status, err = results[f"{path} cli"]
+        assert status == 3, err  # the embedder could not be loaded
+        assert f"is {kind}, not a weights file" in err and "no such file" not in err
+    # a directory: the way to use what is in it
+    msg = results[f"{folder} fit"]
+    assert f"e.g. {folder / 'dinov2_vits14_pretrain.pth'}" in msg
+    assert f"set {WEIGHTS_ENV_VAR}={folder}" in msg
+
+
+def test_unreadable_and_dangling_weights(tmp_path):
+    link = tmp_path / "link.pth"
+    link.symlink_to(tmp_path / "gone.pth")
+    with pytest.raises(WeightsUnavailableError, match=r"link.pth'?: broken symbolic link "
+                                                      r"\(its target .*gone.pth"):
+        DinoPatchEmbedder(weights=link).fit()
+    if os.geteuid() != 0:  # root reads anything
+        locked = tmp_path / "locked.pth"
+        locked.write_bytes(b"x")
+        locked.chmod(0)
+        with pytest.raises(PermissionError, match="locked.pth'?: permission denied"):
+            DinoPatchEmbedder(weights=locked).fit()
+
+
+# --------------------------------------------------------- what the tensors hold
+
+
+def test_nan_or_inf_weights_are_refused_at_load_naming_the_tensor(tmp_path, plain_checkpoint):
+    sd = torch.load(plain_checkpoint, weights_only=True)
+    sd["blocks.3.mlp.fc1.weight"] = sd["blocks.3.mlp.fc1.weight"].clone()
+    sd["blocks.3.mlp.fc1.weight"][0, :3] = float("nan")
+    sd["blocks.3.mlp.fc1.weight"][1, 0] = float("inf")
+    sd["norm.bias"] = torch.full_like(sd["norm.bias"], -float("inf"))
+    torch.save(sd, tmp_path / "nan.pth")
+    with pytest.raises(ValueError) as err:
+        DinoPatchEmbedder("dinov2_vits14", weights=tmp_path / "nan.pth").fit()
+    msg = str(err.value)
+    assert (f"weights file {tmp_path / 'nan.pth'}: tensor 'blocks.3.mlp.fc1.weight' has 3 NaN "
+            f"and 1 infinite values (of 589824), and 1 more tensor too") in msg
+    assert "every feature NaN" in msg and "input image" not in msg
+
+
+@pytest.mark.parametrize("dtype, legacy", [(torch.int8, False), (torch.uint8, False),
+                                           (torch.bool, False), (torch.int8, True),
+                                           (torch.float64, False), (torch.complex64, False)])
+def test_non_float32_weights_are_refused(monkeypatch, tmp_path, plain_checkpoint, dtype,
+                                         legacy):
+    sd = torch.load(plain_checkpoint, weights_only=True)
+    path = tmp_path / "w.pth"
+    torch.save({k: (100 * v).to(dtype) for k, v in sd.items()}, path,
+               _use_new_zipfile_serialization=not legacy)
+    loads = _record_hash_and_load(monkeypatch)
+    with pytest.raises(ValueError) as err:
+        DinoPatchEmbedder("dinov2_vits14", weights=path).fit()
+    msg = str(err.value)
+    name = str(dtype).removeprefix("torch.")
+    assert (f"weights file {path} holds {name} tensors ('cls_token' and 174 more, of 175): "
+            f"DINOv2 weights in the official layout are float32") in msg, msg
+    if dtype == torch.float64:
+        assert "save it as float32, {k: v.float()" in msg
+    else:
+        assert "pass the float32 checkpoint" in msg
+    # a torch.save archive is refused from its pickle alone, before any tensor is read
+    assert ("load" in loads) == legacy
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_are_converted_with_a_warning(tmp_path, plain_checkpoint, dtype):
+    sd = torch.load(plain_checkpoint, weights_only=True)
+    torch.save({k: v.to(dtype) for k, v in sd.items()}, tmp_path / "half.pth")
+    torch.save({k: v.to(dtype).float() for k, v in sd.items()}, tmp_path / "same.pth")
+    name = str(dtype).removeprefix("torch.")
+    with pytest.warns(UserWarning, match=rf"holds {name} tensors \(175 of 175\); they are "
+                                         rf"converted to float32"):
+        half = DinoPatchEmbedder("dinov2_vits14", weights=tmp_path / "half.pth",
+                                 short_side=None).fit()
+    assert all(p.dtype == torch.float32 for p in half.model_.parameters())
+    same = DinoPatchEmbedder("dinov2_vits14", weights=tmp_path / "same.pth",
+                             short_side=None).fit()
+    np.testing.assert_array_equal(_features(half), _features(same))
+    with pytest.warns(UserWarning, match="converted to float32"):
+        loaded = _weights.load_checkpoint(tmp_path / "half.pth", model="dinov2_vits14")
+    assert {v.dtype for v in loaded.values()} == {torch.float32}
 
 
 def test_non_string_keys_refused(tmp_path):
@@ -665,6 +837,9 @@ def test_safetensors_file(tmp_path, reg_checkpoint):
     b = DinoPatchEmbedder(weights=path, short_side=None).fit()
     np.testing.assert_array_equal(_features(a), _features(b))
     assert a.weights_sha256_ == file_sha256(tmp_path / "w.safetensors")
+    st.save_file({k: (100 * v).to(torch.int8) for k, v in sd.items()}, tmp_path / "i8.safetensors")
+    with pytest.raises(ValueError, match=r"i8.safetensors holds int8 tensors"):
+        load_dinov2(REG, weights=tmp_path / "i8.safetensors")
     (tmp_path / "bad.safetensors").write_bytes((tmp_path / "w.safetensors").read_bytes()[:999])
     with pytest.raises(ValueError, match="bad.safetensors: it is corrupt, truncated"):
         load_dinov2(REG, weights=tmp_path / "bad.safetensors")
