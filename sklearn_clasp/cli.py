@@ -1077,8 +1077,11 @@ def run_weights(args):
     if args.download:
         model = args.model or "dinov2_vits14_reg"
         try:
-            path, digest = W.resolve_weights(model, None, download=True)
-        except (W.WeightsUnavailableError, W.ChecksumMismatchError, OSError) as exc:
+            # torch's progress bar on stderr (on a terminal), none with -q
+            path, digest = W.resolve_weights(model, None, download=True,
+                                             progress=False if args.quiet else None)
+        except (W.WeightsUnavailableError, W.ChecksumMismatchError, OSError,
+                ValueError) as exc:  # ValueError: no digest known to check a download
             raise EmbedderError(f"could not get the {model} weights: {exc}") from exc
         if not args.quiet:
             print(f"\n{model}: {path} (SHA-256 {digest}, verified)")

@@ -526,10 +526,10 @@ def no_weights_anywhere(tmp_path, monkeypatch):
     monkeypatch.setenv(_weights.WEIGHTS_ENV_VAR, str(empty))
     monkeypatch.setattr(_weights, "hub_checkpoint_dir", lambda: tmp_path / "hub")
 
-    def offline(url, timeout=60.0):
+    def offline(url, dst, hash_prefix=None, progress=True):
         raise urllib.error.URLError("network unreachable (test)")
 
-    monkeypatch.setattr(_weights, "_open_url", offline)
+    monkeypatch.setattr(_weights, "_download_url_to_file", offline)
     return empty
 
 
@@ -765,10 +765,10 @@ def weights_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv(_weights.WEIGHTS_ENV_VAR, str(env))
     monkeypatch.setattr(_weights, "hub_checkpoint_dir", lambda: hub)
 
-    def no_network(url, timeout=60.0):
+    def no_network(url, dst, hash_prefix=None, progress=True):
         raise AssertionError("the network must not be touched")
 
-    monkeypatch.setattr(_weights, "_open_url", no_network)
+    monkeypatch.setattr(_weights, "_download_url_to_file", no_network)
     return env, hub
 
 
@@ -824,7 +824,8 @@ def test_weights_download_uses_the_download_function(weights_dirs, monkeypatch, 
     env, _ = weights_dirs
     calls = []
 
-    def fake_download(url, dest, *, sha256=None, allow_unverified=False, timeout=60.0):
+    def fake_download(url, dest, *, sha256=None, allow_unverified=False, timeout=60.0,
+                      progress=None):
         calls.append((url, Path(dest), sha256))
         Path(dest).write_bytes(b"weights")
         return sha256

@@ -36,7 +36,7 @@ def _no_network(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a test tried to reach the network")
 
-    monkeypatch.setattr(_weights, "_open_url", fail)
+    monkeypatch.setattr(_weights, "_download_url_to_file", fail)
 
 
 def _random_image(shape, seed=0):

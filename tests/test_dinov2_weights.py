@@ -1,15 +1,24 @@
 """DINOv2 weight files: official table, hub cache, env var, downloads, checksums, strict loading.
 
-No test reaches the network: ``_weights._open_url`` (the only function that would)
-is replaced in every test, and the hub cache is a temporary directory.
+No test reaches the network: ``_weights._download_url_to_file`` (the only function
+that would, torch's download helper) is replaced in every test, and so is the
+``urlopen`` that torch's helper calls (tests of the real helper serve bytes from
+memory through it); the hub cache is a temporary directory.
 """
 
 import dataclasses
+import email.message
+import hashlib
 import io
+import json
 import logging
 import os
+import socket
+import subprocess
+import sys
 import urllib.error
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +37,10 @@ from sklearn_clasp.embedding.weights import (
     resolve_weights,
 )
 
+#: torch's download helper behind our one network function (the fixture below
+#: replaces the function; tests of the real helper put it back)
+REAL_DOWNLOAD = _weights._download_url_to_file
+
 REG = "dinov2_vits14_reg"
 REG_FILE = "dinov2_vits14_reg4_pretrain.pth"
 REG_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth"
@@ -43,7 +56,8 @@ def _isolated(monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise AssertionError("a test tried to reach the network")
 
-    monkeypatch.setattr(_weights, "_open_url", no_network)
+    monkeypatch.setattr(_weights, "_download_url_to_file", no_network)
+    monkeypatch.setattr(torch.hub, "urlopen", no_network)
     return hub
 
 
@@ -69,6 +83,38 @@ def _trust(monkeypatch, sha256, model=REG):
     """Make the official table expect ``sha256`` (our random stand-in file)."""
     info = dataclasses.replace(OFFICIAL_WEIGHTS[model], sha256=sha256)
     monkeypatch.setitem(OFFICIAL_WEIGHTS, model, info)
+
+
+class _Response(io.BytesIO):
+    """What ``urlopen`` gives torch's download helper: a body, its length, and a stall."""
+
+    def __init__(self, data, *, fail_after=None):
+        super().__init__(data)
+        self.headers = email.message.Message()
+        self.headers["Content-Length"] = str(len(data))
+        self.fail_after = fail_after
+
+    def info(self):
+        return self.headers
+
+    def read(self, n=-1):
+        if self.fail_after is not None and self.tell() >= self.fail_after:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return super().read(n if self.fail_after is None else min(n, 1000))
+
+
+def _serve(monkeypatch, data, opened=None, **kw):
+    """Run torch's real download helper, its ``urlopen`` serving ``data`` from memory."""
+
+    def urlopen(request, *args, **kwargs):
+        if opened is not None:
+            opened.append(request.full_url)
+        if isinstance(data, BaseException):
+            raise data
+        return _Response(data, **kw)
+
+    monkeypatch.setattr(_weights, "_download_url_to_file", REAL_DOWNLOAD)
+    monkeypatch.setattr(torch.hub, "urlopen", urlopen)
 
 
 def _features(emb, seed=0):
@@ -167,12 +213,8 @@ def _check_offline_message(msg, hub):
 
 def test_offline_error(monkeypatch, _isolated):
     calls = []
-
-    def offline(url, timeout=None):
-        calls.append(url)
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(_weights, "_open_url", offline)
+    _serve(monkeypatch, urllib.error.URLError("[Errno -3] Temporary failure in name resolution"),
+           calls)
     with pytest.raises(WeightsUnavailableError) as err:
         DinoPatchEmbedder().fit()
     assert calls == [REG_URL]
@@ -184,7 +226,7 @@ def test_offline_error(monkeypatch, _isolated):
 
 def test_download_false_never_touches_network(_isolated):
     with pytest.raises(WeightsUnavailableError) as err:
-        DinoPatchEmbedder(download=False).fit()  # _open_url would fail the test
+        DinoPatchEmbedder(download=False).fit()  # a download would fail the test
     _check_offline_message(str(err.value), _isolated)
     assert "download=False" in str(err.value)
 
@@ -197,7 +239,8 @@ def test_download_goes_to_hub_cache_with_official_url(monkeypatch, _isolated, re
     _trust(monkeypatch, sha)
     calls = []
 
-    def fake_download(url, dest, *, sha256=None, allow_unverified=False, timeout=60.0):
+    def fake_download(url, dest, *, sha256=None, allow_unverified=False, timeout=60.0,
+                      progress=None):
         calls.append((url, dest, sha256, allow_unverified))
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(data)
@@ -229,34 +272,117 @@ def test_download_goes_to_env_dir_when_set(monkeypatch, tmp_path):
 
 
 def test_download_is_verified_and_atomic(monkeypatch, tmp_path, caplog):
+    """torch's helper, for real: verified before it is in place, nothing left on failure."""
     payload = b"pretend checkpoint bytes" * 1000
-    good = __import__("hashlib").sha256(payload).hexdigest()
-    monkeypatch.setattr(_weights, "_open_url", lambda url, timeout=None: io.BytesIO(payload))
+    good = hashlib.sha256(payload).hexdigest()
+    _serve(monkeypatch, payload)
     dest = tmp_path / "dl" / "file.pth"
     with caplog.at_level(logging.INFO, logger=_weights.__name__):
-        assert download_weights("https://example.invalid/file.pth", dest, sha256=good) == good
+        assert download_weights("https://example.invalid/file.pth", dest, sha256=good,
+                                progress=False) == good
     assert dest.read_bytes() == payload
     assert "downloading https://example.invalid/file.pth" in caplog.text
+    assert f"downloaded {dest} (24000 bytes, SHA-256 {good})" in caplog.text
     assert [p.name for p in dest.parent.iterdir()] == ["file.pth"]
 
+    # a wrong digest: refused, nothing kept, and an existing file is left as it was
     other = tmp_path / "dl" / "other.pth"
-    with pytest.raises(ChecksumMismatchError, match="discarded"):
-        download_weights("https://example.invalid/other.pth", other, sha256="1" * 64)
+    with pytest.raises(ChecksumMismatchError, match=rf"has SHA-256 {good}, expected 1{{64}}; "
+                                                    rf"the file was discarded"):
+        download_weights("https://example.invalid/other.pth", other, sha256="1" * 64,
+                         progress=False)
     assert not other.exists()
+    with pytest.raises(ChecksumMismatchError):
+        download_weights("https://example.invalid/file.pth", dest, sha256="1" * 64,
+                         progress=False)
+    assert dest.read_bytes() == payload
     assert [p.name for p in dest.parent.iterdir()] == ["file.pth"]  # no temp file left
+
+    # a connection that breaks half-way: the error is the connection's, nothing kept
+    _serve(monkeypatch, payload, fail_after=10_000)
+    with pytest.raises(ConnectionResetError):
+        download_weights("https://example.invalid/cut.pth", tmp_path / "dl" / "cut.pth",
+                         sha256=good, progress=False)
+    assert [p.name for p in dest.parent.iterdir()] == ["file.pth"]
+
+
+def test_download_is_torch_helper_with_the_full_digest(monkeypatch, tmp_path):
+    calls = []
+
+    def helper(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, dst, hash_prefix, progress, socket.getdefaulttimeout()))
+        Path(dst).write_bytes(b"x")
+
+    monkeypatch.setattr(_weights, "_download_url_to_file", helper)
+    sha = hashlib.sha256(b"x").hexdigest()
+    assert socket.getdefaulttimeout() is None
+    download_weights("https://example.invalid/x", tmp_path / "x", sha256=sha.upper(),
+                     progress=False, timeout=7.5)
+    # the whole digest is the prefix; torch's helper has no timeout of its own, so the
+    # default socket timeout is set while it runs, and restored
+    assert calls == [("https://example.invalid/x", str(tmp_path / "x"), sha, False, 7.5)]
+    assert socket.getdefaulttimeout() is None
+    socket.setdefaulttimeout(3.0)  # one set by the application is kept
+    try:
+        download_weights("https://example.invalid/x", tmp_path / "x", sha256=sha,
+                         progress=False)
+        assert calls[-1][-1] == 3.0 and socket.getdefaulttimeout() == 3.0
+    finally:
+        socket.setdefaulttimeout(None)
+
+
+def test_download_draws_a_progress_bar_on_stderr_unless_quiet(monkeypatch, tmp_path, capsys):
+    payload = bytes(300_000)
+    sha = hashlib.sha256(payload).hexdigest()
+    _serve(monkeypatch, payload)
+    download_weights("https://example.invalid/a.pth", tmp_path / "a.pth", sha256=sha,
+                     progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "100%" in err and "293k/293k" in err  # tqdm's bar, in KiB
+    download_weights("https://example.invalid/b.pth", tmp_path / "b.pth", sha256=sha,
+                     progress=False)
+    assert capsys.readouterr() == ("", "")
+    # progress=None: a bar on a terminal only, and none when warnings are silenced
+    download_weights("https://example.invalid/c.pth", tmp_path / "c.pth", sha256=sha)
+    assert capsys.readouterr().err == ""  # captured stderr is no terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    download_weights("https://example.invalid/d.pth", tmp_path / "d.pth", sha256=sha)
+    assert "100%" in capsys.readouterr().err
+    package_logger = logging.getLogger("sklearn_clasp")
+    level = package_logger.level
+    package_logger.setLevel(logging.ERROR)  # what clasp -q does
+    try:
+        download_weights("https://example.invalid/e.pth", tmp_path / "e.pth", sha256=sha)
+    finally:
+        package_logger.setLevel(level)
+    assert capsys.readouterr().err == ""
+
+
+def test_clasp_weights_download_bar_and_quiet(monkeypatch, tmp_path, capsys):
+    from sklearn_clasp.cli import main
+
+    env = tmp_path / "weights"
+    monkeypatch.setenv(WEIGHTS_ENV_VAR, str(env))
+    payload = b"stand-in for the official file" * 10_000
+    _trust(monkeypatch, hashlib.sha256(payload).hexdigest())
+    _serve(monkeypatch, payload)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["weights", "--download", "-q"]) == 0
+    assert capsys.readouterr() == ("", "")  # -q: no bar, no listing
+    assert (env / REG_FILE).read_bytes() == payload
+    (env / REG_FILE).unlink()
+    assert main(["weights", "--download", "--model", REG]) == 0
+    out, err = capsys.readouterr()
+    assert "100%" in err and "(SHA-256" in out and "verified)" in out
+    assert sorted(p.name for p in env.iterdir()) == [REG_FILE]
 
 
 def test_unknown_digest_needs_a_hash_or_opt_in(monkeypatch, _isolated):
     data = b"checkpoint bytes of a model with no published digest"
-    sha = __import__("hashlib").sha256(data).hexdigest()
+    sha = hashlib.sha256(data).hexdigest()
     _trust(monkeypatch, None)
     opened = []
-
-    def serve(url, timeout=None):
-        opened.append(url)
-        return io.BytesIO(data)
-
-    monkeypatch.setattr(_weights, "_open_url", serve)
+    _serve(monkeypatch, data, opened)
     with pytest.raises(ValueError, match="refusing to download.*weights_sha256"):
         resolve_weights(REG)
     assert opened == []
@@ -336,7 +462,7 @@ def test_file_digest_not_fooled_by_a_restored_mtime(tmp_path):
     p.write_bytes(b"evil")
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert p.stat().st_mtime_ns == st.st_mtime_ns and p.stat().st_size == st.st_size
-    assert file_sha256(p) == __import__("hashlib").sha256(b"evil").hexdigest() != good
+    assert file_sha256(p) == hashlib.sha256(b"evil").hexdigest() != good
 
 
 def test_random_weights_warn():
@@ -452,7 +578,6 @@ def test_corrupt_truncated_and_empty_files_name_the_file(tmp_path, reg_checkpoin
     cases = {
         "truncated.pth": data[: len(data) // 2],
         "tail_cut.pth": data[:-100],
-        "junk.pth": b"this is not a checkpoint at all",
         "empty.pth": b"",
     }
     for name, content in cases.items():
@@ -465,6 +590,177 @@ def test_corrupt_truncated_and_empty_files_name_the_file(tmp_path, reg_checkpoin
         assert f"could not read weights file {path}" in msg, msg
         assert ("empty (0 bytes)" if not content else "corrupt, truncated") in msg
         assert len(msg) < 500
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"this is not a checkpoint at all", "it is text, starting 'this is not a ch'"),
+    # torch.load calls this one "pickled objects or code" (its first byte is a pickle
+    # opcode that its restricted unpickler refuses)
+    (b"model: dinov2\nweights: none\n", "it is text, starting 'model: dinov2 we'"),
+    (b"\x00\x01\x02\x03\xff\xfe binary junk", "it starts with the bytes 00 01 02 03 ff fe"),
+    (len(b'{"__metadata__":{}}').to_bytes(8, "little") + b'{"__metadata__":{}}',
+     "it looks like a .safetensors file: give it the .safetensors suffix"),
+])
+def test_a_file_that_is_no_checkpoint_is_called_so(monkeypatch, tmp_path, content, what):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(ValueError) as err:
+        DinoPatchEmbedder("dinov2_vits14", weights=path).fit()
+    msg = str(err.value)
+    assert not isinstance(err.value, _weights.UnsafeCheckpointError)
+    assert "pickled" not in msg and "code" not in msg
+    assert f"could not read weights file {path}: it is not a PyTorch checkpoint" in msg
+    assert what in msg and "Pass a checkpoint file" in msg
+    assert loads == []  # not even handed to torch
+
+
+_SPECIAL_FILES_SCRIPT = r"""
+import contextlib, io, json, sys, warnings
+from sklearn_clasp.cli import main
+from sklearn_clasp.embedding import DinoPatchEmbedder
+from sklearn_clasp.embedding.weights import file_sha256, load_checkpoint
+
+images, out_dir, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+out = {}
+for path in paths:
+    calls = {
+        "fit": lambda: DinoPatchEmbedder("dinov2_vits14", weights=path).fit(),
+        "load_checkpoint": lambda: load_checkpoint(path, model="dinov2_vits14"),
+        "file_sha256": lambda: file_sha256(path),
+    }
+    for how, call in calls.items():
+        try:
+            call()
+            out[f"{path} {how}"] = "no error"
+        except Exception as exc:
+            out[f"{path} {how}"] = f"{type(exc).__name__}: {exc}"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(["segment", images, "--out", out_dir, "--embed-model", "dinov2_vits14",
+                       "--embed-weights", path])
+    out[f"{path} cli"] = [status, err.getvalue()]
+print(json.dumps(out))
+"""
+
+
+def test_weights_that_are_not_regular_files_are_named_and_never_read(tmp_path):
+    """A named pipe, /dev/zero, a directory: each said to be what it is, none read.
+
+    In a subprocess with a time limit: reading either of the first two would block
+    or never end.
+    """
+    import sklearn_clasp
+    from PIL import Image
+
+    fifo = tmp_path / "pipe.pth"
+    os.mkfifo(fifo)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(images / "a.png")
+    root = str(Path(sklearn_clasp.__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if k != WEIGHTS_ENV_VAR}
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.run(
+        [sys.executable, "-c", _SPECIAL_FILES_SCRIPT, str(images), str(tmp_path / "out"),
+         str(fifo), "/dev/zero", str(folder)],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.splitlines()[-1])
+    kinds = {str(fifo): "a named pipe (FIFO)", "/dev/zero": "a character device",
+             str(folder): "a directory"}
+    for path, kind in kinds.items():
+        for how in ("fit", "load_checkpoint", "file_sha256"):
+            msg = results[f"{path} {how}"]
+            assert msg.startswith("ValueError: "), msg
+            label = f"weights={path!r}" if how == "fit" else f"weights file {path}"
+            assert f"{label} is {kind}, not a weights file" in msg, msg
+            assert "nothing was read from it" in msg and "no such file" not in msg
+        status, err = results[f"{path} cli"]
+        assert status == 3, err  # the embedder could not be loaded
+        assert f"is {kind}, not a weights file" in err and "no such file" not in err
+    # a directory: the way to use what is in it
+    msg = results[f"{folder} fit"]
+    assert f"e.g. {folder / 'dinov2_vits14_pretrain.pth'}" in msg
+    assert f"set {WEIGHTS_ENV_VAR}={folder}" in msg
+
+
+def test_unreadable_and_dangling_weights(tmp_path):
+    link = tmp_path / "link.pth"
+    link.symlink_to(tmp_path / "gone.pth")
+    with pytest.raises(WeightsUnavailableError, match=r"link.pth'?: broken symbolic link "
+                                                      r"\(its target .*gone.pth"):
+        DinoPatchEmbedder(weights=link).fit()
+    if os.geteuid() != 0:  # root reads anything
+        locked = tmp_path / "locked.pth"
+        locked.write_bytes(b"x")
+        locked.chmod(0)
+        with pytest.raises(PermissionError, match="locked.pth'?: permission denied"):
+            DinoPatchEmbedder(weights=locked).fit()
+
+
+# --------------------------------------------------------- what the tensors hold
+
+
+def test_nan_or_inf_weights_are_refused_at_load_naming_the_tensor(tmp_path, plain_checkpoint):
+    sd = torch.load(plain_checkpoint, weights_only=True)
+    sd["blocks.3.mlp.fc1.weight"] = sd["blocks.3.mlp.fc1.weight"].clone()
+    sd["blocks.3.mlp.fc1.weight"][0, :3] = float("nan")
+    sd["blocks.3.mlp.fc1.weight"][1, 0] = float("inf")
+    sd["norm.bias"] = torch.full_like(sd["norm.bias"], -float("inf"))
+    torch.save(sd, tmp_path / "nan.pth")
+    with pytest.raises(ValueError) as err:
+        DinoPatchEmbedder("dinov2_vits14", weights=tmp_path / "nan.pth").fit()
+    msg = str(err.value)
+    assert (f"weights file {tmp_path / 'nan.pth'}: tensor 'blocks.3.mlp.fc1.weight' has 3 NaN "
+            f"and 1 infinite values (of 589824), and 1 more tensor too") in msg
+    assert "every feature NaN" in msg and "input image" not in msg
+
+
+@pytest.mark.parametrize("dtype, legacy", [(torch.int8, False), (torch.uint8, False),
+                                           (torch.bool, False), (torch.int8, True),
+                                           (torch.float64, False), (torch.complex64, False)])
+def test_non_float32_weights_are_refused(monkeypatch, tmp_path, plain_checkpoint, dtype,
+                                         legacy):
+    sd = torch.load(plain_checkpoint, weights_only=True)
+    path = tmp_path / "w.pth"
+    torch.save({k: (100 * v).to(dtype) for k, v in sd.items()}, path,
+               _use_new_zipfile_serialization=not legacy)
+    loads = _record_hash_and_load(monkeypatch)
+    with pytest.raises(ValueError) as err:
+        DinoPatchEmbedder("dinov2_vits14", weights=path).fit()
+    msg = str(err.value)
+    name = str(dtype).removeprefix("torch.")
+    assert (f"weights file {path} holds {name} tensors ('cls_token' and 174 more, of 175): "
+            f"DINOv2 weights in the official layout are float32") in msg, msg
+    if dtype == torch.float64:
+        assert "save it as float32, {k: v.float()" in msg
+    else:
+        assert "pass the float32 checkpoint" in msg
+    # a torch.save archive is refused from its pickle alone, before any tensor is read
+    assert ("load" in loads) == legacy
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_are_converted_with_a_warning(tmp_path, plain_checkpoint, dtype):
+    sd = torch.load(plain_checkpoint, weights_only=True)
+    torch.save({k: v.to(dtype) for k, v in sd.items()}, tmp_path / "half.pth")
+    torch.save({k: v.to(dtype).float() for k, v in sd.items()}, tmp_path / "same.pth")
+    name = str(dtype).removeprefix("torch.")
+    with pytest.warns(UserWarning, match=rf"holds {name} tensors \(175 of 175\); they are "
+                                         rf"converted to float32"):
+        half = DinoPatchEmbedder("dinov2_vits14", weights=tmp_path / "half.pth",
+                                 short_side=None).fit()
+    assert all(p.dtype == torch.float32 for p in half.model_.parameters())
+    same = DinoPatchEmbedder("dinov2_vits14", weights=tmp_path / "same.pth",
+                             short_side=None).fit()
+    np.testing.assert_array_equal(_features(half), _features(same))
+    with pytest.warns(UserWarning, match="converted to float32"):
+        loaded = _weights.load_checkpoint(tmp_path / "half.pth", model="dinov2_vits14")
+    assert {v.dtype for v in loaded.values()} == {torch.float32}
 
 
 def test_non_string_keys_refused(tmp_path):
@@ -541,6 +837,9 @@ def test_safetensors_file(tmp_path, reg_checkpoint):
     b = DinoPatchEmbedder(weights=path, short_side=None).fit()
     np.testing.assert_array_equal(_features(a), _features(b))
     assert a.weights_sha256_ == file_sha256(tmp_path / "w.safetensors")
+    st.save_file({k: (100 * v).to(torch.int8) for k, v in sd.items()}, tmp_path / "i8.safetensors")
+    with pytest.raises(ValueError, match=r"i8.safetensors holds int8 tensors"):
+        load_dinov2(REG, weights=tmp_path / "i8.safetensors")
     (tmp_path / "bad.safetensors").write_bytes((tmp_path / "w.safetensors").read_bytes()[:999])
     with pytest.raises(ValueError, match="bad.safetensors: it is corrupt, truncated"):
         load_dinov2(REG, weights=tmp_path / "bad.safetensors")

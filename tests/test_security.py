@@ -2,7 +2,9 @@
 or opened that the caller did not ask for.
 
 - weight files: pickles that would run code are refused (and their payload does not
-  run), official files are verified before they are parsed;
+  run), official files are verified before they are parsed, and a small file that
+  declares gigabytes (a checkpoint decompression bomb) is refused before any of it
+  is decompressed;
 - feature caches: nothing is cached unless ``memory=`` says where, and a cache that
   others can write to is pointed out;
 - Dask: the library opens no listening port; TLS settings reach the client.
@@ -10,12 +12,17 @@ or opened that the caller did not ask for.
 No test reaches the network.
 """
 
+import collections
+import io
 import json
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import warnings
+import zlib
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +32,15 @@ import torch
 import sklearn_clasp
 from sklearn_clasp.embedding import DinoPatchEmbedder, load_dinov2
 from sklearn_clasp.embedding import weights as _weights
+from sklearn_clasp.embedding._vit import build_dinov2
 from sklearn_clasp.embedding.weights import (
     OFFICIAL_WEIGHTS,
     WEIGHTS_ENV_VAR,
+    CheckpointTooLargeError,
     ChecksumMismatchError,
     UnsafeCheckpointError,
+    load_checkpoint,
+    model_tensor_bytes,
 )
 
 REPO_ROOT = Path(sklearn_clasp.__file__).resolve().parent.parent
@@ -45,7 +56,8 @@ def _no_network(monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise AssertionError("a test tried to reach the network")
 
-    monkeypatch.setattr(_weights, "_open_url", no_network)
+    monkeypatch.setattr(_weights, "_download_url_to_file", no_network)
+    monkeypatch.setattr(torch.hub, "urlopen", no_network)
 
 
 def _subprocess_env(**extra):
@@ -158,6 +170,263 @@ def test_malicious_file_in_the_hub_cache_is_never_parsed(monkeypatch, tmp_path):
         DinoPatchEmbedder(MODEL).fit()
     assert str(planted) in str(err.value) and info.sha256 in str(err.value)
     assert loads == [] and not marker.exists()
+
+
+# --------------------------------------------------------------------------
+# checkpoint decompression bombs
+# --------------------------------------------------------------------------
+#
+# A torch.save file is a zip archive: a pickle (data.pkl) that declares each tensor's
+# shape and storage (key, dtype, number of elements), and one record data/<key> per
+# storage. torch.save stores the records uncompressed, but torch's reader inflates
+# deflated ones too: a few megabytes of deflated zeros declare gigabytes. The files
+# below are written byte by byte in that format, without ever holding the zeros.
+
+#: A storage of (nearly) 4 GiB, as in the report: the most a zip entry holds
+#: without the zip64 extension.
+BOMB_BYTES = (4 << 30) - (1 << 20)
+
+
+class _DeclaredStorage:
+    """A storage as the pickle declares it (written by :class:`_ArchivePickler`)."""
+
+    def __init__(self, key, numel, kind="FloatStorage"):
+        self.key, self.numel, self.kind = key, numel, kind
+
+
+class _DeclaredTensor:
+    """A tensor as ``torch.save`` pickles it: ``_rebuild_tensor_v2`` of a storage."""
+
+    def __init__(self, storage, shape):
+        self.storage, self.shape = storage, tuple(shape)
+
+    def __reduce__(self):
+        stride = tuple(int(np.prod(self.shape[i + 1:])) for i in range(len(self.shape)))
+        return (torch._utils._rebuild_tensor_v2,
+                (self.storage, 0, self.shape, stride, False, collections.OrderedDict()))
+
+
+class _ArchivePickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _DeclaredStorage):  # what torch.save writes for a storage
+            return ("storage", getattr(torch, obj.kind), obj.key, "cpu", obj.numel)
+        return None
+
+
+@lru_cache(maxsize=1)
+def _deflated_mebibyte():
+    """1 MiB of zeros, deflated and flushed so that the bytes stand alone (repeatable)."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return c.compress(bytes(1 << 20)) + c.flush(zlib.Z_FULL_FLUSH)
+
+
+def _deflated_zeros(n):
+    """``(raw deflate stream of n zero bytes, its CRC-32)``, never holding the zeros."""
+    k, rest = divmod(n, 1 << 20)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = _deflated_mebibyte() * k + c.compress(bytes(rest)) + c.flush()
+    crc, block = 0, bytes(1 << 20)
+    for _ in range(k):
+        crc = zlib.crc32(block, crc)
+    return stream, zlib.crc32(bytes(rest), crc)
+
+
+def _write_zip(path, entries):
+    """A zip file of ``entries``: ``(name, bytes)`` stored, ``(name, n)`` n zeros deflated."""
+    out, directory = bytearray(), bytearray()
+    for name, content in entries:
+        raw = name.encode()
+        if isinstance(content, int):
+            (data, crc), method, size = _deflated_zeros(content), 8, content
+        else:
+            data, crc, method, size = content, zlib.crc32(content), 0, len(content)
+        offset = len(out)
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc,
+                           len(data), size, len(raw), 0) + raw + data
+        directory += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0,
+                                 0x21, crc, len(data), size, len(raw), 0, 0, 0, 0, 0,
+                                 offset) + raw
+    out += directory + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries),
+                                   len(entries), len(directory), len(out), 0)
+    Path(path).write_bytes(out)
+
+
+def _write_checkpoint(path, tensors, *, sizes=None, extra=()):
+    """A torch.save archive of ``tensors`` (key -> (shape, storage elements)), all zeros.
+
+    Each record is deflated zeros of the declared size (or ``sizes[key]`` bytes);
+    ``extra`` adds entries as they are.
+    """
+    state, records = collections.OrderedDict(), []
+    for i, (key, (shape, numel)) in enumerate(tensors.items()):
+        state[key] = _DeclaredTensor(_DeclaredStorage(str(i), numel), shape)
+        records.append((f"archive/data/{i}", (sizes or {}).get(key, 4 * numel)))
+    buf = io.BytesIO()
+    _ArchivePickler(buf, protocol=2).dump(state)
+    _write_zip(path, [("archive/data.pkl", buf.getvalue()), ("archive/byteorder", b"little"),
+                      *records, ("archive/version", b"3\n"), *extra])
+
+
+def _model_tensors(model=MODEL, **storage_bytes):
+    """``model``'s keys and shapes, each on its own storage (``storage_bytes`` overrides)."""
+    net = build_dinov2(model, device="meta")
+    return {k: (tuple(v.shape), storage_bytes.get(k.replace(".", "_"), 4 * v.numel()) // 4)
+            for k, v in net.state_dict().items()}
+
+
+def test_crafted_checkpoints_are_real(tmp_path):
+    """The writer above makes files that torch.load reads: small ones load in full."""
+    path = tmp_path / "zeros.pth"
+    _write_checkpoint(path, _model_tensors())
+    assert path.stat().st_size < 300_000  # 88 MB of zeros, deflated
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {
+        k: tuple(v.shape) for k, v in build_dinov2(MODEL, device="meta").state_dict().items()}
+    assert all(not v.any() for v in sd.values())
+    # and this file of the model's very keys and shapes is accepted as it is
+    assert load_checkpoint(path, model=MODEL).keys() == sd.keys()
+    # a storage 8 MiB larger than its tensor: torch inflates and loads it...
+    _write_checkpoint(path, _model_tensors(pos_embed=8 << 20))
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    assert sd["pos_embed"].untyped_storage().nbytes() == 8 << 20
+    # ...and we refuse it unread: together the records declare more than the model holds
+    with pytest.raises(CheckpointTooLargeError) as err:
+        load_checkpoint(path, model=MODEL)
+    budget = model_tensor_bytes(MODEL)
+    assert budget == 88_226_304
+    msg = str(err.value)
+    assert f"refused weights file {path} before reading its tensors" in msg
+    assert "the tensors of dinov2_vits14 take 84.1 MiB in float32" in msg
+    assert "decompression bomb" in msg
+
+
+_BOMB_SCRIPT = r"""
+import json, resource, sys, time, warnings
+import torch
+from sklearn_clasp.embedding import DinoPatchEmbedder
+from sklearn_clasp.embedding.weights import load_checkpoint
+
+# a guard for the machine: past 2 GiB more address space, allocations fail (the
+# library must never get near it)
+with open("/proc/self/status") as fh:
+    vm = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (2 << 30), resource.RLIM_INFINITY))
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+out = {}
+for path in sys.argv[2:]:
+    for how in ("load_checkpoint", "fit"):
+        before, start = peak(), time.perf_counter()
+        try:
+            if how == "fit":
+                DinoPatchEmbedder(sys.argv[1], weights=path).fit()
+            else:
+                load_checkpoint(path, model=sys.argv[1])
+            error = None
+        except Exception as exc:
+            error = [type(exc).__name__, str(exc)]
+        out[f"{path} {how}"] = {"error": error, "peak_growth": peak() - before,
+                                "seconds": time.perf_counter() - start}
+print(json.dumps(out))
+"""
+
+
+def test_checkpoint_bomb_is_refused_before_it_is_decompressed(tmp_path):
+    """A 4.2 MB file declaring a 4 GiB storage: refused, and peak memory stays small."""
+    net = build_dinov2(MODEL, device="meta").state_dict()
+    # the model's keys and shapes, with pos_embed on a storage of nearly 4 GiB
+    same_keys = tmp_path / "same_keys.pth"
+    _write_checkpoint(same_keys, _model_tensors(pos_embed=BOMB_BYTES))
+    # one tensor of nearly 4 GiB under a key of the model
+    one_tensor = tmp_path / "one_tensor.pth"
+    _write_checkpoint(one_tensor, {"pos_embed": ((BOMB_BYTES // 4,), BOMB_BYTES // 4)})
+    for path in (same_keys, one_tensor):
+        assert path.stat().st_size < 4_500_000
+    # the bomb is real: torch's own reader sees the 4 GiB record (without reading it)
+    with open(same_keys, "rb") as fh:
+        reader = torch._C.PyTorchFileReader(fh)
+        index = list(net).index("pos_embed")
+        if hasattr(reader, "get_record_size"):
+            assert reader.get_record_size(f"data/{index}") == BOMB_BYTES
+    proc = subprocess.run(
+        [sys.executable, "-c", _BOMB_SCRIPT, MODEL, str(same_keys), str(one_tensor)],
+        capture_output=True, text=True, timeout=300, env=_subprocess_env())
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.splitlines()[-1])
+    for key, result in results.items():
+        assert result["error"] is not None, f"{key}: the bomb was loaded"
+        # nothing near the bomb's 4 GiB (the file is refused before the model is built)
+        assert result["peak_growth"] < 32 << 20, (key, result)
+        assert result["seconds"] < 30, (key, result)
+    for how in ("load_checkpoint", "fit"):
+        kind, msg = results[f"{same_keys} {how}"]["error"]
+        assert kind == "CheckpointTooLargeError", msg
+        assert "its records declare 4.1 GiB (the largest, archive/data/" in msg, msg
+        assert "4.0 GiB, stored in 4.0 MiB)" in msg, msg
+        assert "take 84.1 MiB in float32" in msg and "decompression bomb" in msg
+        kind, msg = results[f"{one_tensor} {how}"]["error"]
+        assert kind == "ValueError", msg  # refused by its shapes, before any record is read
+        assert f"weights file {one_tensor} does not fit model {MODEL!r}" in msg, msg
+        assert "pos_embed is (1073479680,) in the file, (1, 1370, 384) in the model" in msg
+
+
+def test_archive_declarations_are_checked_before_reading(monkeypatch, tmp_path):
+    """Each refusal below happens with the records unread: torch.load is never called."""
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    tensors = _model_tensors()
+
+    # a pickle that inflates to 64 MiB (a state dict's takes some kilobytes)
+    path = tmp_path / "pickle_bomb.pth"
+    _write_zip(path, [("archive/data.pkl", 64 << 20), ("archive/version", b"3\n")])
+    with pytest.raises(CheckpointTooLargeError, match=r"its pickle \(archive/data.pkl\) "
+                                                      r"declares 64.0 MiB, more than the "
+                                                      r"4.0 MiB read"):
+        load_checkpoint(path, model=MODEL)
+
+    # a record of another size than the pickle declares for its storage
+    path = tmp_path / "mismatch.pth"
+    _write_checkpoint(path, tensors, sizes={"cls_token": 4 * 384 + 4})
+    with pytest.raises(ValueError, match=r"its pickle declares storage '0' of 1536 bytes, but "
+                                         r"its record archive/data/0 is 1540 bytes"):
+        load_checkpoint(path, model=MODEL)
+
+    # a record named twice (which of the two would be read is up to the reader)
+    path = tmp_path / "twice.pth"
+    _write_checkpoint(path, tensors, extra=[("archive/data/0", 1 << 30)])
+    with pytest.raises(ValueError, match=r"holds 'archive/data/0' 2 times"):
+        load_checkpoint(path, model=MODEL)
+
+    # records the pickle does not mention count too
+    path = tmp_path / "hidden.pth"
+    _write_checkpoint(path, tensors, extra=[("archive/data/spare", 1 << 30)])
+    with pytest.raises(CheckpointTooLargeError, match="archive/data/spare: 1.0 GiB"):
+        load_checkpoint(path, model=MODEL)
+
+    # the bound without a model is the largest model's
+    path = tmp_path / "g.pth"
+    half = model_tensor_bytes() // 2 + (1 << 20)  # two records (each under 4 GiB)
+    _write_checkpoint(path, {"w": ((1,), 1)},
+                      extra=[("archive/data/a", half), ("archive/data/b", half)])
+    with pytest.raises(CheckpointTooLargeError, match="the tensors of the largest DINOv2 "
+                                                      "model take 4.2 GiB"):
+        load_checkpoint(path)
+    assert loads == []
+
+
+def test_an_uncompressed_file_is_bounded_by_its_size(tmp_path):
+    """A legacy-format file or bare pickle cannot be compressed: its size is the bound."""
+    path = tmp_path / "huge.pth"
+    with open(path, "wb") as fh:
+        fh.write(b"\x80\x02")  # how a pickle (and the legacy torch.save format) starts
+        fh.truncate(model_tensor_bytes(MODEL) + (8 << 20))  # sparse: nothing on disk
+    with pytest.raises(CheckpointTooLargeError, match=r"before reading its tensors: it is "
+                                                      r"92.1 MiB, but the tensors of "
+                                                      r"dinov2_vits14 take 84.1 MiB"):
+        load_checkpoint(path, model=MODEL)
 
 
 # --------------------------------------------------------------------------

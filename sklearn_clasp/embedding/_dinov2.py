@@ -56,7 +56,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def _load_dinov2(model, weights, *, weights_sha256, download, allow_unverified, random_state,
                  stacklevel=3):
     """Build and load; returns ``(module, weights_path or None, sha256 or None)``."""
-    net = build_dinov2(model)
     if isinstance(weights, str) and weights == "random":
         if weights_sha256 is not None:
             raise ValueError("weights_sha256 has no meaning with weights='random'; drop it")
@@ -67,15 +66,17 @@ def _load_dinov2(model, weights, *, weights_sha256, download, allow_unverified, 
             stacklevel=stacklevel,
         )
         seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-        net.init_random(torch.Generator().manual_seed(seed))
+        net = build_dinov2(model).init_random(torch.Generator().manual_seed(seed))
         return net.eval().requires_grad_(False), None, None
     path, sha256 = resolve_weights(
         model, weights, weights_sha256=weights_sha256, download=download,
         allow_unverified=allow_unverified,
     )
-    # the open file is checked against the digest just resolved, then parsed
-    # with weights_only=True: a file swapped in meanwhile is refused unread
-    state_dict = load_checkpoint(path, sha256=sha256)
+    # the open file is checked against the digest just resolved, its declared
+    # sizes, names and shapes against the model, then it is parsed with
+    # weights_only=True: a file swapped in meanwhile is refused unread
+    state_dict = load_checkpoint(path, sha256=sha256, model=model)
+    net = build_dinov2(model)  # after the checks: a refused file costs no model
     load_state_dict_strict(net, state_dict, name=model, source=f"weights file {path}")
     logger.info("loaded %s from %s", model, path)
     return net.eval().requires_grad_(False), str(path), sha256
