@@ -14,12 +14,12 @@ from sklearn_clasp import (
 )
 from sklearn_clasp.datasets import make_planted_partition
 from sklearn_clasp.spectral import (
-    _k_range,
     eigengap_k,
     leading_eigenpairs,
     silhouette_scores_cosine,
     silhouette_scores_for_labels,
 )
+from sklearn_clasp.spectral._rules import k_window
 
 
 @pytest.mark.parametrize("k", range(2, 9))
@@ -132,11 +132,11 @@ def test_eigengap_rules_on_hand_made_spectra():
 
 
 def test_k_search_range():
-    assert _k_range(4, beta=0.5, k_min=2, k_max=15) == [2, 3, 4, 5, 6]
-    assert _k_range(1, beta=0.5, k_min=2, k_max=15) == [2]
-    assert _k_range(12, beta=0.5, k_min=2, k_max=15) == list(range(6, 16))
-    assert _k_range(20, beta=0.1, k_min=2, k_max=15) == [15]
-    assert _k_range(5, beta=0.0, k_min=2, k_max=15) == [5]
+    assert k_window(4, beta=0.5, k_min=2, k_max=15) == [2, 3, 4, 5, 6]
+    assert k_window(1, beta=0.5, k_min=2, k_max=15) == [2]
+    assert k_window(12, beta=0.5, k_min=2, k_max=15) == list(range(6, 16))
+    assert k_window(20, beta=0.1, k_min=2, k_max=15) == [15]
+    assert k_window(5, beta=0.0, k_min=2, k_max=15) == [5]
 
 
 def test_leading_eigenpairs_dense_and_iterative_agree():
@@ -153,7 +153,8 @@ def test_leading_eigenpairs_dense_and_iterative_agree():
 
 def test_paper_settings_run_and_are_the_documented_ones():
     assert PAPER_SETTINGS == {
-        "spectrum": "affinity", "eigengap_rule": "elbow", "single_segment_threshold": None
+        "spectrum": "affinity", "eigengap_rule": "elbow", "k_selection": "silhouette",
+        "single_segment_threshold": None,
     }
     X, _ = make_planted_partition(3, n_samples=300, random_state=0)
     seg = AdaptiveSpectralSegmenter(random_state=0, **PAPER_SETTINGS).fit(X)
@@ -319,7 +320,7 @@ def test_k_above_the_number_of_samples():
     X, _ = make_planted_partition(3, n_samples=9, noise=0.1, random_state=0)
     # k_max above n - 1 is clipped, and info says which bounds were used.
     _, info = adaptive_spectral_clustering(cosine_affinity(X), k_max=50, random_state=0)
-    assert info["k_bounds"] == (2, 8)
+    assert info["k_bounds"] == (1, 8)
     assert max(info["silhouette_scores"]) <= 8 and info["eigenvalues"].shape == (9,)
     # k_min above n - 1 cannot be honoured: a plain matrix is an error ...
     with pytest.raises(ValueError, match="k_min=9 needs at least 10 samples.*has 9"):
@@ -341,7 +342,7 @@ def test_k_above_the_number_of_samples():
 # Memory: no n x n copies, sparse affinities, landmarks
 # --------------------------------------------------------------------------
 def test_one_segment_test_without_the_normalised_matrix():
-    from sklearn_clasp.spectral import _normalize, _second_normalized_eigenvalue
+    from sklearn_clasp.spectral._eigen import _normalize, _second_normalized_eigenvalue
 
     X, _ = make_planted_partition(3, n_samples=300, random_state=0)
     for clip in (True, False):  # with and without negative affinities
@@ -362,8 +363,11 @@ def test_asymmetric_affinity_is_symmetrised():
 
 
 def test_sparse_affinity_silhouette_is_exact_without_dense_distances(monkeypatch):
-    from sklearn_clasp import spectral
-    from sklearn_clasp.spectral import _distance_matrix, _silhouette_scores_sparse_affinity
+    from sklearn_clasp.spectral import _core
+    from sklearn_clasp.spectral._silhouette import (
+        _distance_matrix,
+        _silhouette_scores_sparse_affinity,
+    )
 
     X, _ = make_planted_partition(3, n_samples=240, noise=0.6, random_state=3)
     A = cosine_affinity(X, n_neighbors=12)
@@ -379,14 +383,14 @@ def test_sparse_affinity_silhouette_is_exact_without_dense_distances(monkeypatch
     def no_dense(*args):
         raise AssertionError("a sparse affinity must not be densified")
 
-    monkeypatch.setattr(spectral, "_distance_matrix", no_dense)
+    monkeypatch.setattr(_core, "_distance_matrix", no_dense)
     labels, info = adaptive_spectral_clustering(cosine_affinity(X, n_neighbors=12),
                                                 random_state=0)
     assert info["sparse_affinity"] and info["n_clusters"] == 3
 
 
 def test_many_samples_are_clustered_through_landmarks(monkeypatch):
-    from sklearn_clasp import spectral
+    from sklearn_clasp.spectral import _core as spectral
 
     X, y = make_planted_partition(5, n_samples=20_000, n_features=16, noise=0.5,
                                   random_state=4)
