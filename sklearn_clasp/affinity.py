@@ -23,7 +23,9 @@ from .records import check_records, grid_feature_matrix, is_record_sequence
 
 __all__ = [
     "cosine_affinity",
+    "limit_threads",
     "local_scaling_affinity",
+    "local_scales",
     "unit_rows",
     "CosineAffinity",
     "MAX_DENSE_SAMPLES",
@@ -40,6 +42,47 @@ MAX_DENSE_SAMPLES = 10_000
 
 # Row blocks of the k-nearest-neighbour affinity hold about this many bytes.
 _BLOCK_BYTES = 64 * 2**20
+
+#: Up to this many samples the affinity and the segmenter run on one BLAS
+#: thread (see :func:`limit_threads`).
+SINGLE_THREAD_MAX_SAMPLES = 2048
+
+_CONTROLLER = None
+
+
+def limit_threads(n_samples=None, *, user_api="blas"):
+    """Context manager: one thread for problems of at most 2,048 samples.
+
+    Products of this size gain little from more threads (waking them costs
+    about as much), and on one thread their results are the same bits
+    whatever the caller's thread settings (a Dask worker, a joblib process or
+    the main process). Larger problems keep the caller's setting. The thread
+    pools are looked up once, not on every call.
+
+    Parameters
+    ----------
+    n_samples : int or None, default=None
+        The problem's size; ``None``: one thread whatever the size.
+    user_api : {"blas", "openmp"} or None, default="blas"
+        Which pools; ``None``: all of them.
+
+    Returns
+    -------
+    context : context manager
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> with limit_threads(100):
+    ...     G = np.ones((100, 3)) @ np.ones((3, 100))
+    """
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    one = n_samples is None or n_samples <= SINGLE_THREAD_MAX_SAMPLES
+    return _CONTROLLER.limit(limits=1 if one else None, user_api=user_api)
 
 
 def unit_rows(X):
@@ -217,6 +260,11 @@ def cosine_affinity(X, Y=None, *, clip_negative=True, n_neighbors=None):
                 f"cosine_affinity: n_neighbors must be a positive int or None; got "
                 f"{n_neighbors!r}."
             )
+    with limit_threads(max(X.shape[0], X.shape[0] if square else Y.shape[0])):
+        return _cosine(X, Y, square, clip_negative, n_neighbors)
+
+
+def _cosine(X, Y, square, clip_negative, n_neighbors):
     Xn = _unit_rows_with_zero_flag(X)
     Yn = Xn if square else _unit_rows_with_zero_flag(Y)
     if Xn.shape[1] != Yn.shape[1]:  # all-zero rows on one side only: pad the other
@@ -260,7 +308,9 @@ def local_scales(X, Y=None, *, n_neighbors=7):
         Finite samples.
     Y : ndarray of shape (n_samples_Y, n_features), default=None
         Where the neighbours are looked for. ``None``: among the other rows of
-        ``X`` (a row is not its own neighbour).
+        ``X``. A row is never its own neighbour: a row of ``X`` found in ``Y``
+        at distance 0 is skipped once, so ``local_scales(X, X)`` equals
+        ``local_scales(X)``.
     n_neighbors : int, default=7
         Which neighbour (the paper's 7th); clipped to the number available.
 
@@ -285,7 +335,14 @@ def local_scales(X, Y=None, *, n_neighbors=7):
     if available < 1:
         return np.zeros(X.shape[0])
     k = int(min(max(1, n_neighbors), available))
-    return np.sqrt(np.partition(D, k - 1, axis=1)[:, k - 1])
+    if square:
+        return np.sqrt(np.partition(D, k - 1, axis=1)[:, k - 1])
+    # A row of X that is one of the rows of Y is not its own neighbour either.
+    k_plus = min(k + 1, Y.shape[0])
+    part = np.sort(np.partition(D, k_plus - 1, axis=1)[:, :k_plus], axis=1)
+    # (distance 0 up to rounding: below a billionth of the farthest one kept)
+    itself = (part[:, 0] <= 1e-9 * part[:, -1]) & (k_plus > k)
+    return np.sqrt(part[np.arange(X.shape[0]), k - 1 + itself])
 
 
 def local_scaling_affinity(X, Y=None, *, n_neighbors=7, scales=None, scales_Y=None):

@@ -48,6 +48,8 @@ def test_local_scaling_affinity_follows_the_definition():
     np.testing.assert_allclose(A, np.exp(-D / np.outer(s, s)), atol=1e-12)
     assert A.dtype == np.float64 and np.all(np.diag(A) == 1.0)
     # a second set: its own scales among the first set's samples
+    np.testing.assert_allclose(local_scales(X, X), s)
+    np.testing.assert_allclose(local_scaling_affinity(X, X, scales_Y=s), A, atol=1e-12)
     Z = rng.randn(4, 3)
     Dz = ((Z[:, None] - X[None]) ** 2).sum(-1)
     sz = np.sqrt(np.sort(Dz, axis=1)[:, 6])

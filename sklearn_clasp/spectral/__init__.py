@@ -38,7 +38,11 @@ from ._core import (
 from ._eigen import leading_eigenpairs
 from ._estimator import PAPER_SETTINGS, AdaptiveSpectralSegmenter
 from ._rules import eigengap_k, eigengap_scores
-from ._silhouette import silhouette_scores_cosine, silhouette_scores_for_labels
+from ._silhouette import (
+    silhouette_scores_cosine,
+    silhouette_scores_euclidean,
+    silhouette_scores_for_labels,
+)
 
 __all__ = [
     "adaptive_spectral_clustering",
@@ -49,6 +53,7 @@ __all__ = [
     "segment_statistics",
     "silhouette_scores_for_labels",
     "silhouette_scores_cosine",
+    "silhouette_scores_euclidean",
     "spectral_extension",
     "AdaptiveSpectralSegmenter",
     "SpectralEmbedding",

@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 from ..affinity import (
     MAX_DENSE_SAMPLES,
     cosine_affinity,
+    limit_threads,
     local_scales,
     local_scaling_affinity,
 )
@@ -33,6 +34,7 @@ from ._silhouette import (
     _distance_matrix,
     _silhouette_scores_sparse_affinity,
     silhouette_scores_cosine,
+    silhouette_scores_euclidean,
     silhouette_scores_for_labels,
 )
 
@@ -42,24 +44,6 @@ logger = logging.getLogger("sklearn_clasp.spectral")
 #: eigenpairs and the search runs k-means with up to ``k_max`` clusters, so
 #: this bounds the work whatever the input.
 MAX_CLUSTERS = 64
-
-# Problems up to this many patches run on one BLAS thread: waking BLAS threads
-# costs more than they save on calls this small, and one thread gives the same
-# bits whatever the caller's thread settings.
-_SINGLE_THREAD_MAX_N = 2048
-
-_CONTROLLER = None
-
-
-def _threads(limits, user_api=None):
-    """``threadpool_limits`` through one cached controller (no library rescan)."""
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=limits, user_api=user_api)
-
 
 class SpectralEmbedding(NamedTuple):
     """What the clustering computed besides the labels (``return_embedding=True``).
@@ -183,6 +167,7 @@ DEFAULTS = {
 
 @validate_params(
     {"affinity": ["array-like", "sparse matrix"], "features": ["array-like", None],
+     "silhouette_metric": [StrOptions({"cosine", "euclidean"})],
      **_CORE_CONSTRAINTS, "return_embedding": ["boolean"], "check_input": ["boolean"]},
     prefer_skip_nested_validation=True,
 )
@@ -190,6 +175,7 @@ def adaptive_spectral_clustering(
     affinity,
     *,
     features=None,
+    silhouette_metric="cosine",
     spectrum=DEFAULTS["spectrum"],
     eigengap_rule=DEFAULTS["eigengap_rule"],
     k_selection=DEFAULTS["k_selection"],
@@ -218,7 +204,11 @@ def adaptive_spectral_clustering(
         ``(A + A.T) / 2``). Must be finite and not empty.
     features : ndarray of shape (n, n_features), default=None
         The features the affinity came from; the silhouette then uses their
-        cosine distance, else ``1 - affinity``.
+        distance (``silhouette_metric``), else ``1 - affinity``.
+    silhouette_metric : {"cosine", "euclidean"}, default="cosine"
+        The features' distance for the silhouette: cosine (patch embeddings,
+        the cosine affinity) or Euclidean (ordinary data, the local-scaling
+        affinity).
     spectrum : {"affinity", "normalized"}, default="affinity"
         Decompose ``A`` itself (the paper) or ``D^-1/2 A D^-1/2``.
     eigengap_rule : {"relative", "largest", "elbow", "entropy"}, default="relative"
@@ -283,9 +273,9 @@ def adaptive_spectral_clustering(
     n = A.shape[0]
     if features is not None and check_input:
         features = _check_features_for(features, n)
-    with _threads(1 if n <= _SINGLE_THREAD_MAX_N else None, user_api="blas"):
+    with limit_threads(n):
         labels, info, emb = _cluster(
-            A, features, spectrum=spectrum, eigengap_rule=eigengap_rule,
+            A, features, silhouette_metric, spectrum=spectrum, eigengap_rule=eigengap_rule,
             k_selection=k_selection, k_min=k_min, k_max=k_max, beta=beta,
             single_segment_test=single_segment_test,
             single_segment_threshold=single_segment_threshold, n_init=n_init,
@@ -309,7 +299,7 @@ def _trivial(A, n, k_min, test, threshold):
     return labels, k
 
 
-def _cluster(A, features, *, spectrum, eigengap_rule, k_selection, k_min, k_max, beta,
+def _cluster(A, features, metric, *, spectrum, eigengap_rule, k_selection, k_min, k_max, beta,
              single_segment_test, single_segment_threshold, n_init, rng):
     n = A.shape[0]
     info = {"single_segment": False, "sparse_affinity": bool(sparse.issparse(A)),
@@ -374,9 +364,9 @@ def _cluster(A, features, *, spectrum, eigengap_rule, k_selection, k_min, k_max,
         return np.zeros(n, dtype=np.int64), info, emb
 
     start = time.perf_counter()
-    with _threads(1):
+    with limit_threads(None, user_api=None):  # k-means on the tiny embedding
         part, scores, silhouettes = _select(
-            A, features, vals, vecs, k0, k_selection=k_selection, lo=lo, hi=hi, beta=beta,
+            A, features, metric, vals, vecs, k0, k_selection=k_selection, lo=lo, hi=hi, beta=beta,
             n_init=n_init, rng=rng)
     E = _rules.row_normalize(vecs[:, :part.dim])
     info.update(
@@ -391,13 +381,15 @@ def _cluster(A, features, *, spectrum, eigengap_rule, k_selection, k_min, k_max,
     return part.labels, info, emb
 
 
-def _silhouettes(A, features, partitions):
+def _silhouettes(A, features, metric, partitions):
     """Silhouette of each partition with 2 <= K <= n - 1 (else NaN)."""
     n = A.shape[0]
     valid = [p for p in partitions if 2 <= p.k <= n - 1]
     labelings = [p.labels for p in valid]
     if not labelings:
         computed = []
+    elif features is not None and metric == "euclidean":
+        computed = silhouette_scores_euclidean(features, labelings)
     elif features is not None:
         computed = silhouette_scores_cosine(features, labelings)
     elif sparse.issparse(A):
@@ -410,7 +402,7 @@ def _silhouettes(A, features, partitions):
     return out
 
 
-def _select(A, features, vals, vecs, k0, *, k_selection, lo, hi, beta, n_init, rng):
+def _select(A, features, metric, vals, vecs, k0, *, k_selection, lo, hi, beta, n_init, rng):
     """The candidate partitions and the chosen one, with each K's score."""
     k_lo = max(lo, 2)
     if k_selection == "rotation":
@@ -424,7 +416,7 @@ def _select(A, features, vals, vecs, k0, *, k_selection, lo, hi, beta, n_init, r
         km = KMeans(n_clusters=used.size, init=means, n_init=1).fit(E)
         part = _rules.Partition(km.labels_, km.cluster_centers_)
         scores = {kk: float(q) for kk, q in zip(ks, qualities)}
-        return part, scores, _silhouettes(A, features, [part])
+        return part, scores, _silhouettes(A, features, metric, [part])
     if k_selection == "eigengap":
         ks = [int(min(max(k0, k_lo), hi))]
     else:
@@ -432,7 +424,7 @@ def _select(A, features, vals, vecs, k0, *, k_selection, lo, hi, beta, n_init, r
     keep_runs = k_selection == "stability"
     parts = [_rules.kmeans_partition(_rules.row_normalize(vecs[:, :k]), k, n_init=n_init,
                                      rng=rng, keep_runs=keep_runs) for k in ks]
-    silhouettes = _silhouettes(A, features, parts)
+    silhouettes = _silhouettes(A, features, metric, parts)
     if k_selection in ("silhouette", "eigengap"):
         scores = {p.k: silhouettes[p.k] for p in parts}
         scored = [p for p in parts if not math.isnan(silhouettes[p.k])]
@@ -528,7 +520,7 @@ def cluster_features(
     affinity : {"cosine", "local_scaling"}, default="cosine"
         :func:`~sklearn_clasp.affinity.cosine_affinity` (patch embeddings) or
         :func:`~sklearn_clasp.affinity.local_scaling_affinity` (Euclidean
-        data; the silhouette then uses ``1 - affinity``).
+        data; the silhouette then uses the Euclidean distance).
     max_dense_samples : int or None, default=10_000
         The memory bound; ``None`` always builds the dense affinity.
     spectrum, eigengap_rule, k_selection, k_min, k_max, beta, \
@@ -580,7 +572,8 @@ single_segment_test, single_segment_threshold, n_init, random_state
     A = _affinity_of(X_fit, kind=affinity, scales=scales)
     seconds = time.perf_counter() - start
     labels_fit, info, emb = adaptive_spectral_clustering(
-        A, features=X_fit if affinity == "cosine" else None, spectrum=spectrum,
+        A, features=X_fit,
+        silhouette_metric="cosine" if affinity == "cosine" else "euclidean", spectrum=spectrum,
         eigengap_rule=eigengap_rule, k_selection=k_selection, k_min=k_min, k_max=k_max,
         beta=beta, single_segment_test=single_segment_test,
         single_segment_threshold=single_segment_threshold, n_init=n_init,

@@ -18,9 +18,10 @@ EIGENGAP_RULES = ("relative", "largest", "elbow", "entropy")
 K_SELECTIONS = ("silhouette", "eigengap", "stability", "gap", "rotation")
 SINGLE_SEGMENT_TESTS = ("entropy", "cheeger", "gap")
 
-#: Eigenvalues within this fraction of the largest one of zero count as zero
-#: (the resolution of a float32 eigensolver).
-_ZERO_EIGENVALUE = 1e-6
+#: Eigenvalues below this fraction of the largest one are not resolved (about
+#: ``n eps`` of a float32 eigensolver for a thousand patches): the relative
+#: rule does not read gaps that fall from them.
+_RESOLVED_EIGENVALUE = 1e-4
 
 #: Reference samples of the gap statistic (Tibshirani et al. use 10 to 20).
 GAP_REFERENCES = 10
@@ -37,8 +38,9 @@ def eigengap_k(eigenvalues, *, rule="relative", k_min=1, k_max=None):
     * ``"largest"``: the classic eigengap heuristic, ``K0 = argmax d_i``
       over ``k_min <= i <= k_max``.
     * ``"relative"``: ``K0 = argmax d_i / l_i`` over the same range (scale
-      free). Eigenvalues within a millionth of ``l_1`` of zero count as 0; a
-      gap below a non-positive eigenvalue, or into a negative one, scores 0.
+      free). Gaps falling from an eigenvalue below ``1e-4 l_1`` (not resolved
+      by a float32 eigensolver), or into one below ``-1e-4 l_1``, score 0;
+      a gap into a non-positive eigenvalue scores 1.
     * ``"elbow"``: the CLASP paper's rule, ``K0 = i* + 1`` where ``i*`` is the
       gap index farthest from the straight line joining ``(1, d_1)`` and
       ``(m, d_m)``, over all gaps ``1 .. m`` (``m = k_max`` when given).
@@ -144,10 +146,10 @@ def eigengap_scores(eigenvalues, *, rule="relative", k_min=1, k_max=None):
         return index, p, index >= lo, k0, k0
     if rule in ("largest", "relative"):
         if rule == "relative":
-            zero = _ZERO_EIGENVALUE * abs(lam[0])
+            resolved = _RESOLVED_EIGENVALUE * abs(lam[0])
             top, below = lam[:m], lam[1:m + 1]
-            ok = (top > zero) & (below >= -zero)
-            below = np.where(np.abs(below) <= zero, 0.0, below)
+            ok = (top > resolved) & (below >= -resolved)
+            below = np.maximum(below, 0.0)
             scores = np.where(ok, (top - below) / np.where(ok, top, 1.0), 0.0)
         else:
             scores = gaps.copy()

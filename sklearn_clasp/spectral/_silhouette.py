@@ -101,6 +101,62 @@ def silhouette_scores_cosine(features, labelings):
     return scores
 
 
+def silhouette_scores_euclidean(features, labelings, *, block_bytes=64 * 2**20):
+    """Exact mean Euclidean silhouette of several labelings, in bounded memory.
+
+    Equal to ``sklearn.metrics.silhouette_score(features, labels)`` for each
+    labeling. The distances are computed in row blocks of about
+    ``block_bytes`` and summed per cluster for every labeling at once, so no
+    ``n x n`` matrix is held.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, n_features)
+    labelings : list of ndarray of shape (n,)
+        Integer labels ``0 .. K-1``, each with ``2 <= K <= n - 1``.
+    block_bytes : int, default=64 MiB
+        Size of a block of distances.
+
+    Returns
+    -------
+    scores : list of float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.0], [0.1], [1.0], [1.1]])
+    >>> round(silhouette_scores_euclidean(X, [np.array([0, 0, 1, 1])])[0], 4)
+    0.8997
+    """
+    X = np.asarray(features, dtype=np.float64)
+    X = X - X.mean(axis=0)
+    n = X.shape[0]
+    sq = np.einsum("ij,ij->i", X, X)
+    onehots = []
+    for labels in labelings:
+        labels = np.asarray(labels)
+        onehot = np.zeros((n, int(labels.max()) + 1))
+        onehot[np.arange(n), labels] = 1.0
+        onehots.append(onehot)
+    stacked = np.hstack(onehots) if onehots else np.zeros((n, 0))
+    sums = np.empty((n, stacked.shape[1]))
+    block = max(1, int(block_bytes) // (8 * n))
+    for lo in range(0, n, block):
+        hi = min(lo + block, n)
+        D = sq[lo:hi, None] + sq[None, :] - 2.0 * (X[lo:hi] @ X.T)
+        np.maximum(D, 0.0, out=D)
+        np.sqrt(D, out=D)
+        D[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
+        sums[lo:hi] = D @ stacked
+    scores, start = [], 0
+    for labels, onehot in zip(labelings, onehots):
+        k = onehot.shape[1]
+        scores.append(_silhouette_from_sums(sums[:, start:start + k], onehot.sum(axis=0),
+                                            np.asarray(labels)))
+        start += k
+    return scores
+
+
 def _silhouette_from_sums(sums, sizes, labels):
     """Mean silhouette from each sample's summed distance to each cluster."""
     n = sums.shape[0]
