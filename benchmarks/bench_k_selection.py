@@ -347,6 +347,27 @@ def evaluate_image(tag, item, read_truth, cache):
     return out
 
 
+def _kmax_image(tag, item, cache):
+    with threadpool_limits(limits=1):
+        X, _ = features_for(tag, item[1], cache)
+        A = cosine_affinity(X)
+        return {cand: [int(_run(A, X, cand, k_max=km)[1]["n_clusters"]) for km in (15, 30)]
+                for cand in CANDIDATES}
+
+
+def run_kmax(half, cache, n_jobs, limit):
+    """Post hoc (see RESULTS): does K move when k_max goes from 15 to 30?"""
+    out = {}
+    for (tag, h), (ds, items) in halves().items():
+        if half != "both" and h != half:
+            continue
+        items = items[:limit] if limit else items
+        rows = Parallel(n_jobs=n_jobs)(delayed(_kmax_image)(tag, it, cache) for it in items)
+        out[f"{tag}/{h}"] = {cand: float(np.mean([r[cand][0] == r[cand][1] for r in rows]))
+                             for cand in CANDIDATES}
+    return out
+
+
 def run_images(half, cache, n_jobs, limit):
     out = {}
     for (tag, h), (ds, items) in halves().items():
@@ -475,7 +496,7 @@ def figure(rows_by_part, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", nargs="+", default=["synthetic", "speed", "images"],
-                        choices=["synthetic", "speed", "images"])
+                        choices=["synthetic", "speed", "images", "kmax"])
     parser.add_argument("--half", choices=["choose", "confirm", "both"], default="choose")
     parser.add_argument("--cache", default=None, help="feature cache directory")
     parser.add_argument("--n-jobs", type=int, default=1)
@@ -512,6 +533,8 @@ def main(argv=None):
             else:
                 results["images"] = run_images(args.half, args.cache, args.n_jobs,
                                                2 if args.quick else args.limit)
+        if "kmax" in args.sections:
+            results["kmax"] = run_kmax(args.half, args.cache, args.n_jobs, args.limit)
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1, default=str))
 
@@ -553,6 +576,14 @@ def report(results, figures=False):
         print("|---|---|---|")
         for cand, v in speed.items():
             print(f"| {cand} | {v['median_s']:.3f} | {v['median_ratio']:.2f} |")
+    if results.get("kmax"):
+        parts = list(results["kmax"])
+        print("\nShare of images whose K is the same with k_max = 15 and 30:")
+        print("| rule | " + " | ".join(parts) + " |")
+        print("|---|" + "---|" * len(parts))
+        for cand in CANDIDATES:
+            print(f"| {cand} | " + " | ".join(f"{results['kmax'][p][cand]:.2f}"
+                                              for p in parts) + " |")
     images = results.get("images")
     if images:
         summary = {part: summarize_half(part.split("/")[0], rows)
