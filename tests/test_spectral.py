@@ -554,6 +554,16 @@ def test_k_min_is_respected_and_one_segment_needs_k_min_1():
         assert seg.fit(np.ones((40, 3))).n_clusters_ == 1  # exactly constant: always
 
 
+def test_two_samples_are_one_segment_only_when_alike_and_k_min_allows():
+    alike = np.array([[1.0, 0.0], [1.0, 0.05]])
+    unlike = np.array([[1.0, 0.0], [0.0, 1.0]])
+    for test in ("entropy", "cheeger"):
+        assert AdaptiveSpectralSegmenter(single_segment_test=test).fit(alike).n_clusters_ == 1
+        assert AdaptiveSpectralSegmenter(single_segment_test=test).fit(unlike).n_clusters_ == 2
+        assert AdaptiveSpectralSegmenter(k_min=2, single_segment_test=test).fit(
+            alike).n_clusters_ == 2
+
+
 def test_uniform_images_are_one_segment_when_k_min_allows():
     from sklearn_clasp.embedding import HandcraftedPatchEmbedder
 

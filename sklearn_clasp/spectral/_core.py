@@ -290,6 +290,9 @@ def _trivial(A, n, k_min, test, threshold):
         P = np.maximum(A.toarray() if sparse.issparse(A) else A, 0.0).astype(np.float64)
         if test == "cheeger":
             one = float(np.linalg.eigvalsh(_normalize(P))[0]) < threshold
+        elif test == "entropy":  # both eigenvalues, above a floor of 0
+            lam = np.linalg.eigvalsh(P)[::-1]
+            one = math.floor(_rules.effective_number(np.r_[lam, 0.0])[0] + 0.5) <= 1
         else:
             one = bool(np.ptp(P) == 0)
     else:
