@@ -215,7 +215,7 @@ def row_normalize(E):
 def relabel(labels):
     """Renumber labels 0..K-1 in order of first appearance (deterministic output)."""
     labels = np.asarray(labels)
-    uniq, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
     order = np.argsort(first)
     mapping = np.empty(order.size, dtype=np.int64)
     mapping[order] = np.arange(order.size)
