@@ -1,8 +1,11 @@
-"""Affinity: cosine similarity between patch features.
+"""Affinity: how similar each sample (patch) is to every other.
 
 CLASP clusters the cosine affinity of the patch features directly. This module
-holds the functional core, :func:`cosine_affinity`, and the transformer
-:class:`CosineAffinity` that applies it inside a Pipeline.
+holds the functional core, :func:`cosine_affinity`, the transformer
+:class:`CosineAffinity` that applies it inside a Pipeline, the row
+normalisation both the affinity and the segmenter's silhouette rely on
+(:func:`unit_rows`), and the self-tuning Gaussian affinity of Zelnik-Manor &
+Perona for ordinary Euclidean data (:func:`local_scaling_affinity`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .records import check_records, grid_feature_matrix, is_record_sequence
 
-__all__ = ["cosine_affinity", "CosineAffinity"]
+__all__ = [
+    "cosine_affinity",
+    "limit_threads",
+    "local_scaling_affinity",
+    "local_scales",
+    "unit_rows",
+    "CosineAffinity",
+    "MAX_DENSE_SAMPLES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,32 +43,118 @@ MAX_DENSE_SAMPLES = 10_000
 # Row blocks of the k-nearest-neighbour affinity hold about this many bytes.
 _BLOCK_BYTES = 64 * 2**20
 
+#: Up to this many samples the affinity and the segmenter run on one BLAS
+#: thread (see :func:`limit_threads`).
+SINGLE_THREAD_MAX_SAMPLES = 2048
 
-def _unit_rows(X):
-    """Rows scaled to unit length; all-zero rows stay zero."""
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X))
+_CONTROLLER = None
+
+
+def limit_threads(n_samples=None, *, user_api="blas"):
+    """Context manager: one thread for problems of at most 2,048 samples.
+
+    Products of this size gain little from more threads (waking them costs
+    about as much), and on one thread their results are the same bits
+    whatever the caller's thread settings (a Dask worker, a joblib process or
+    the main process). Larger problems keep the caller's setting. The thread
+    pools are looked up once, not on every call.
+
+    Parameters
+    ----------
+    n_samples : int or None, default=None
+        The problem's size; ``None``: one thread whatever the size.
+    user_api : {"blas", "openmp"} or None, default="blas"
+        Which pools; ``None``: all of them.
+
+    Returns
+    -------
+    context : context manager
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> with limit_threads(100):
+    ...     G = np.ones((100, 3)) @ np.ones((3, 100))
+    """
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    one = n_samples is None or n_samples <= SINGLE_THREAD_MAX_SAMPLES
+    return _CONTROLLER.limit(limits=1 if one else None, user_api=user_api)
+
+
+def unit_rows(X):
+    """Rows of ``X`` scaled to unit Euclidean length; all-zero rows stay zero.
+
+    Each row is first divided by its largest absolute value, so the length
+    neither overflows nor underflows: rows of size ``1e300`` or ``1e-300``
+    are normalised like any other. The cosine similarity of two rows is the
+    dot product of their unit rows.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        Finite floating-point rows.
+
+    Returns
+    -------
+    Xn : ndarray of shape (n_samples, n_features)
+        Same dtype as ``X``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> unit_rows(np.array([[3.0, 4.0], [0.0, 0.0], [1e300, 1e300]])).round(3)
+    array([[0.6  , 0.8  ],
+           [0.   , 0.   ],
+           [0.707, 0.707]])
+    """
+    X = np.asarray(X)
+    if X.shape[1] == 0:
+        return X.copy()
+    scale = np.max(np.abs(X), axis=1)
+    scale[scale == 0] = 1.0
+    Xs = X / scale[:, None]
+    norms = np.sqrt(np.einsum("ij,ij->i", Xs, Xs))
     norms[norms == 0] = 1.0
-    return X / norms[:, None]
+    Xs /= norms[:, None]
+    return Xs
 
 
-def _check_features(X, name, *, dtype=None):
+def _unit_rows_with_zero_flag(X):
+    """Unit rows, plus one column that is 1 for all-zero rows (when there are any).
+
+    Dot products of these rows are the cosine similarities, with one addition:
+    two all-zero rows (the same point) have similarity 1, and an all-zero row
+    has similarity 0 with every other row.
+    """
+    Xn = unit_rows(X)
+    zero = ~np.any(X != 0, axis=1)
+    if not zero.any():
+        return Xn
+    return np.hstack([Xn, zero[:, None].astype(Xn.dtype)])
+
+
+def _check_features(X, name, *, dtype=None, caller="cosine_affinity"):
     """``X`` as a finite 2-D float matrix, or an error naming it and the fix."""
     X = np.asarray(X)
     if X.dtype == object or not (
         np.issubdtype(X.dtype, np.number) or X.dtype == bool
     ):
         raise TypeError(
-            f"cosine_affinity: {name} must hold numbers; got dtype {X.dtype}."
+            f"{caller}: {name} must hold numbers; got dtype {X.dtype}."
         )
     if X.ndim != 2:
         raise ValueError(
-            f"cosine_affinity: {name} must be a 2-D (n_samples, n_features) "
+            f"{caller}: {name} must be a 2-D (n_samples, n_features) "
             f"matrix; got shape {X.shape}. Reshape a patch grid (h, w, d) to "
             f"(h * w, d), or a single sample to (1, d)."
         )
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(
-            f"cosine_affinity: {name} is empty (shape {X.shape}); pass at least "
+            f"{caller}: {name} is empty (shape {X.shape}); pass at least "
             f"one sample with at least one feature."
         )
     if dtype is not None:
@@ -68,7 +165,7 @@ def _check_features(X, name, *, dtype=None):
         X = X.astype(np.float64)
     if not np.all(np.isfinite(X)):
         raise ValueError(
-            f"cosine_affinity: {name} contains NaN or infinite values; remove or "
+            f"{caller}: {name} contains NaN or infinite values; remove or "
             f"impute them (e.g. check the embedder's input image)."
         )
     return X
@@ -89,7 +186,7 @@ def _knn_affinity(Xn, Yn, n_neighbors, *, square, clip_negative):
         stop = min(start + block, n_rows)
         S = Xn[start:stop] @ Yn.T
         np.clip(S, -1.0, 1.0, out=S)
-        if square:  # exact self-similarity, also for all-zero rows
+        if square:  # exact self-similarity
             S[np.arange(stop - start), np.arange(start, stop)] = 1.0
         if clip_negative:
             np.maximum(S, 0.0, out=S)
@@ -132,8 +229,9 @@ def cosine_affinity(X, Y=None, *, clip_negative=True, n_neighbors=None):
     -------
     affinity : ndarray or sparse matrix of shape (n_samples_X, n_samples_Y)
         Same floating dtype as ``X`` (float32 stays float32). All-zero
-        feature vectors have similarity 0 with everything, and 1 with
-        themselves in the square case. The dense square affinity takes
+        feature vectors are one and the same point: similarity 1 with each
+        other (and themselves), 0 with every other vector. The rows' sizes do
+        not matter (see :func:`unit_rows`). The dense square affinity takes
         ``n_samples_X ** 2`` times 4 bytes (float32) or 8 bytes (float64).
 
     Examples
@@ -162,21 +260,162 @@ def cosine_affinity(X, Y=None, *, clip_negative=True, n_neighbors=None):
                 f"cosine_affinity: n_neighbors must be a positive int or None; got "
                 f"{n_neighbors!r}."
             )
-    Xn = _unit_rows(X)
+    with limit_threads(max(X.shape[0], X.shape[0] if square else Y.shape[0])):
+        return _cosine(X, Y, square, clip_negative, n_neighbors)
+
+
+def _cosine(X, Y, square, clip_negative, n_neighbors):
+    Xn = _unit_rows_with_zero_flag(X)
+    Yn = Xn if square else _unit_rows_with_zero_flag(Y)
+    if Xn.shape[1] != Yn.shape[1]:  # all-zero rows on one side only: pad the other
+        def pad(M):
+            return np.hstack([M, np.zeros((M.shape[0], 1), M.dtype)])
+
+        Xn, Yn = (pad(Xn), Yn) if Xn.shape[1] < Yn.shape[1] else (Xn, pad(Yn))
     if n_neighbors is not None:
-        Yn = Xn if square else _unit_rows(Y)
         S = _knn_affinity(Xn, Yn, n_neighbors, square=square, clip_negative=clip_negative)
         if square:
             S = S.maximum(S.T).tocsr()
         return S
-    S = Xn @ Xn.T if square else Xn @ _unit_rows(Y).T
+    S = Xn @ Yn.T
     np.clip(S, -1.0, 1.0, out=S)
     if square:
-        # Exact self-similarity, also for all-zero rows.
-        np.fill_diagonal(S, 1.0)
+        np.fill_diagonal(S, 1.0)  # exact self-similarity
     if clip_negative:
         np.maximum(S, 0.0, out=S)
     return S
+
+
+def _squared_distances(X, Y):
+    """``|x_i - y_j|^2`` for all pairs, computed around the rows' common mean."""
+    centre = X.mean(axis=0)
+    Xc, Yc = X - centre, Y - centre
+    D = (np.einsum("ij,ij->i", Xc, Xc)[:, None] + np.einsum("ij,ij->i", Yc, Yc)[None, :]
+         - 2.0 * (Xc @ Yc.T))
+    np.maximum(D, 0.0, out=D)
+    return D
+
+
+def local_scales(X, Y=None, *, n_neighbors=7):
+    """Local scale of each row of ``X``: its distance to its ``n_neighbors``-th neighbour.
+
+    The scale of Zelnik-Manor & Perona's self-tuning affinity (see
+    :func:`local_scaling_affinity`).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples_X, n_features)
+        Finite samples.
+    Y : ndarray of shape (n_samples_Y, n_features), default=None
+        Where the neighbours are looked for. ``None``: among the other rows of
+        ``X``. A row is never its own neighbour: a row of ``X`` found in ``Y``
+        at distance 0 is skipped once, so ``local_scales(X, X)`` equals
+        ``local_scales(X)``.
+    n_neighbors : int, default=7
+        Which neighbour (the paper's 7th); clipped to the number available.
+
+    Returns
+    -------
+    scales : ndarray of shape (n_samples_X,)
+        Distances, ``float64``; 0 where ``n_neighbors`` duplicates exist.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> local_scales(np.array([[0.0], [1.0], [3.0]]), n_neighbors=1)
+    array([1., 1., 2.])
+    """
+    X = _check_features(X, "X", dtype=np.float64, caller="local_scales")
+    square = Y is None
+    Y = X if square else _check_features(Y, "Y", dtype=np.float64, caller="local_scales")
+    D = _squared_distances(X, Y)
+    if square:
+        np.fill_diagonal(D, np.inf)
+    available = Y.shape[0] - (1 if square else 0)
+    if available < 1:
+        return np.zeros(X.shape[0])
+    k = int(min(max(1, n_neighbors), available))
+    if square:
+        return np.sqrt(np.partition(D, k - 1, axis=1)[:, k - 1])
+    # A row of X that is one of the rows of Y is not its own neighbour either.
+    k_plus = min(k + 1, Y.shape[0])
+    part = np.sort(np.partition(D, k_plus - 1, axis=1)[:, :k_plus], axis=1)
+    # (distance 0 up to rounding: below a billionth of the farthest one kept)
+    itself = (part[:, 0] <= 1e-9 * part[:, -1]) & (k_plus > k)
+    return np.sqrt(part[np.arange(X.shape[0]), k - 1 + itself])
+
+
+def local_scaling_affinity(X, Y=None, *, n_neighbors=7, scales=None, scales_Y=None):
+    """Self-tuning Gaussian affinity (local scaling) for ordinary Euclidean data.
+
+    ``A[i, j] = exp(-|x_i - y_j|^2 / (s_i s_j))``, where ``s_i`` is the
+    distance from ``x_i`` to its ``n_neighbors``-th neighbour (Zelnik-Manor &
+    Perona, "Self-tuning spectral clustering", NIPS 2004). Each sample sets
+    its own scale, so dense and sparse groups are both connected inside and
+    separated from each other, with no bandwidth to tune. Use it for feature
+    matrices whose geometry is Euclidean (standardised measurements), where
+    the cosine affinity, which ignores the rows' lengths, loses information;
+    patch embeddings keep the cosine affinity.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples_X, n_features)
+        Finite samples.
+    Y : ndarray of shape (n_samples_Y, n_features), default=None
+        Second set. ``None``: the square affinity of ``X`` (diagonal 1).
+    n_neighbors : int, default=7
+        The neighbour that sets each scale.
+    scales, scales_Y : ndarray, default=None
+        Precomputed scales of ``X`` and ``Y`` (from :func:`local_scales`);
+        computed when not given (for ``X`` against ``Y`` when ``Y`` is given).
+
+    Returns
+    -------
+    affinity : ndarray of shape (n_samples_X, n_samples_Y)
+        ``float64``, in ``[0, 1]``. Samples whose scale is 0 (``n_neighbors``
+        duplicates) use the smallest positive scale; if every scale is 0 (all
+        samples equal) the affinity is all ones.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    >>> local_scaling_affinity(X, n_neighbors=1).round(2)
+    array([[1.  , 0.37, 0.  , 0.  ],
+           [0.37, 1.  , 0.  , 0.  ],
+           [0.  , 0.  , 1.  , 0.37],
+           [0.  , 0.  , 0.37, 1.  ]])
+    """
+    X = _check_features(X, "X", dtype=np.float64, caller="local_scaling_affinity")
+    square = Y is None
+    if square:
+        Y = X
+    else:
+        Y = _check_features(Y, "Y", dtype=np.float64, caller="local_scaling_affinity")
+        if Y.shape[1] != X.shape[1]:
+            raise ValueError(
+                f"local_scaling_affinity: X has {X.shape[1]} features but Y has "
+                f"{Y.shape[1]}; both must describe the same measurements."
+            )
+    if scales is None:
+        scales = local_scales(X, None if square else Y, n_neighbors=n_neighbors)
+    if scales_Y is None:
+        scales_Y = scales if square else local_scales(Y, n_neighbors=n_neighbors)
+    both = np.concatenate([np.ravel(scales), np.ravel(scales_Y)])
+    positive = both[both > 0]
+    floor = positive.min() if positive.size else 1.0
+    sx = np.maximum(np.asarray(scales, np.float64), floor)
+    sy = np.maximum(np.asarray(scales_Y, np.float64), floor)
+    D = _squared_distances(X, Y)
+    D /= sx[:, None]
+    D /= sy[None, :]
+    if not positive.size:
+        D[:] = 0.0
+    np.negative(D, out=D)
+    np.exp(D, out=D)
+    if square:
+        np.fill_diagonal(D, 1.0)
+    return D
 
 
 class CosineAffinity(TransformerMixin, BaseEstimator):

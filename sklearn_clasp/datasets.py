@@ -19,6 +19,7 @@ def make_planted_partition(
     noise=0.5,
     imbalance=1.0,
     shared=0.3,
+    shape="spherical",
     random_state=None,
 ):
     """Feature vectors in ``n_clusters`` planted groups, as patches of an image.
@@ -26,7 +27,10 @@ def make_planted_partition(
     Each group has a random unit centre; a component ``shared`` along one
     common direction gives every pair of groups a positive cosine similarity,
     as real patch features have. Samples are centre + isotropic Gaussian noise
-    of total norm about ``noise``.
+    of total norm about ``noise``; with ``shape="elongated"`` each group is
+    also spread uniformly along a random direction of its own, over
+    ``[-1, 1]`` times that direction (groups as long as the distance between
+    centres, not round).
 
     Parameters
     ----------
@@ -43,6 +47,8 @@ def make_planted_partition(
         progression); 1.0 gives equal groups.
     shared : float, default=0.3
         Weight of the direction common to all centres.
+    shape : {"spherical", "elongated"}, default="spherical"
+        Round groups, or groups stretched along a random direction each.
     random_state : int, RandomState instance or None, default=None
 
     Returns
@@ -57,6 +63,8 @@ def make_planted_partition(
     >>> X.shape, np.bincount(y).tolist()
     ((90, 64), [30, 30, 30])
     """
+    if shape not in ("spherical", "elongated"):
+        raise ValueError(f"shape must be 'spherical' or 'elongated'; got {shape!r}")
     rng = check_random_state(random_state)
     ratios = np.geomspace(1.0, float(imbalance), n_clusters) if n_clusters > 1 else np.ones(1)
     sizes = np.floor(ratios / ratios.sum() * n_samples).astype(int)
@@ -69,6 +77,10 @@ def make_planted_partition(
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     y = np.repeat(np.arange(n_clusters), sizes)
     X = centres[y] + noise * rng.standard_normal((n_samples, n_features)) / np.sqrt(n_features)
+    if shape == "elongated":
+        axes = rng.standard_normal((n_clusters, n_features))
+        axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+        X += rng.uniform(-1.0, 1.0, n_samples)[:, None] * axes[y]
     return X, y
 
 

@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import logging
 import math
-from numbers import Real
 
 import numpy as np
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
-from sklearn.utils._param_validation import Interval, StrOptions, validate_params
+from sklearn.utils._param_validation import StrOptions, validate_params
 
 from .records import PatchGrid
 from .spectral import eigengap_scores
 
-__all__ = ["eigengap_scores", "explain_reason", "plot_explanation", "explain_figure"]
+__all__ = ["eigengap_scores", "explain_reason", "one_segment_reason", "plot_explanation",
+           "explain_figure"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,50 @@ _RULE_NAMES = {
     "relative": "largest relative eigengap",
     "largest": "largest eigengap",
     "elbow": "eigengap elbow",
+    "entropy": "spectral entropy",
 }
+# k_selection -> what its scores are, and how the chosen K is described
+_SELECTION_NAMES = {
+    "silhouette": "best silhouette",
+    "stability": "most stable k-means restarts",
+    "gap": "gap statistic",
+    "rotation": "best eigenvector rotation quality",
+}
+
+
+def one_segment_reason(info):
+    """Why the segmenter kept one segment, from its ``info["single_segment_test"]``.
+
+    Parameters
+    ----------
+    info : dict
+        The segmenter's diagnostics.
+
+    Returns
+    -------
+    reason : str
+
+    Examples
+    --------
+    >>> one_segment_reason({"single_segment_test": {"test": "entropy",
+    ...                                             "effective_number": 1.04}})
+    'the effective number of leading eigenvalues exp(H) = 1.04 rounds to 1'
+    """
+    test = info.get("single_segment_test") or {}
+    kind = test.get("test")
+    if kind == "entropy":
+        return (f"the effective number of leading eigenvalues exp(H) = "
+                f"{_fmt(test.get('effective_number'), 2)} rounds to 1")
+    if kind == "cheeger":
+        threshold = test.get("threshold")
+        return (f"the second eigenvalue of the normalised affinity "
+                f"{_fmt(test.get('second_eigenvalue'))} is below the threshold "
+                f"{'n/a' if threshold is None else f'{threshold:g}'}: no cut separates the "
+                f"patches")
+    if kind == "gap":
+        return (f"the gap statistic prefers one cluster (Gap(1) = {_fmt(test.get('gap_1'))} "
+                f">= Gap(2) - s = {_fmt(test.get('gap_2'))} - {_fmt(test.get('s_2'))})")
+    return "every patch has the same affinity to every other"
 
 
 def _effective_range(n_eigenvalues, k_min, k_max):
@@ -62,34 +105,31 @@ def _fmt(value, digits=3):
     return f"{value:.{digits}f}"
 
 
-def _silhouettes(info):
-    """The silhouette scores as sorted lists (K, score), NaN kept."""
-    raw = info.get("silhouette_scores") or {}
-    items = sorted((int(k), float("nan") if v is None else float(v)) for k, v in raw.items())
+def _scores(raw):
+    """``{K: score}`` (keys possibly strings, values possibly None) as sorted lists."""
+    items = sorted((int(k), float("nan") if v is None else float(v))
+                   for k, v in (raw or {}).items())
     return [k for k, _ in items], [s for _, s in items]
 
 
 @validate_params(
     {
         "info": [dict],
-        "eigengap_rule": [StrOptions({"relative", "largest", "elbow"})],
-        "single_segment_threshold": [Interval(Real, 0, 1, closed="both"), None],
+        "eigengap_rule": [StrOptions(set(_RULE_NAMES))],
     },
     prefer_skip_nested_validation=True,
 )
-def explain_reason(info, *, eigengap_rule="relative", single_segment_threshold=0.05):
+def explain_reason(info, *, eigengap_rule="relative"):
     """One line saying which K was chosen and why.
 
     Parameters
     ----------
     info : dict
         The segmenter's diagnostics (``record.info`` after the ``segment``
-        step): ``n_clusters``, ``eigengap_k``, ``silhouette_scores``,
-        ``silhouette``, ``second_eigenvalue``, ``single_segment``.
-    eigengap_rule : {"relative", "largest", "elbow"}, default="relative"
+        step): ``n_clusters``, ``eigengap_k``, ``k_selection``, ``k_scores``,
+        ``silhouette_scores``, ``single_segment`` and ``single_segment_test``.
+    eigengap_rule : {"relative", "largest", "elbow", "entropy"}, default="relative"
         The rule the segmenter used (its ``eigengap_rule``).
-    single_segment_threshold : float or None, default=0.05
-        The segmenter's one-segment threshold, quoted when it decided.
 
     Returns
     -------
@@ -103,32 +143,27 @@ def explain_reason(info, *, eigengap_rule="relative", single_segment_threshold=0
     K = 4: largest relative eigengap gives K0 = 3;
     best silhouette 0.520 at K = 4 (searched K = 2..5)
     >>> one = {"n_clusters": 1, "eigengap_k": 2, "single_segment": True,
-    ...        "second_eigenvalue": 0.012}
-    >>> print(explain_reason(one).replace("; ", ";\\n"))
-    K = 1 (one segment): second eigenvalue of the normalised affinity 0.012 < threshold 0.05;
-    no cut separates the patches
+    ...        "single_segment_test": {"test": "entropy", "effective_number": 1.04}}
+    >>> print(explain_reason(one))
+    K = 1 (one segment): the effective number of leading eigenvalues exp(H) = 1.04 rounds to 1
     """
     k = int(info.get("n_clusters", 0))
-    k0 = info.get("eigengap_k")
-    rule = _RULE_NAMES[eigengap_rule]
     if info.get("single_segment"):
-        threshold = "threshold" if single_segment_threshold is None else (
-            f"threshold {single_segment_threshold:g}")
-        return (
-            f"K = {k} (one segment): second eigenvalue of the normalised affinity "
-            f"{_fmt(info.get('second_eigenvalue'))} < {threshold}; no cut separates "
-            f"the patches"
-        )
-    ks, scores = _silhouettes(info)
-    head = f"K = {k}: {rule} gives K0 = {k0}"
-    finite = [(s, kk) for kk, s in zip(ks, scores) if math.isfinite(s)]
+        return f"K = {k} (one segment): {one_segment_reason(info)}"
+    head = f"K = {k}: {_RULE_NAMES[eigengap_rule]} gives K0 = {info.get('eigengap_k')}"
+    selection = info.get("k_selection", "silhouette")
+    if selection == "eigengap":
+        return f"{head}; K = K0 (no search)"
+    raw = info.get("k_scores") if selection != "silhouette" else None
+    ks, scores = _scores(raw if raw else info.get("silhouette_scores"))
     if not ks:
-        return f"{head}; no silhouette search (too few patches)"
+        return f"{head}; no search (too few patches)"
     searched = f"K = {ks[0]}..{ks[-1]}" if len(ks) > 1 else f"K = {ks[0]}"
-    if not finite:
-        return f"{head}; no K in {searched} gave a valid silhouette, kept K = {k}"
-    best = max(finite, key=lambda t: (t[0], -t[1]))
-    return f"{head}; best silhouette {best[0]:.3f} at K = {best[1]} (searched {searched})"
+    if not any(math.isfinite(v) for v in scores):
+        return f"{head}; no K in {searched} gave a valid score, kept K = {k}"
+    name = _SELECTION_NAMES.get(selection, selection)
+    at_k = scores[ks.index(k)] if k in ks else float("nan")
+    return f"{head}; {name} {_fmt(at_k)} at K = {k} (searched {searched})"
 
 
 def _check_record(record, mask):
@@ -156,10 +191,7 @@ def plot_explanation(
     mask,
     *,
     eigengap_rule="relative",
-    k_min=2,
-    k_max=15,
     beta=0.5,
-    single_segment_threshold=0.05,
     spectrum="affinity",
     refine="crf",
     figsize=(13.0, 8.0),
@@ -175,14 +207,10 @@ def plot_explanation(
         returns it.
     mask : array-like of shape (H, W)
         The refined mask of the same image.
-    eigengap_rule : {"relative", "largest", "elbow"}, default="relative"
+    eigengap_rule : {"relative", "largest", "elbow", "entropy"}, default="relative"
         The segmenter's rule (for the bars and the title).
-    k_min, k_max : int, default=2, 15
-        The segmenter's K range.
     beta : float, default=0.5
         The segmenter's search width (for the shaded search range).
-    single_segment_threshold : float or None, default=0.05
-        The segmenter's one-segment threshold.
     spectrum : {"affinity", "normalized"}, default="affinity"
         Which matrix the eigenvalues are of (the segmenter's ``spectrum``),
         for the panel's title.
@@ -210,8 +238,7 @@ def plot_explanation(
     h, w = record.grid_shape
     k = int(info.get("n_clusters", int(record.labels.max()) + 1))
     k0 = info.get("eigengap_k")
-    reason = explain_reason(dict(info), eigengap_rule=eigengap_rule,
-                            single_segment_threshold=single_segment_threshold)
+    reason = explain_reason(dict(info), eigengap_rule=eigengap_rule)
 
     fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
@@ -245,6 +272,7 @@ def plot_explanation(
     from matplotlib.patches import Patch
 
     lam = np.asarray(info.get("eigenvalues", []), dtype=np.float64).ravel()
+    k_min, k_max = info.get("k_bounds") or (1, max(lam.size - 1, 1))  # the bounds used
     kmin_eff, kmax_eff = _effective_range(lam.size, k_min, k_max)
     xs = np.arange(1, lam.size + 1)
     ax_gap = ax_spec.twinx()
@@ -264,7 +292,8 @@ def plot_explanation(
         colors[best - 1] = "tab:red"
         score_name = {"relative": "relative gap (l_i - l_i+1) / l_i",
                       "largest": "gap l_i - l_i+1",
-                      "elbow": "gap's distance to the elbow chord"}[eigengap_rule]
+                      "elbow": "gap's distance to the elbow chord",
+                      "entropy": "share p_i of the spectrum"}[eigengap_rule]
         # gap i sits between eigenvalues i and i + 1
         ax_gap.bar(idx + 0.5, scores, width=0.6, color=list(colors), alpha=0.6)
         ax_gap.set_ylabel(score_name, color="tab:orange")
@@ -291,7 +320,7 @@ def plot_explanation(
     ax_spec.legend(handles=handles, loc="upper right", fontsize=8)
 
     # 3. silhouette over the searched K
-    ks, sil = _silhouettes(info)
+    ks, sil = _scores(info.get("silhouette_scores"))
     if ks:
         sil_arr = np.asarray(sil)
         ok = np.isfinite(sil_arr)
@@ -311,9 +340,7 @@ def plot_explanation(
         ax_sil.legend(loc="best", fontsize=8)
     else:
         if info.get("single_segment"):
-            text = (f"one segment: the second eigenvalue of the normalised affinity\n"
-                    f"({_fmt(info.get('second_eigenvalue'))}) is below the threshold "
-                    f"({single_segment_threshold}),\nso no K was searched")
+            text = f"one segment: {one_segment_reason(info)};\nno K was searched"
         else:
             text = "no silhouette search (too few patches)"
         ax_sil.text(0.5, 0.5, text, ha="center", va="center", transform=ax_sil.transAxes,
@@ -379,8 +406,6 @@ def explain_figure(image, pipeline=None, *, figsize=(13.0, 8.0), dpi=100):
     refine = pipeline.steps[-1][1].get_params().get("method", "refined")
     return plot_explanation(
         record, mask,
-        eigengap_rule=seg.get("eigengap_rule", "relative"),
-        k_min=seg.get("k_min", 2), k_max=seg.get("k_max", 15), beta=seg.get("beta", 0.5),
-        single_segment_threshold=seg.get("single_segment_threshold", 0.05),
+        eigengap_rule=seg.get("eigengap_rule", "relative"), beta=seg.get("beta", 0.5),
         spectrum=seg.get("spectrum", "affinity"), refine=refine, figsize=figsize, dpi=dpi,
     )

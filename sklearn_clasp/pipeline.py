@@ -544,7 +544,7 @@ def pipeline_from_settings(settings, *, memory=None):
     >>> pipe.get_params()["segment__k_max"], pipe.get_params()["refine__n_iter"]
     (8, 5)
     """
-    from .spectral import _check_k_bounds  # one k_min <= k_max check
+    from .spectral import check_k_bounds  # the one k_min <= k_max check
 
     params = {ALIASES.get(k, k): v for k, v in dict(settings).items()}
     paper = bool(params.pop("paper", False))
@@ -583,5 +583,5 @@ def pipeline_from_settings(settings, *, memory=None):
     for _, step in pipe.steps:
         step._validate_params()
     seg = pipe.named_steps["segment"]
-    _check_k_bounds(seg.k_min, seg.k_max)
+    check_k_bounds(seg.k_min, seg.k_max)
     return pipe

@@ -4,6 +4,7 @@ from scipy import sparse
 from sklearn.base import clone
 
 from sklearn_clasp import CosineAffinity, PatchGrid, cosine_affinity
+from sklearn_clasp.affinity import local_scales, local_scaling_affinity, unit_rows
 
 
 def test_cosine_values_and_clipping():
@@ -16,10 +17,50 @@ def test_cosine_values_and_clipping():
     np.testing.assert_allclose(cosine_affinity(X), np.maximum(expected, 0), atol=1e-12)
 
 
-def test_zero_rows_are_isolated_but_self_similar():
-    X = np.array([[1.0, 0.0], [0.0, 0.0], [2.0, 0.0]])
-    A = cosine_affinity(X)
-    np.testing.assert_allclose(A, [[1, 0, 1], [0, 1, 0], [1, 0, 1]])
+def test_zero_rows_are_one_point_apart_from_the_rest():
+    X = np.array([[1.0, 0.0], [0.0, 0.0], [2.0, 0.0], [0.0, 0.0]])
+    expected = [[1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]]
+    np.testing.assert_allclose(cosine_affinity(X), expected)
+    np.testing.assert_allclose(cosine_affinity(X, n_neighbors=4).toarray(), expected)
+    # zero rows on one side only, and on both
+    np.testing.assert_allclose(cosine_affinity(X, X[[0, 2]]), [[1, 1], [0, 0], [1, 1], [0, 0]])
+    np.testing.assert_allclose(cosine_affinity(X[[0, 2]], X), [[1, 0, 1, 0], [1, 0, 1, 0]])
+    np.testing.assert_allclose(cosine_affinity(X[[1]], X), [[0, 1, 0, 1]])
+
+
+@pytest.mark.parametrize("scale", [1e300, 1e-300, 1e-160, 1e160])
+def test_row_sizes_do_not_matter(scale):
+    rng = np.random.RandomState(0)
+    X = rng.randn(20, 5)
+    np.testing.assert_allclose(cosine_affinity(X * scale), cosine_affinity(X), atol=1e-12)
+    np.testing.assert_allclose(unit_rows(X * scale), unit_rows(X), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(unit_rows(X * scale), axis=1), 1.0)
+
+
+def test_local_scaling_affinity_follows_the_definition():
+    rng = np.random.RandomState(0)
+    X = rng.randn(30, 3)
+    s = local_scales(X, n_neighbors=7)
+    D = ((X[:, None] - X[None]) ** 2).sum(-1)
+    expected_s = np.sqrt(np.sort(D, axis=1)[:, 7])  # the 7th neighbour, itself excluded
+    np.testing.assert_allclose(s, expected_s)
+    A = local_scaling_affinity(X)
+    np.testing.assert_allclose(A, np.exp(-D / np.outer(s, s)), atol=1e-12)
+    assert A.dtype == np.float64 and np.all(np.diag(A) == 1.0)
+    # a second set: its own scales among the first set's samples
+    np.testing.assert_allclose(local_scales(X, X), s)
+    np.testing.assert_allclose(local_scaling_affinity(X, X, scales_Y=s), A, atol=1e-12)
+    Z = rng.randn(4, 3)
+    Dz = ((Z[:, None] - X[None]) ** 2).sum(-1)
+    sz = np.sqrt(np.sort(Dz, axis=1)[:, 6])
+    np.testing.assert_allclose(local_scaling_affinity(Z, X), np.exp(-Dz / np.outer(sz, s)),
+                               atol=1e-12)
+    # equal samples: all ones; duplicates borrow the smallest positive scale
+    assert np.all(local_scaling_affinity(np.ones((5, 2))) == 1.0)
+    dup = np.r_[np.zeros((8, 2)), [[1.0, 0.0], [2.0, 0.0]]]
+    assert np.isfinite(local_scaling_affinity(dup)).all()
+    with pytest.raises(ValueError, match="local_scaling_affinity: X contains NaN"):
+        local_scaling_affinity(np.array([[np.nan, 0.0], [1.0, 1.0]]))
 
 
 def test_float32_is_preserved():
@@ -123,7 +164,7 @@ def test_knn_never_builds_the_dense_matrix(monkeypatch):
 
     monkeypatch.setattr(affinity, "_BLOCK_BYTES", 4 * 3000 * 50)  # 50 rows per block
     seen = []
-    real = affinity._unit_rows
+    real = affinity.unit_rows
 
     class Spy(np.ndarray):
         def __matmul__(self, other):
@@ -131,7 +172,7 @@ def test_knn_never_builds_the_dense_matrix(monkeypatch):
             seen.append(out.shape)
             return out
 
-    monkeypatch.setattr(affinity, "_unit_rows", lambda X: real(X).view(Spy))
+    monkeypatch.setattr(affinity, "unit_rows", lambda X: real(X).view(Spy))
     X = np.random.RandomState(0).rand(3000, 8).astype(np.float32)
     S = cosine_affinity(X, n_neighbors=10)
     assert S.nnz <= 2 * 3000 * 10 and S.dtype == np.float32

@@ -10,6 +10,8 @@ ESTIMATORS = [
     AdaptiveSpectralSegmenter(random_state=0),
     AdaptiveSpectralSegmenter(spectrum="normalized", eigengap_rule="largest", random_state=0),
     AdaptiveSpectralSegmenter(random_state=0, **PAPER_SETTINGS),
+    AdaptiveSpectralSegmenter(affinity="local_scaling", random_state=0),
+    AdaptiveSpectralSegmenter(eigengap_rule="entropy", k_selection="rotation", random_state=0),
     AdaptiveSpectralSegmenter(affinity="precomputed", random_state=0),
     AdaptiveSpectralSegmenter(affinity="precomputed", spectrum="normalized", random_state=0),
 ]

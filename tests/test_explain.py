@@ -83,17 +83,29 @@ def test_explain_reason():
     assert explain_reason(info, eigengap_rule="elbow") == (
         "K = 3: eigengap elbow gives K0 = 4; best silhouette 0.500 at K = 3 "
         "(searched K = 2..6)")
+    # each one-segment test says why, with its own numbers
     one = {"n_clusters": 1, "eigengap_k": 3, "single_segment": True,
-           "second_eigenvalue": np.float64(0.0213)}
-    assert explain_reason(one, single_segment_threshold=0.05) == (
-        "K = 1 (one segment): second eigenvalue of the normalised affinity 0.021 < "
-        "threshold 0.05; no cut separates the patches")
+           "single_segment_test": {"test": "cheeger", "second_eigenvalue": np.float64(0.0213),
+                                   "threshold": 0.05}}
+    assert explain_reason(one) == (
+        "K = 1 (one segment): the second eigenvalue of the normalised affinity 0.021 is "
+        "below the threshold 0.05: no cut separates the patches")
+    one["single_segment_test"] = {"test": "entropy", "effective_number": 1.23}
+    assert explain_reason(one) == ("K = 1 (one segment): the effective number of leading "
+                                   "eigenvalues exp(H) = 1.23 rounds to 1")
+    # the other selections name their own scores
+    stable = {"n_clusters": 4, "eigengap_k": 4, "k_selection": "stability",
+              "k_scores": {3: 0.9, 4: 0.97}, "silhouette_scores": {3: 0.5, 4: 0.4}}
+    assert explain_reason(stable) == ("K = 4: largest relative eigengap gives K0 = 4; most "
+                                      "stable k-means restarts 0.970 at K = 4 (searched "
+                                      "K = 3..4)")
+    assert explain_reason({**stable, "k_selection": "eigengap"}).endswith("K = K0 (no search)")
     none_valid = {"n_clusters": 2, "eigengap_k": 2, "silhouette_scores": {2: float("nan")}}
     assert explain_reason(none_valid, eigengap_rule="largest") == (
-        "K = 2: largest eigengap gives K0 = 2; no K in K = 2 gave a valid silhouette, "
+        "K = 2: largest eigengap gives K0 = 2; no K in K = 2 gave a valid score, "
         "kept K = 2")
     tiny = {"n_clusters": 2, "eigengap_k": 2, "silhouette_scores": {}}
-    assert explain_reason(tiny).endswith("no silhouette search (too few patches)")
+    assert explain_reason(tiny).endswith("no search (too few patches)")
     with pytest.raises(ValueError, match="eigengap_rule"):
         explain_reason(info, eigengap_rule="biggest")
 
@@ -103,7 +115,8 @@ def test_explain_reason():
 # --------------------------------------------------------------------------
 def test_plot_explanation_panels():
     record, mask = _record()
-    fig = plot_explanation(record, mask, k_min=2, k_max=4, figsize=(8, 5), dpi=40)
+    record = record.replace(info={"k_bounds": (2, 4)})  # the bounds the segmenter used
+    fig = plot_explanation(record, mask, figsize=(8, 5), dpi=40)
     image_ax, spec_ax, sil_ax, labels_ax, mask_ax, gap_ax = fig.axes
     assert fig._suptitle.get_text() == explain_reason(dict(record.info))
     assert image_ax.get_title() == "photo.png (28 x 42 px)"
@@ -128,12 +141,12 @@ def test_plot_explanation_panels():
 
 def test_plot_explanation_one_segment():
     record, _ = _record(n_clusters=1, single_segment=True, silhouette_scores={},
-                        second_eigenvalue=0.01)
+                        single_segment_test={"test": "entropy", "effective_number": 1.1})
     mask = np.zeros((28, 42), np.int64)
     fig = plot_explanation(record, mask, figsize=(8, 5), dpi=40)
     sil_ax = fig.axes[2]
     assert not sil_ax.lines
-    assert "below the threshold" in sil_ax.texts[0].get_text()
+    assert "exp(H) = 1.10 rounds to 1" in sil_ax.texts[0].get_text()
     assert fig._suptitle.get_text().startswith("K = 1 (one segment)")
     assert fig.axes[4].get_title() == "refined mask (crf, 1 segment)"
 

@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from sklearn_clasp import AdaptiveSpectralSegmenter, cosine_affinity, make_clasp_pipeline
+from sklearn_clasp import AdaptiveSpectralSegmenter, PatchGrid, cosine_affinity, make_clasp_pipeline
+from sklearn_clasp.affinity import unit_rows
 from sklearn_clasp.embedding import patch_grid_shape
 from sklearn_clasp.pipeline import clasp_one
 
@@ -43,21 +44,40 @@ def feature_problems(draw):
 def test_segmenter_returns_k_labels_within_the_bounds(problem, seed):
     X, k_min, k_max = problem
     n = len(X)
-    seg = AdaptiveSpectralSegmenter(k_min=min(k_min, n - 1), k_max=k_max, random_state=seed)
+    k_min = min(k_min, n - 1)
+    seg = AdaptiveSpectralSegmenter(k_min=k_min, k_max=k_max, random_state=seed)
     labels = seg.fit_predict(X)
     k = seg.n_clusters_
     assert labels.shape == (n,)
     _check_labelling(labels, k)
-    info_k = max(seg.silhouette_scores_, default=None)
+    # K = 1 only where k_min allows it; never more than k_max. (Fewer than
+    # k_min only when the inputs have fewer distinct directions than that.)
+    distinct = len(np.unique(np.round(unit_rows(X.astype(np.float64)), 5), axis=0))
+    assert k <= min(k_max, n - 1)
+    assert k >= min(k_min, distinct)
     if k == 1:
-        # One segment only by the documented rule (or k_min = 1 with no cut found).
-        assert seg.silhouette_scores_ == {} or min(k_min, n - 1) == 1
+        assert k_min == 1 and seg.silhouette_scores_ == {}
     else:
-        assert min(k_min, n - 1) <= k <= min(k_max, n - 1)
-        assert info_k is not None and k in seg.silhouette_scores_
-    again = AdaptiveSpectralSegmenter(k_min=min(k_min, n - 1), k_max=k_max,
+        assert k in seg.silhouette_scores_
+    np.testing.assert_allclose(seg.proba_.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(seg.proba_.argmax(axis=1), labels)
+    again = AdaptiveSpectralSegmenter(k_min=k_min, k_max=k_max,
                                       random_state=seed).fit_predict(X)
     np.testing.assert_array_equal(labels, again)
+
+
+@SETTINGS
+@given(feature_problems(), feature_problems(), st.integers(0, 1000))
+def test_an_images_segmentation_does_not_depend_on_the_other_images(a, b, seed):
+    records = []
+    for X, _, _ in (a, b):
+        n = len(X)
+        records.append(PatchGrid(image=np.zeros((14, 14 * n, 3), np.uint8), grid_shape=(1, n),
+                                 features=X.reshape(1, n, -1)))
+    pair = AdaptiveSpectralSegmenter(random_state=seed).fit_transform(records)
+    alone = AdaptiveSpectralSegmenter(random_state=seed).fit_transform(records[1:])
+    np.testing.assert_array_equal(pair[1].labels, alone[0].labels)
+    assert pair[1].info["n_clusters"] == alone[0].info["n_clusters"]
 
 
 @SETTINGS
@@ -71,6 +91,7 @@ def test_segmenter_never_fails_on_finite_features(X):
     n = len(X)
     _check_labelling(seg.labels_, seg.n_clusters_)
     assert 1 <= seg.n_clusters_ <= max(1, min(15, n - 1)) or (n == 2 and seg.n_clusters_ == 2)
+    np.testing.assert_array_equal(seg.proba_.argmax(axis=1), seg.labels_)
 
 
 @SETTINGS
