@@ -32,6 +32,9 @@ import torch
 # (mixed radix); otherwise rows are compared whole (slower, same result).
 _CODE_BITS = 62
 
+# Points handled at once by the per-point steps of the lattice's construction.
+_CHUNK = 1 << 17
+
 
 class Lattice(NamedTuple):
     """A permutohedral lattice built over ``N`` points with ``d`` features.
@@ -99,7 +102,8 @@ def _simplex(features):
     rem0 = v * up
     total = v.sum(dim=1)
 
-    # Rank of each coordinate of the remainder in decreasing order.
+    # Rank of each coordinate of the remainder in decreasing order; of two
+    # equal coordinates the first ranks lower (densecrf's comparisons).
     diff = elevated - rem0
     rank = torch.zeros((n, d + 1), dtype=torch.float32, device=f.device)
     for i in range(d):
@@ -107,6 +111,7 @@ def _simplex(features):
             c = (diff[:, i] < diff[:, j]).to(torch.float32)
             rank[:, i] += c
             rank[:, j] += 1.0 - c
+    del diff
 
     # Bring points off the plane (total != 0) back.
     rank += total[:, None]
@@ -126,34 +131,46 @@ def _simplex(features):
 
 
 def _vertex_keys(rem0, rank):
-    """Keys (first ``d`` coordinates) of each point's vertices, (d + 1, N, d)."""
+    """Keys (first ``d`` coordinates) of each point's vertices, (N, d + 1, d)."""
     d = rem0.shape[1] - 1
-    r = torch.arange(d + 1, device=rem0.device)[:, None, None]
-    rk = rank[None, :, :d]
-    # canonical simplex: vertex r adds r to coordinates of rank <= d - r and
-    # r - (d + 1) to the others
-    return rem0[None, :, :d] + r - (d + 1) * (rk > d - r).to(torch.int64)
+    r = torch.arange(d + 1, device=rem0.device)[None, :, None]
+    # canonical simplex: vertex r adds r to the coordinates of rank <= d - r
+    # and r - (d + 1) to the others
+    return rem0[:, None, :d] + r - (d + 1) * (rank[:, None, :d] > d - r).to(torch.int64)
 
 
-def _neighbour_keys(keys, d):
-    """Keys of the two neighbours along each lattice axis, (d + 1, 2, M, d)."""
+def _vertex_codes(rem0, rank, lo, strides):
+    """Mixed-radix codes of each point's vertices, (N, d + 1), without the keys.
+
+    The code of key ``k`` is ``sum_i (k_i - lo_i) * strides_i``, linear in
+    the key: vertex ``r`` of a point is its remainder-0 point plus ``r`` on
+    every coordinate, minus ``d + 1`` on the coordinates of rank above ``d - r``.
+    """
+    n, d1 = rem0.shape
+    d = d1 - 1
+    stride = torch.tensor(strides, dtype=torch.int64, device=rem0.device)
+    base = ((rem0[:, :d] - lo) * stride).sum(1)
+    # stride of the coordinate of each rank (0 for the implicit last coordinate)
+    by_rank = torch.zeros((n, d + 1), dtype=torch.int64, device=rem0.device)
+    by_rank.scatter_(1, rank[:, :d], stride.expand(n, d))
+    above = torch.zeros((n, d + 1), dtype=torch.int64, device=rem0.device)
+    above[:, 1:] = by_rank.flip(1).cumsum(1)[:, :d]  # ranks d - r + 1 .. d
+    del by_rank
+    r = torch.arange(d + 1, dtype=torch.int64, device=rem0.device)
+    return base[:, None] + r * sum(strides) - (d + 1) * above
+
+
+def _neighbour_keys(keys):
+    """Keys of the two neighbours of each vertex along each lattice axis, (d + 1, 2, M, d)."""
+    d = keys.shape[1]
     out = []
     for j in range(d + 1):
-        n1 = keys - 1
-        n2 = keys + 1
+        n1, n2 = keys - 1, keys + 1
         if j < d:
             n1[:, j] += d + 1
             n2[:, j] -= d + 1
         out.append(torch.stack([n1, n2]))
     return torch.stack(out)
-
-
-def _pack(keys, lo, radix):
-    """Mixed-radix int64 code of each key row (``keys - lo`` in ``[0, radix)``)."""
-    code = torch.zeros(keys.shape[:-1], dtype=torch.int64, device=keys.device)
-    for i in range(keys.shape[-1]):
-        code = code * radix[i] + (keys[..., i] - lo[i])
-    return code
 
 
 def build_lattice(features, *, n_pad=0):
@@ -170,47 +187,68 @@ def build_lattice(features, *, n_pad=0):
     Returns
     -------
     lattice : Lattice
-        Offsets, weights and blur neighbours, on the features' device.
+        Splat and slice matrices and blur neighbours, on the features' device.
     """
     n, d = features.shape
+    device = features.device
     if n_pad:
         features = torch.cat([features, features.new_zeros((n_pad, d))])
-    rem0, rank, bary = _simplex(features)
-    keys = _vertex_keys(rem0, rank)  # (d + 1, N + n_pad, d)
-    del rem0, rank
-    device = features.device
-
-    lo = keys.amin(dim=(0, 1)) - (d + 1)
-    span = keys.amax(dim=(0, 1)) - lo + (d + 2)
-    radix = [int(s) for s in span.tolist()]
-    if sum(math.log2(s) for s in radix) <= _CODE_BITS:
-        codes = _pack(keys, lo, radix)
-        uniq, inverse = torch.unique(codes, sorted=True, return_inverse=True)
+    n_all = n + n_pad
+    # per point, in chunks of bounded memory: remainder-0 point, ranks, weights
+    rem0 = torch.empty((n_all, d + 1), dtype=torch.int32, device=device)
+    rank = torch.empty((n_all, d + 1), dtype=torch.uint8, device=device)
+    bary = torch.empty((n_all, d + 1), dtype=torch.float32, device=device)
+    for a in range(0, n_all, _CHUNK):
+        b = min(a + _CHUNK, n_all)
+        rem0[a:b], rank[a:b], bary[a:b] = _simplex(features[a:b])
+    # vertex keys lie within d + 1 of the remainder-0 points, their blur
+    # neighbours within d more
+    lo = rem0[:, :d].amin(dim=0).to(torch.int64) - 2 * (d + 1)
+    radix = (rem0[:, :d].amax(dim=0).to(torch.int64) + 2 * (d + 1) - lo + 1).tolist()
+    if sum(math.log2(r) for r in radix) <= _CODE_BITS:
+        strides = [math.prod(radix[i + 1:]) for i in range(d)]
+        codes = torch.empty((n_all, d + 1), dtype=torch.int64, device=device)
+        for a in range(0, n_all, _CHUNK):
+            b = min(a + _CHUNK, n_all)
+            codes[a:b] = _vertex_codes(rem0[a:b].to(torch.int64),
+                                       rank[a:b].to(torch.int64), lo, strides)
+        codes = codes.reshape(-1)
+        del rem0, rank
+        sorted_codes, perm = torch.sort(codes, stable=True)
         del codes
+        first = torch.ones_like(sorted_codes, dtype=torch.bool)
+        first[1:] = sorted_codes[1:] != sorted_codes[:-1]
+        uniq = sorted_codes[first]
+        del sorted_codes
+        vertex = first.cumsum(0) - 1  # vertex of each sorted entry
+        del first
         m = uniq.numel()
-        vkeys = torch.empty((m, d), dtype=torch.int64, device=device)
-        rest = uniq.clone()
-        for i in range(d - 1, -1, -1):
-            vkeys[:, i] = rest % radix[i] + lo[i]
-            rest = rest // radix[i]
-        ncodes = _pack(_neighbour_keys(vkeys, d), lo, radix)  # (d + 1, 2, M)
+        total = sum(strides)
+        shifts = [(-total + (d + 1) * s, total - (d + 1) * s) for s in strides]
+        shifts.append((-total, total))
+        ncodes = uniq + torch.tensor(shifts, device=device)[:, :, None]  # (d + 1, 2, M)
         idx = torch.searchsorted(uniq, ncodes).clamp_(max=m - 1)
         found = uniq[idx] == ncodes
+        del ncodes, uniq
     else:
-        uniq_keys, inverse = torch.unique(keys.reshape(-1, d), dim=0, return_inverse=True)
+        keys = _vertex_keys(rem0.to(torch.int64), rank.to(torch.int64)).reshape(-1, d)
+        del rem0, rank
+        uniq_keys, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        del keys
         m = uniq_keys.shape[0]
-        nkeys = _neighbour_keys(uniq_keys, d).reshape(-1, d)
-        both, ids = torch.unique(torch.cat([uniq_keys, nkeys]), dim=0, return_inverse=True)
-        vertex_of = torch.full((both.shape[0],), -1, dtype=torch.int64, device=device)
+        nkeys = _neighbour_keys(uniq_keys).reshape(-1, d)
+        _, ids = torch.unique(torch.cat([uniq_keys, nkeys]), dim=0, return_inverse=True)
+        vertex_of = torch.full((int(ids.max()) + 1,), -1, dtype=torch.int64, device=device)
         vertex_of[ids[:m]] = torch.arange(m, device=device)
         idx = vertex_of[ids[m:]].reshape(d + 1, 2, m)
         found = idx >= 0
+        vertex, perm = torch.sort(inverse, stable=True)
+        del inverse
     neighbours = torch.zeros((d + 1, 2, m + 1), dtype=torch.int64, device=device)
     neighbours[:, :, 1:] = torch.where(found, idx + 1, torch.zeros_like(idx))
     del idx, found
-    offsets = inverse.reshape(d + 1, n + n_pad)[:, :n] + 1  # (d + 1, N)
-    weights = bary[:n].T  # (d + 1, N)
-    return Lattice(*_weight_matrices(offsets, weights, m + 1), neighbours)
+    splat, slice_ = _weight_matrices(vertex, perm, bary, n, m)
+    return Lattice(splat, slice_, neighbours)
 
 
 def _alpha(d):
@@ -219,28 +257,43 @@ def _alpha(d):
     return float(one / (one + torch.tensor(2.0 ** -d, dtype=torch.float32)))
 
 
-def _weight_matrices(offsets, weights, n_rows):
-    """The splat and slice matrices (CSR) from each point's vertex rows and weights."""
-    k, n = offsets.shape
-    device = offsets.device
-    index_dtype = torch.int32 if max(n, n_rows, k * n) < 2**31 - 1 else torch.int64
-    # slice: one row per point, its d + 1 vertices (distinct) in increasing order
-    cols, order = offsets.T.sort(dim=1)
-    vals = weights.T.gather(1, order) * _alpha(k - 1)
-    crow = torch.arange(0, k * n + 1, k, device=device, dtype=index_dtype)
-    # splat: one row per vertex, its points in increasing order
-    flat = offsets.reshape(-1)
-    perm = torch.sort(flat, stable=True).indices
-    counts = torch.bincount(flat, minlength=n_rows)
-    splat_crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=device)
-    splat_crow[1:] = torch.cumsum(counts, 0)
+def _weight_matrices(vertex, perm, bary, n, m):
+    """The splat and slice matrices (CSR) of ``n`` points and ``m`` vertices.
+
+    ``perm`` sorts the point-major entries (vertex ``r`` of point ``p`` at
+    ``p * (d + 1) + r``, the padding points last) by vertex, stably;
+    ``vertex`` is the vertex (0-based) of each sorted entry and ``bary`` the
+    barycentric weights ``(n + n_pad, d + 1)``.
+    """
+    k = bary.shape[1]
+    device = bary.device
+    n_rows = m + 1
+    index_dtype = torch.int32 if max(n_rows, k * n) < 2**31 - 1 else torch.int64
+    real = perm < k * n
+    perm, vertex = perm[real].to(index_dtype), vertex[real].to(index_dtype)
+    del real
+    weights = bary[:n].reshape(-1)
+    # splat: one row per vertex (after the empty row 0), its points in order
+    crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=device)
+    crow[2:] = torch.cumsum(torch.bincount(vertex, minlength=m), 0)
+    splat_vals = weights[perm]
+    splat_cols = torch.div(perm, k, rounding_mode="floor")
+    # slice: one row per point, its d + 1 distinct vertices in increasing order
+    offsets = torch.empty(k * n, dtype=index_dtype, device=device)
+    offsets[perm] = vertex + 1
+    del perm, vertex
+    cols, order = offsets.reshape(n, k).sort(dim=1)
+    del offsets
+    slice_vals = weights.reshape(n, k).gather(1, order).reshape(-1) * _alpha(k - 1)
+    del order
+    slice_crow = torch.arange(0, k * n + 1, k, device=device, dtype=index_dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support")
         splat = torch.sparse_csr_tensor(
-            splat_crow.to(index_dtype), (perm % n).to(index_dtype),
-            weights.reshape(-1)[perm], (n_rows, n), check_invariants=False)
+            crow.to(index_dtype), splat_cols, splat_vals, (n_rows, n),
+            check_invariants=False)
         slice_ = torch.sparse_csr_tensor(
-            crow, cols.reshape(-1).to(index_dtype), vals.reshape(-1), (n, n_rows),
+            slice_crow, cols.reshape(-1), slice_vals, (n, n_rows),
             check_invariants=False)
     return splat, slice_
 
@@ -275,7 +328,7 @@ def scale_lattice(lattice, before, after):
     return Lattice(splat, slice_, lattice.neighbours)
 
 
-def lattice_filter(lattice, values):
+def lattice_filter(lattice, values, *, add_to=None):
     """Gaussian-filter ``values`` over the lattice's points (splat, blur, slice).
 
     Parameters
@@ -284,13 +337,18 @@ def lattice_filter(lattice, values):
         From :func:`build_lattice`.
     values : Tensor of shape (N, C), float32
         One row of values per point.
+    add_to : Tensor of shape (N, C), float32, default=None
+        If given, the filtered values are added to it in place (without a
+        temporary of its size), and it is returned.
 
     Returns
     -------
     filtered : Tensor of shape (N, C), float32
-        The filtered values; a point's own value is included.
+        The filtered values (plus ``add_to``); a point's own value is included.
     """
     table = lattice.splat @ values
     for n1, n2 in lattice.neighbours:
         table = table + 0.5 * (table.index_select(0, n1) + table.index_select(0, n2))
-    return lattice.slice @ table
+    if add_to is None:
+        return lattice.slice @ table
+    return add_to.addmm_(lattice.slice, table)

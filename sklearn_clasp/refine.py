@@ -486,12 +486,13 @@ def _mean_field_torch(rgb, unary, n_iter, kernels, n_out, device):
                     ).to(torch.float32)
             lattices.append(scale_lattice(lattice, norm, norm * f32(compat)))
         del features
-        neg_unary = -torch.from_numpy(unary).to(dev).T.contiguous()
+        neg_unary = torch.empty((n, unary.shape[0]), dtype=torch.float32, device=dev)
+        torch.neg(torch.from_numpy(unary).to(dev).T, out=neg_unary)
         q = _softmax_rows(neg_unary.clone())
         for _ in range(n_iter):
             energy = neg_unary.clone()
             for lattice in lattices:
-                energy += lattice_filter(lattice, q)
+                lattice_filter(lattice, q, add_to=energy)
             q = _softmax_rows(energy)
         return q[:, :n_out].argmax(dim=1).cpu().numpy()
 

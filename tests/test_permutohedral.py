@@ -85,3 +85,12 @@ def test_padding_points_add_vertices_but_no_values():
     assert padded.n_vertices == plain.n_vertices + 6  # the origin's simplex
     v = torch.rand(1000, 2)
     torch.testing.assert_close(lattice_filter(padded, v), lattice_filter(plain, v))
+
+
+def test_filter_adds_in_place():
+    lattice = build_lattice(_random_points(500, 5, seed=7))
+    v, acc = torch.rand(500, 3), torch.rand(500, 3)
+    expected = acc + lattice_filter(lattice, v)
+    out = lattice_filter(lattice, v, add_to=acc)
+    assert out is acc
+    torch.testing.assert_close(out, expected)
