@@ -16,7 +16,8 @@ Functional core (pure functions on plain arrays):
   a PyTorch implementation of the same inference (CPU or CUDA);
 - :func:`refine_labels` -- the three CLASP variants in one call;
 - :func:`bounded_shape` and :func:`resample_nearest` -- the size and the
-  label resampling of refinement at a bounded resolution.
+  label resampling of refinement at a bounded resolution (helpers shared
+  with other modules).
 
 :class:`CRFRefiner` wraps them as the pipeline's last step. The backends, the
 soft unaries and their measurements are described in ``docs/refine.md``.
@@ -37,8 +38,7 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 from .image import as_rgb_uint8, check_label_map, resize_image
 from .records import PatchGrid, check_records
 
-__all__ = ["upsample_labels", "upsample_proba", "dense_crf", "refine_labels",
-           "CRFRefiner"]
+__all__ = ["upsample_labels", "dense_crf", "refine_labels", "CRFRefiner"]
 
 logger = logging.getLogger(__name__)
 
@@ -448,10 +448,11 @@ def _mean_field_pydensecrf(rgb, unary, n_iter, kernels, n_out):
 def _mean_field_torch(rgb, unary, n_iter, kernels, n_out, device):
     """Most probable of the first ``n_out`` labels at each pixel, in PyTorch.
 
-    The same mean-field inference as densecrf's: each kernel is a permutohedral lattice over the pixels' features (position
-    divided by ``sxy``; position and colour divided by ``sxy`` and ``srgb``)
-    with densecrf's symmetric normalisation ``D K D``, ``D = (K 1)^(-1/2)``,
-    and Potts compatibility; every iteration computes
+    The same mean-field inference as densecrf's: each kernel is a
+    permutohedral lattice over the pixels' features (position divided by
+    ``sxy``; position and colour divided by ``sxy`` and ``srgb``) with
+    densecrf's symmetric normalisation ``D K D``, ``D = (K 1)^(-1/2)``, and
+    Potts compatibility; every iteration computes
     ``Q = softmax(-U + sum_k w_k D_k K_k D_k Q)``.
     """
     import torch

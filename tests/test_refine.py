@@ -718,7 +718,7 @@ def test_refiner_backend_reaches_the_crf():
         np.testing.assert_array_equal(
             mask, refine_labels(co, im, backend="torch", device="cpu"))
     # bounded resolution with the torch backend
-    image, truth, coarse = make_big_scene(4)
+    image, _, coarse = make_big_scene(4)
     mask, = CRFRefiner(backend="torch", device="cpu", max_pixels=20_000).transform(
         [(coarse, image)])
     ref = refine_labels(coarse, image, max_pixels=20_000)
