@@ -269,18 +269,19 @@ def _weight_matrices(vertex, perm, bary, n, m):
     device = bary.device
     n_rows = m + 1
     index_dtype = torch.int32 if max(n_rows, k * n) < 2**31 - 1 else torch.int64
-    real = perm < k * n
-    perm, vertex = perm[real].to(index_dtype), vertex[real].to(index_dtype)
-    del real
+    if bary.shape[0] > n:  # drop the padding points' entries
+        real = perm < k * n
+        perm, vertex = perm[real], vertex[real]
+        del real
     weights = bary[:n].reshape(-1)
     # splat: one row per vertex (after the empty row 0), its points in order
     crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=device)
     crow[2:] = torch.cumsum(torch.bincount(vertex, minlength=m), 0)
     splat_vals = weights[perm]
-    splat_cols = torch.div(perm, k, rounding_mode="floor")
+    splat_cols = torch.div(perm, k, rounding_mode="floor").to(index_dtype)
     # slice: one row per point, its d + 1 distinct vertices in increasing order
     offsets = torch.empty(k * n, dtype=index_dtype, device=device)
-    offsets[perm] = vertex + 1
+    offsets[perm] = (vertex + 1).to(index_dtype)
     del perm, vertex
     cols, order = offsets.reshape(n, k).sort(dim=1)
     del offsets
