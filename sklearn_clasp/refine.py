@@ -546,9 +546,10 @@ def dense_crf(
 
     Two backends compute the same inference: ``"pydensecrf"`` (the reference
     C++ code of Krähenbühl & Koltun) and ``"torch"`` (the same lattice,
-    normalisation and updates in PyTorch, on CPU or CUDA; it agrees with the
-    reference on more than 99.9% of pixels, see ``docs/refine.md``). Both
-    return to Python between iterations, so Ctrl-C interrupts them.
+    normalisation and updates in PyTorch, on CPU or CUDA), which give the
+    same masks up to floating-point rounding (measurements in
+    ``docs/refine.md``). Both return to Python between iterations, so Ctrl-C
+    interrupts them.
 
     Hard labels are mapped to ``0 .. n-1`` for the CRF and back, so any
     integer values work and are kept. A map with a single label is returned
