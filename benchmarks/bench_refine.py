@@ -10,6 +10,8 @@ brought back to full resolution by
 * bilinear upsampling of the one-hot maps,
 * DenseCRF on the nearest upsampling: the paper's settings (20 iterations)
   and fewer iterations (10, 5, 1),
+* optionally (``--unary soft``) DenseCRF on soft unaries: each patch's class
+  fractions, upsampled bilinearly,
 
 and scored against the full-resolution truth. Whatever nearest upsampling
 loses is the cost of the patch grid; what the CRF wins back is what it buys.
@@ -22,8 +24,15 @@ BSDS500 val against its first human segmentation. The coarse labels are
 class ids, the same in every image, so the dataset-level protocol needs no
 clustering step here.
 
+With ``--backend pydensecrf torch`` every CRF runs with both backends; their
+quality rows are printed side by side, followed by the agreement of the
+torch backend's masks with pydensecrf's (fraction of equal pixels, min and
+mean over the images) and both backends' time per image.
+
 Run:  python benchmarks/bench_refine.py [--datasets camvid bsds500] [--limit N]
-      [--grids paper 448] [--figures]
+      [--grids paper 448] [--iters 20 10 5 1] [--unary hard soft]
+      [--backend pydensecrf torch] [--device auto] [--torch-threads N]
+      [--figures]
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from sklearn_clasp.metrics import (  # noqa: E402
     segmentation_scores,
     variation_of_information,
 )
-from sklearn_clasp.refine import dense_crf, upsample_labels  # noqa: E402
+from sklearn_clasp.refine import dense_crf, upsample_labels, upsample_proba  # noqa: E402
 
 GRIDS = {"paper": None, "448": 448}
 CRF_ITERS = (20, 10, 5, 1)
@@ -62,6 +71,29 @@ def coarsen(truth, grid):
     cells as ``upsample_labels(..., method="nearest")``. Negative truth is not
     counted; a patch without scored pixels takes its nearest patch's label.
     """
+    return _coarsen(truth, grid)[0]
+
+
+def coarsen_proba(truth, grid):
+    """The class fractions of every patch, as soft labels.
+
+    Returns ``(classes, labels, proba)``: the classes present (sorted), the
+    patch labels as indices into them (the majority of :func:`coarsen`) and
+    the fraction of each class among each patch's scored pixels, shape
+    ``(h, w, len(classes))``; a patch without scored pixels is sure of its
+    nearest patch's label.
+    """
+    labels, votes = _coarsen(truth, grid)
+    classes = np.flatnonzero(votes.sum(0) > 0)
+    votes = votes[:, classes].astype(np.float64)
+    index = np.searchsorted(classes, labels)
+    counts = votes.sum(1, keepdims=True)
+    onehot = np.eye(classes.size)[index.ravel()]
+    proba = np.where(counts > 0, votes / np.maximum(counts, 1), onehot)
+    return classes, index, proba.reshape(*grid, classes.size).astype(np.float32)
+
+
+def _coarsen(truth, grid):
     H, W = truth.shape
     h, w = grid
     rows = (np.arange(H) * h) // H
@@ -80,39 +112,57 @@ def coarsen(truth, grid):
         idx = ndimage.distance_transform_edt(empty, return_distances=False,
                                              return_indices=True)
         labels = labels[idx[0], idx[1]]
-    return labels
+    return labels, votes
 
 
-def variants(image, coarse, shape):
-    """name -> (mask, seconds)."""
-    out = {}
+def variants(image, truth, grid, opts):
+    """name -> (mask, seconds), and the backends' masks of each CRF run.
+
+    The second dict maps ``(unary, n_iter)`` to ``{backend: (mask, seconds)}``.
+    """
+    shape = truth.shape
+    coarse = coarsen(truth, grid)
+    out, runs = {}, {}
     t0 = time.perf_counter()
     nearest = upsample_labels(coarse, shape)
     out["nearest"] = (nearest, time.perf_counter() - t0)
     t0 = time.perf_counter()
     out["bilinear"] = (upsample_labels(coarse, shape, method="bilinear"),
                        time.perf_counter() - t0)
-    for n_iter in CRF_ITERS:
-        t0 = time.perf_counter()
-        mask = dense_crf(image, nearest, n_iter=n_iter)
-        label = f"DenseCRF, {n_iter} iter." + (" (paper)" if n_iter == 20 else "")
-        out[label] = (mask, time.perf_counter() - t0)
-    return out
+    if "soft" in opts.unary:
+        classes, _, proba = coarsen_proba(truth, grid)
+    for unary in opts.unary:
+        for n_iter in opts.iters:
+            for backend in opts.backend:
+                kw = dict(n_iter=n_iter, backend=backend, device=opts.device)
+                t0 = time.perf_counter()
+                if unary == "hard":
+                    mask = dense_crf(image, nearest, **kw)
+                else:
+                    pixel_proba = upsample_proba(proba, shape)
+                    mask = classes[dense_crf(image, proba=pixel_proba, **kw)]
+                seconds = time.perf_counter() - t0
+                label = (f"DenseCRF{' soft' if unary == 'soft' else ''}, {n_iter} iter."
+                         + (" (paper)" if n_iter == 20 and unary == "hard" else "")
+                         + (f" [{backend}]" if len(opts.backend) > 1 else ""))
+                out[label] = (mask, seconds)
+                runs.setdefault((unary, n_iter), {})[backend] = (mask, seconds)
+    return out, runs
 
 
-def run(kind, data, grids):
+def run(kind, data, opts):
     n_classes = 11 if kind == "camvid" else None
-    results = {}
+    results, agreement = {}, {}
     for item in data.items:
         name, image_path, truth_path = item
         image = load_image(image_path)
         truth = data.read_truth(truth_path)
         if kind == "bsds500":
             truth = truth[0] - truth[0].min()  # first human; regions 0..
-        for grid_name in grids:
+        for grid_name in opts.grids:
             grid = patch_grid_shape(*truth.shape, short_side=GRIDS[grid_name])
-            coarse = coarsen(truth, grid)
-            for variant, (mask, seconds) in variants(image, coarse, truth.shape).items():
+            masks, runs = variants(image, truth, grid, opts)
+            for variant, (mask, seconds) in masks.items():
                 entry = results.setdefault((grid_name, variant), {
                     "rows": [], "seconds": [], "grid": [],
                     "acc": SegmentationScoreAccumulator(
@@ -128,7 +178,33 @@ def run(kind, data, grids):
                 entry["rows"].append(row)
                 entry["seconds"].append(seconds)
                 entry["grid"].append(grid)
-    return results
+            for (unary, n_iter), by_backend in runs.items():
+                ref_mask, ref_seconds = by_backend[opts.backend[0]]
+                for backend, (mask, seconds) in list(by_backend.items())[1:]:
+                    a = agreement.setdefault((grid_name, unary, n_iter, backend), {
+                        "agree": [], "seconds": [], "ref_seconds": [], "differ": 0,
+                        "pixels": 0})
+                    a["agree"].append(float((mask == ref_mask).mean()))
+                    a["differ"] += int((mask != ref_mask).sum())
+                    a["pixels"] += mask.size
+                    a["seconds"].append(seconds)
+                    a["ref_seconds"].append(ref_seconds)
+    return results, agreement
+
+
+def report_agreement(agreement, ref_backend):
+    """Each other backend's agreement with the first one, and their times."""
+    print(f"\nAgreement with {ref_backend} (fraction of equal pixels per image) and "
+          f"time per image:\n")
+    print(f"| grid | CRF | backend | agreement min | agreement mean | images >= 0.99 "
+          f"| pixels differing | s/image | {ref_backend} s/image |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (grid_name, unary, n_iter, backend), a in agreement.items():
+        agree = np.array(a["agree"])
+        print(f"| {grid_name} | {unary}, {n_iter} iter. | {backend} | {agree.min():.5f} "
+              f"| {agree.mean():.5f} | {int((agree >= 0.99).sum())}/{agree.size} "
+              f"| {a['differ']} of {a['pixels']} | {np.mean(a['seconds']):.3f} "
+              f"| {np.mean(a['ref_seconds']):.3f} |")
 
 
 def report(kind, results):
@@ -198,19 +274,41 @@ def main(argv=None):
                         default=["camvid", "bsds500"])
     parser.add_argument("--grids", nargs="+", choices=list(GRIDS), default=list(GRIDS))
     parser.add_argument("--limit", type=int, default=None, help="first N images of each")
+    parser.add_argument("--iters", nargs="+", type=int, default=list(CRF_ITERS),
+                        help="CRF iteration counts to run")
+    parser.add_argument("--unary", nargs="+", choices=["hard", "soft"], default=["hard"],
+                        help="CRF unaries: the patch labels, and/or the patches' "
+                             "class fractions")
+    parser.add_argument("--backend", nargs="+", choices=["pydensecrf", "torch"],
+                        default=["pydensecrf"],
+                        help="CRF backends; with two, the second is compared with "
+                             "the first")
+    parser.add_argument("--device", default="auto", help="device of the torch backend")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch's CPU threads (default: torch's own choice)")
     parser.add_argument("--figures", action="store_true",
                         help="write docs/figures/quality_refinement.png")
     args = parser.parse_args(argv)
     if not SHARED.is_dir():
         print(f"{SHARED} not found: nothing to measure.")
         return None
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    for backend in args.backend:  # imports and first-call set-up, outside the timings
+        dense_crf(np.zeros((16, 16, 3), np.uint8), np.eye(16, dtype=np.int64), n_iter=1,
+                  backend=backend, device=args.device)
     summaries = {}
     for kind in args.datasets:
         data = camvid(limit=args.limit) if kind == "camvid" else bsds500(limit=args.limit)
         what = "11 classes" if kind == "camvid" else "the first human segmentation"
         print(f"\n## {data.name}: {len(data.items)} images, against {what}")
         t0 = time.perf_counter()
-        summaries[kind] = report(kind, run(kind, data, args.grids))
+        results, agreement = run(kind, data, args)
+        summaries[kind] = report(kind, results)
+        if agreement:
+            report_agreement(agreement, args.backend[0])
         print(f"\n({time.perf_counter() - t0:.0f} s)")
     if args.figures:
         FIGURES.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,18 @@ Functional core (pure functions on plain arrays):
 
 - :func:`upsample_labels` -- patch labels to pixel labels by scaling alone
   (``"nearest"``) or by interpolating one-hot maps (``"bilinear"``);
-- :func:`dense_crf` -- DenseCRF refinement of pixel labels against the image;
-- :func:`refine_labels` -- the three CLASP variants in one call.
+- :func:`upsample_proba` -- patch probabilities to pixel probabilities
+  (bilinear);
+- :func:`dense_crf` -- DenseCRF refinement of pixel labels (or pixel
+  probabilities) against the image, with ``pydensecrf`` (the reference) or
+  a PyTorch implementation of the same inference (CPU or CUDA);
+- :func:`refine_labels` -- the three CLASP variants in one call;
+- :func:`bounded_shape` and :func:`resample_nearest` -- the size and the
+  label resampling of refinement at a bounded resolution (helpers shared
+  with other modules).
 
-:class:`CRFRefiner` wraps them as the pipeline's last step.
+:class:`CRFRefiner` wraps them as the pipeline's last step. The backends, the
+soft unaries and their measurements are described in ``docs/refine.md``.
 """
 
 from __future__ import annotations
@@ -35,6 +43,12 @@ __all__ = ["upsample_labels", "dense_crf", "refine_labels", "CRFRefiner"]
 logger = logging.getLogger(__name__)
 
 _METHODS = ("crf", "nearest", "bilinear")
+_BACKENDS = ("pydensecrf", "torch")
+_UNARIES = ("hard", "soft")
+
+#: Floor of the probabilities of a soft unary: the unary energy of a label
+#: with probability ``p`` is ``-log(max(p, SOFT_UNARY_EPS))``, at most 11.5.
+SOFT_UNARY_EPS = 1e-5
 
 _CRF_CONSTRAINTS = {
     "n_iter": [Interval(Integral, 0, None, closed="left")],
@@ -44,6 +58,8 @@ _CRF_CONSTRAINTS = {
     "bilateral_sxy": [Interval(Real, 0, None, closed="neither")],
     "bilateral_srgb": [Interval(Real, 0, None, closed="neither")],
     "bilateral_compat": [Interval(Real, 0, None, closed="left")],
+    "backend": [StrOptions(set(_BACKENDS))],
+    "device": [str],
 }
 
 _CRF_PARAM_NAMES = frozenset(_CRF_CONSTRAINTS) | {"n_labels"}
@@ -69,6 +85,66 @@ def _check_shape(shape):
     if height < 1 or width < 1:
         raise ValueError(f"shape must be positive; got {(height, width)}.")
     return height, width
+
+
+def _check_proba(proba, *, name="proba"):
+    """Probabilities as ``(h, w, K)`` float32 rows summing to 1, or a clear error."""
+    arr = np.asarray(proba)
+    if arr.ndim != 3 or arr.shape[2] < 1 or arr.dtype.kind not in "fiu":
+        raise ValueError(
+            f"{name} must be a numeric array of shape (h, w, K), one probability "
+            f"per segment and patch (or pixel); got an array of shape {arr.shape} "
+            f"and dtype {arr.dtype}."
+        )
+    arr = arr.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(arr)) or (arr < 0).any():
+        raise ValueError(f"{name} must be finite and non-negative.")
+    sums = arr.sum(axis=2, dtype=np.float64)
+    if not np.allclose(sums, 1.0, atol=1e-3):
+        worst = float(sums.flat[np.argmax(np.abs(sums - 1.0))])
+        raise ValueError(
+            f"each {name}[i, j] must sum to 1 over its {arr.shape[2]} segments; "
+            f"one sums to {worst:.4g}. Normalise the probabilities first."
+        )
+    return arr
+
+
+def _check_proba_matches(proba, labels, *, name="proba"):
+    """Check that ``labels`` (``0 .. K-1``) index the ``K`` columns of ``proba``."""
+    if proba.shape[:2] != labels.shape:
+        raise ValueError(
+            f"{name} of shape {proba.shape} does not match the labels of shape "
+            f"{labels.shape}: it needs one row of K probabilities per patch."
+        )
+    n_segments = proba.shape[2]
+    if labels.size and (labels.min() < 0 or labels.max() >= n_segments):
+        raise ValueError(
+            f"with soft unaries the labels must be segment indices 0 .. "
+            f"{n_segments - 1} (the columns of {name}); got values from "
+            f"{labels.min()} to {labels.max()}."
+        )
+
+
+def _torch_device(device):
+    """The torch device for ``device`` in ``{"auto", "cpu", "cuda", "cuda:<n>"}``."""
+    import torch
+
+    if not isinstance(device, str) or not (
+        device in ("auto", "cpu", "cuda")
+        or (device.startswith("cuda:") and device[5:].isdigit())
+    ):
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>'; got {device!r}."
+        )
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} but CUDA is not available to torch "
+            f"{torch.__version__}; use device='cpu' (or 'auto', which picks CUDA "
+            f"when there is one)."
+        )
+    return torch.device(device)
 
 
 # --------------------------------------------------------------------------
@@ -104,20 +180,77 @@ def _nearest_index(n_out, n_in):
     return ((2 * t + 1) * n_in) // (2 * n_out)
 
 
-def _resample_nearest(labels, shape):
-    """Nearest resampling of a label map to ``shape``, up or down, per axis."""
+def resample_nearest(labels, shape):
+    """Nearest resampling of a label map to ``shape``, up or down, per axis.
+
+    Upsampling along an axis gives each output sample the input sample that
+    spans it, ``floor(t * n_in / n_out)`` (as :func:`upsample_labels` does);
+    downsampling takes the input sample under the output sample's centre,
+    ``floor((t + 0.5) * n_in / n_out)``. Integer arithmetic, so sizes need not
+    divide. Works on any array whose first two axes are rows and columns.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (h, w, ...)
+        The map to resample (not checked: any dtype, extra trailing axes kept).
+    shape : tuple of (int, int)
+        Output size ``(H, W)``.
+
+    Returns
+    -------
+    resampled : ndarray of shape (H, W, ...)
+        A new array of the input's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_clasp.refine import resample_nearest
+    >>> resample_nearest(np.array([[1, 2]]), (1, 4))
+    array([[1, 1, 2, 2]])
+    >>> resample_nearest(np.arange(6).reshape(1, 6), (1, 3))
+    array([[1, 3, 5]])
+    """
     rows = _nearest_index(shape[0], labels.shape[0])
     cols = _nearest_index(shape[1], labels.shape[1])
     return labels[rows[:, None], cols[None, :]]
 
 
-def _refine_size(height, width, max_pixels):
-    """Largest ``(h, w)`` with the image's aspect ratio and ``h * w <= max_pixels``."""
+def bounded_shape(height, width, max_pixels):
+    """Largest ``(h, w)`` with the image's aspect ratio and ``h * w <= max_pixels``.
+
+    Each side is at least 1 and at most the image's; an image that already
+    fits keeps its size.
+
+    Parameters
+    ----------
+    height, width : int
+        Image size, positive.
+    max_pixels : int
+        Pixel budget, positive.
+
+    Returns
+    -------
+    shape : tuple of (int, int)
+        ``(h, w)`` with ``h * w <= max_pixels``.
+
+    Examples
+    --------
+    >>> from sklearn_clasp.refine import bounded_shape
+    >>> bounded_shape(3000, 2000, 1_500_000)
+    (1500, 1000)
+    >>> bounded_shape(300, 200, 1_500_000)
+    (300, 200)
+    """
     scale = math.sqrt(max_pixels / (height * width))
     h = max(1, min(height, int(height * scale)))
     w = max(1, min(width, int(width * scale)))
     h, w = min(h, max(1, max_pixels // w)), min(w, max(1, max_pixels // h))
     return h, w
+
+
+# The former private names, still imported elsewhere in the package.
+_resample_nearest = resample_nearest
+_refine_size = bounded_shape
 
 
 def _downscale(rgb, size):
@@ -208,7 +341,7 @@ def upsample_labels(labels, shape, *, method="nearest"):
             f"belong to this image (labels are (rows, cols), images (H, W, 3))."
         )
     if method == "nearest":
-        return _resample_nearest(labels, (height, width))
+        return resample_nearest(labels, (height, width))
 
     values = np.unique(labels)
     if values.size == 1:
@@ -229,18 +362,163 @@ def upsample_labels(labels, shape, *, method="nearest"):
     return out
 
 
+def upsample_proba(proba, shape):
+    """Upsample patch probabilities ``(h, w, K)`` to pixel probabilities ``(H, W, K)``.
+
+    Bilinear interpolation of each segment's probability map, with the
+    geometry of ``upsample_labels(..., method="bilinear")``: pixel centres
+    aligned with patch centres, values beyond the outer patch centres clamped
+    to the edge. Each pixel's probabilities are a convex combination of four
+    patches', so they still sum to 1. ``shape`` may also be smaller than the
+    grid (the same interpolation, at the output samples' positions).
+
+    Parameters
+    ----------
+    proba : array-like of shape (h, w, K)
+        Probabilities of the ``K`` segments for each patch, summing to 1 over
+        ``K``.
+    shape : tuple of (int, int)
+        Output size ``(H, W)``.
+
+    Returns
+    -------
+    pixel_proba : ndarray of shape (H, W, K), dtype float32
+        The interpolated probabilities.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_clasp.refine import upsample_proba
+    >>> proba = np.array([[[1.0, 0.0], [0.0, 1.0]]])       # 1 x 2 patches, K = 2
+    >>> upsample_proba(proba, (1, 4))[0, :, 0].tolist()
+    [1.0, 0.75, 0.25, 0.0]
+    """
+    proba = _check_proba(proba)
+    height, width = _check_shape(shape)
+    h, w = proba.shape[:2]
+    r_lo, r_hi, r_frac = _bilinear_axis(height, h)
+    c_lo, c_hi, c_frac = _bilinear_axis(width, w)
+    r_frac = r_frac.astype(np.float32)[:, None, None]
+    c_frac = c_frac.astype(np.float32)[None, :, None]
+    by_row = proba[r_lo] * (1.0 - r_frac) + proba[r_hi] * r_frac  # (H, w, K)
+    return by_row[:, c_lo] * (1.0 - c_frac) + by_row[:, c_hi] * c_frac
+
+
+def _hard_unary(index, n_labels, gt_prob):
+    """Unary energies ``(n_labels, N)`` trusting label ``index[i]`` with ``gt_prob``.
+
+    The same numbers as ``pydensecrf.utils.unary_from_labels(index, n_labels,
+    gt_prob, zero_unsure=False)``.
+    """
+    unary = np.full((n_labels, index.size),
+                    -np.log((1.0 - gt_prob) / (n_labels - 1)), dtype=np.float32)
+    unary[index, np.arange(index.size)] = -np.log(gt_prob)
+    return unary
+
+
+def _soft_unary(proba, n_labels):
+    """Unary energies ``(n_labels, N)``, ``-log(max(p, SOFT_UNARY_EPS))``, from ``(N, K)``."""
+    floor = np.float32(SOFT_UNARY_EPS)
+    unary = np.full((n_labels, proba.shape[0]), -np.log(floor), dtype=np.float32)
+    unary[: proba.shape[1]] = -np.log(np.maximum(proba.T, floor))
+    return unary
+
+
+def _mean_field_pydensecrf(rgb, unary, n_iter, kernels, n_out):
+    """Most probable of the first ``n_out`` labels at each pixel, with pydensecrf.
+
+    The iterations run one at a time (``startInference`` /
+    ``stepInference``, the same arithmetic as ``inference(n_iter)``), so
+    Python handles signals such as Ctrl-C between them.
+    """
+    import pydensecrf.densecrf as dcrf
+
+    height, width = rgb.shape[:2]
+    crf = dcrf.DenseCRF2D(width, height, unary.shape[0])
+    crf.setUnaryEnergy(unary)
+    (g_sxy, g_compat), (b_sxy, b_srgb, b_compat) = kernels
+    crf.addPairwiseGaussian(sxy=g_sxy, compat=g_compat)
+    crf.addPairwiseBilateral(sxy=b_sxy, srgb=b_srgb, rgbim=rgb, compat=b_compat)
+    q, tmp1, tmp2 = crf.startInference()
+    for _ in range(n_iter):
+        crf.stepInference(q, tmp1, tmp2)
+    return np.argmax(np.asarray(q)[:n_out], axis=0)
+
+
+def _mean_field_torch(rgb, unary, n_iter, kernels, n_out, device):
+    """Most probable of the first ``n_out`` labels at each pixel, in PyTorch.
+
+    The same mean-field inference as densecrf's: each kernel is a
+    permutohedral lattice over the pixels' features (position divided by
+    ``sxy``; position and colour divided by ``sxy`` and ``srgb``) with
+    densecrf's symmetric normalisation ``D K D``, ``D = (K 1)^(-1/2)``, and
+    Potts compatibility; every iteration computes
+    ``Q = softmax(-U + sum_k w_k D_k K_k D_k Q)``.
+    """
+    import torch
+
+    from ._permutohedral import build_lattice, lattice_filter, scale_lattice
+
+    dev = _torch_device(device)
+    height, width = rgb.shape[:2]
+    n = height * width
+    (g_sxy, g_compat), (b_sxy, b_srgb, b_compat) = kernels
+    with torch.no_grad():
+        ys = torch.arange(height, dtype=torch.float32, device=dev)
+        xs = torch.arange(width, dtype=torch.float32, device=dev)
+        yy = ys[:, None].expand(height, width).reshape(-1)
+        xx = xs[None, :].expand(height, width).reshape(-1)
+        colour = torch.from_numpy(rgb.reshape(-1, 3)).to(dev).to(torch.float32)
+        f32 = np.float32
+        features = []
+        if g_compat:
+            features.append((torch.stack([xx / f32(g_sxy), yy / f32(g_sxy)], 1), g_compat))
+        if b_compat:
+            features.append((torch.cat([torch.stack([xx / f32(b_sxy), yy / f32(b_sxy)], 1),
+                                        colour / f32(b_srgb)], 1), b_compat))
+        del yy, xx, colour
+        lattices = []
+        for feats, compat in features:
+            # densecrf handles points in blocks of four, the last one padded
+            # with points at the origin that add lattice vertices
+            lattice = build_lattice(feats, n_pad=(-n) % 4)
+            ones = torch.ones((n, 1), dtype=torch.float32, device=dev)
+            norm = (1.0 / torch.sqrt(lattice_filter(lattice, ones)[:, 0].double() + 1e-20)
+                    ).to(torch.float32)
+            lattices.append(scale_lattice(lattice, norm, norm * f32(compat)))
+        del features
+        neg_unary = torch.empty((n, unary.shape[0]), dtype=torch.float32, device=dev)
+        torch.neg(torch.from_numpy(unary).to(dev).T, out=neg_unary)
+        q = _softmax_rows(neg_unary.clone())
+        for _ in range(n_iter):
+            energy = neg_unary.clone()
+            for lattice in lattices:
+                lattice_filter(lattice, q, add_to=energy)
+            q = _softmax_rows(energy)
+        return q[:, :n_out].argmax(dim=1).cpu().numpy()
+
+
+def _softmax_rows(x):
+    """In-place softmax of each row of a 2-D tensor (densecrf's expAndNormalize)."""
+    x -= x.amax(dim=1, keepdim=True)
+    x.exp_()
+    x /= x.sum(dim=1, keepdim=True)
+    return x
+
+
 @validate_params(
     {
         "image": ["array-like"],
-        "labels": ["array-like"],
+        "labels": ["array-like", None],
         **_CRF_CONSTRAINTS,
         "n_labels": [Interval(Integral, 1, None, closed="left"), None],
+        "proba": ["array-like", None],
     },
     prefer_skip_nested_validation=True,
 )
 def dense_crf(
     image,
-    labels,
+    labels=None,
     *,
     n_iter=20,
     gt_prob=0.8,
@@ -250,17 +528,30 @@ def dense_crf(
     bilateral_srgb=13,
     bilateral_compat=10,
     n_labels=None,
+    proba=None,
+    backend="pydensecrf",
+    device="auto",
 ):
     """Refine pixel labels against the image with a fully connected CRF.
 
-    Each pixel's current label becomes a unary term that trusts it with
-    probability ``gt_prob`` (the rest spread evenly over the other labels).
-    A Gaussian kernel on pixel position smooths the labels and a bilateral
-    kernel on position and colour pulls boundaries onto colour edges. Mean
-    field inference (``pydensecrf``) runs ``n_iter`` steps and each pixel takes
-    its most probable label. The defaults are those of the CLASP paper.
+    The unary term comes from the pixel labels (hard) or from pixel
+    probabilities (soft, ``proba``). Hard: each pixel's label is trusted with
+    probability ``gt_prob``, the rest spread evenly over the other labels.
+    Soft: the energy of segment ``k`` at a pixel is ``-log(max(p_k,
+    SOFT_UNARY_EPS))``, ``SOFT_UNARY_EPS = 1e-5``. A Gaussian kernel on pixel
+    position smooths the labels and a bilateral kernel on position and colour
+    pulls boundaries onto colour edges. Mean field inference runs ``n_iter``
+    steps and each pixel takes its most probable label. The defaults are
+    those of the CLASP paper.
 
-    Label values are mapped to ``0 .. n-1`` for the CRF and back, so any
+    Two backends compute the same inference: ``"pydensecrf"`` (the reference
+    C++ code of Krähenbühl & Koltun) and ``"torch"`` (the same lattice,
+    normalisation and updates in PyTorch, on CPU or CUDA), which give the
+    same masks up to floating-point rounding (measurements in
+    ``docs/refine.md``). Both return to Python between iterations, so Ctrl-C
+    interrupts them.
+
+    Hard labels are mapped to ``0 .. n-1`` for the CRF and back, so any
     integer values work and are kept. A map with a single label is returned
     unchanged (as int64).
 
@@ -269,13 +560,13 @@ def dense_crf(
     image : array-like of shape (H, W, 3), uint8
         The RGB image (grayscale, RGBA and float images in ``[0, 1]`` are
         converted as :func:`~sklearn_clasp.image.as_rgb_uint8` does).
-    labels : array-like of shape (H, W), int
+    labels : array-like of shape (H, W), int, default=None
         Pixel labels at the image's resolution, e.g. from
-        :func:`upsample_labels`.
+        :func:`upsample_labels`. Give either ``labels`` or ``proba``.
     n_iter : int, default=20
         Number of mean field iterations.
     gt_prob : float, default=0.8
-        Confidence in the input labels, in ``(0, 1)``.
+        Confidence in the input labels, in ``(0, 1)``; hard unaries only.
     gaussian_sxy : float, default=4
         Spatial standard deviation, in pixels, of the smoothness kernel.
     gaussian_compat : float, default=4
@@ -288,14 +579,24 @@ def dense_crf(
         Weight of the appearance kernel.
     n_labels : int, default=None
         Number of CRF labels; ``None`` uses the number of distinct values in
-        ``labels``. A larger number spreads the ``1 - gt_prob`` doubt over
-        more labels, which makes the input labels relatively more certain;
-        the extra labels are never output.
+        ``labels`` (or of columns of ``proba``). A larger number spreads the
+        ``1 - gt_prob`` doubt over more labels, which makes the input labels
+        relatively more certain; the extra labels are never output.
+    proba : array-like of shape (H, W, K), default=None
+        Soft unaries: the probability of each of ``K`` segments at each
+        pixel, summing to 1 (e.g. from :func:`upsample_proba`). The output
+        then holds segment indices ``0 .. K-1``.
+    backend : {"pydensecrf", "torch"}, default="pydensecrf"
+        Which implementation runs the inference.
+    device : {"auto", "cpu", "cuda"} or "cuda:<index>", default="auto"
+        Where the ``"torch"`` backend runs; ``"auto"`` picks CUDA when
+        available. Ignored by ``"pydensecrf"``.
 
     Returns
     -------
     refined : ndarray of shape (H, W), dtype int64
-        Refined labels, a subset of the input label values.
+        Refined labels, a subset of the input label values (or of the
+        segment indices ``0 .. K-1`` with ``proba``).
 
     Examples
     --------
@@ -310,48 +611,62 @@ def dense_crf(
     [0, 5]
     >>> bool((refined[:, :10] == 0).all() and (refined[:, 10:] == 5).all())
     True
+    >>> bool((dense_crf(image, labels, backend="torch", device="cpu") == refined).all())
+    True
     """
     rgb = np.ascontiguousarray(as_rgb_uint8(image, name="image"), dtype=np.uint8)
     if not rgb.flags.writeable:  # pydensecrf takes a writable buffer (never writes)
         rgb = rgb.copy()
-    labels = _check_label_map(labels)
     height, width = rgb.shape[:2]
-    if labels.shape != (height, width):
+    if (labels is None) == (proba is None):
         raise ValueError(
-            f"labels of shape {labels.shape} do not match the image of shape "
-            f"{rgb.shape}: dense_crf needs one label per pixel. Upsample patch "
-            f"labels first (upsample_labels or refine_labels)."
+            "dense_crf needs either labels (hard unaries) or proba (soft "
+            "unaries), not " + ("both." if labels is not None else "neither.")
         )
-    values, inverse = np.unique(labels, return_inverse=True)
+    if backend == "torch":
+        _torch_device(device)  # a bad device fails before any work
+    if proba is None:
+        labels = _check_label_map(labels)
+        if labels.shape != (height, width):
+            raise ValueError(
+                f"labels of shape {labels.shape} do not match the image of shape "
+                f"{rgb.shape}: dense_crf needs one label per pixel. Upsample patch "
+                f"labels first (upsample_labels or refine_labels)."
+            )
+        values, inverse = np.unique(labels, return_inverse=True)
+        if values.size == 1:
+            return labels.copy()
+    else:
+        proba = _check_proba(proba)
+        if proba.shape[:2] != (height, width):
+            raise ValueError(
+                f"proba of shape {proba.shape} does not match the image of shape "
+                f"{rgb.shape}: dense_crf needs probabilities per pixel. Upsample "
+                f"patch probabilities first (upsample_proba or refine_labels)."
+            )
+        values = np.arange(proba.shape[2], dtype=np.int64)
+        if values.size == 1:
+            return np.zeros((height, width), dtype=np.int64)
     n_values = values.size
-    if n_values == 1:
-        return labels.copy()
+    what = "distinct label values in labels" if proba is None else "segments in proba"
     if n_labels is None:
         n_labels = n_values
     elif n_labels < n_values:
         raise ValueError(
-            f"n_labels={n_labels} is smaller than the {n_values} distinct label "
-            f"values in labels; pass n_labels >= {n_values} or None."
+            f"n_labels={n_labels} is smaller than the {n_values} {what}; pass "
+            f"n_labels >= {n_values} or None."
         )
-
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_labels
-
-    unary = unary_from_labels(
-        inverse.reshape(-1).astype(np.int64), n_labels, gt_prob, zero_unsure=False
-    )
-    crf = dcrf.DenseCRF2D(width, height, n_labels)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(sxy=float(gaussian_sxy), compat=float(gaussian_compat))
-    crf.addPairwiseBilateral(
-        sxy=float(bilateral_sxy),
-        srgb=float(bilateral_srgb),
-        rgbim=rgb,
-        compat=float(bilateral_compat),
-    )
-    q = np.asarray(crf.inference(int(n_iter)), dtype=np.float32)
-    q = q.reshape(n_labels, height, width)[:n_values]
-    return values[np.argmax(q, axis=0)].astype(np.int64, copy=False)
+    if proba is None:
+        unary = _hard_unary(inverse.reshape(-1), n_labels, gt_prob)
+    else:
+        unary = _soft_unary(proba.reshape(-1, n_values), n_labels)
+    kernels = ((float(gaussian_sxy), float(gaussian_compat)),
+               (float(bilateral_sxy), float(bilateral_srgb), float(bilateral_compat)))
+    if backend == "torch":
+        best = _mean_field_torch(rgb, unary, int(n_iter), kernels, n_values, device)
+    else:
+        best = _mean_field_pydensecrf(rgb, unary, int(n_iter), kernels, n_values)
+    return values[best.reshape(height, width)].astype(np.int64, copy=False)
 
 
 #: Default ``max_pixels`` of :class:`CRFRefiner`: refinement runs on at most
@@ -365,7 +680,8 @@ _DENSE_CRF_DEFAULTS = {
 }
 
 
-def refine_labels(labels, image, *, method="crf", max_pixels=None, **crf_params):
+def refine_labels(labels, image, *, method="crf", max_pixels=None, unary="hard",
+                  proba=None, **crf_params):
     """Turn patch labels into pixel labels at the image's full resolution.
 
     The three refinement variants of CLASP:
@@ -374,6 +690,12 @@ def refine_labels(labels, image, *, method="crf", max_pixels=None, **crf_params)
       :func:`dense_crf` against the image;
     - ``"nearest"`` (the paper's patch-based variant): nearest upsampling only;
     - ``"bilinear"``: bilinear upsampling of the one-hot label maps.
+
+    With ``unary="soft"`` the CRF starts from the segmenter's soft segment
+    membership ``proba`` instead of the hard labels: the probabilities are
+    upsampled bilinearly (:func:`upsample_proba`) and the unary energy of
+    segment ``k`` is ``-log(max(p_k, SOFT_UNARY_EPS))``, so the CRF may move
+    a boundary where the patches are unsure and hardly where they are sure.
 
     With ``max_pixels``, an image with more pixels is refined at a bounded
     resolution: it is area-averaged down to at most ``max_pixels`` pixels
@@ -401,11 +723,18 @@ def refine_labels(labels, image, *, method="crf", max_pixels=None, **crf_params)
     max_pixels : int or None, default=None
         Refine at most this many pixels (see above); ``None``: always at full
         resolution. Ignored by ``"nearest"``, which needs no working memory.
+    unary : {"hard", "soft"}, default="hard"
+        The CRF's unary term: from ``labels`` (trusted with ``gt_prob``) or
+        from ``proba``. Used with ``method="crf"`` only.
+    proba : array-like of shape (h, w, K), default=None
+        Soft segment membership of each patch (summing to 1 over ``K``);
+        ``labels`` must then be segment indices ``0 .. K-1``, and so is the
+        output. Needed for ``unary="soft"``, ignored otherwise.
     **crf_params : dict
         Keyword arguments of :func:`dense_crf` (``n_iter``, ``gt_prob``,
         ``gaussian_sxy``, ``gaussian_compat``, ``bilateral_sxy``,
-        ``bilateral_srgb``, ``bilateral_compat``, ``n_labels``); used with
-        ``method="crf"`` and ignored otherwise.
+        ``bilateral_srgb``, ``bilateral_compat``, ``n_labels``, ``backend``,
+        ``device``); used with ``method="crf"`` and ignored otherwise.
 
     Returns
     -------
@@ -422,6 +751,9 @@ def refine_labels(labels, image, *, method="crf", max_pixels=None, **crf_params)
     >>> big = np.zeros((3000, 2000, 3), np.uint8)
     >>> refine_labels(np.array([[1, 2]]), big, max_pixels=10_000).shape
     (3000, 2000)
+    >>> proba = np.array([[[0.9, 0.1], [0.4, 0.6]]])    # 1 x 2 patches, 2 segments
+    >>> refine_labels(np.array([[0, 1]]), image, unary="soft", proba=proba).shape
+    (28, 28)
     """
     unknown = set(crf_params) - _CRF_PARAM_NAMES
     if unknown:
@@ -433,6 +765,8 @@ def refine_labels(labels, image, *, method="crf", max_pixels=None, **crf_params)
         raise ValueError(
             f"method must be one of {list(_METHODS)}; got {method!r}."
         )
+    if unary not in _UNARIES:
+        raise ValueError(f"unary must be one of {list(_UNARIES)}; got {unary!r}.")
     if max_pixels is not None and (
         isinstance(max_pixels, bool) or not isinstance(max_pixels, Integral)
         or max_pixels < 1
@@ -442,12 +776,21 @@ def refine_labels(labels, image, *, method="crf", max_pixels=None, **crf_params)
         )
     rgb = as_rgb_uint8(image, name="image")
     labels = _check_label_map(labels)
+    soft = method == "crf" and unary == "soft"
+    if soft:
+        if proba is None:
+            raise ValueError(
+                "unary='soft' needs proba, the (h, w, K) segment probabilities of "
+                "the patches; pass proba=..., or use unary='hard'."
+            )
+        proba = _check_proba(proba)
+        _check_proba_matches(proba, labels)
     shape = rgb.shape[:2]
     if method == "nearest":
-        return _resample_nearest(labels, shape)
+        return resample_nearest(labels, shape)
     height, width = shape
     if max_pixels is not None and height * width > max_pixels:
-        size = _refine_size(height, width, max_pixels)
+        size = bounded_shape(height, width, max_pixels)
         logger.info(
             "refining a %d x %d image at %d x %d pixels (max_pixels=%d)", height,
             width, size[0], size[1], max_pixels,
@@ -464,11 +807,13 @@ def refine_labels(labels, image, *, method="crf", max_pixels=None, **crf_params)
         if work_shape[0] >= labels.shape[0] and work_shape[1] >= labels.shape[1]:
             refined = upsample_labels(labels, work_shape, method="bilinear")
         else:
-            refined = _resample_nearest(labels, work_shape)
+            refined = resample_nearest(labels, work_shape)
+    elif soft:
+        refined = dense_crf(rgb, proba=upsample_proba(proba, work_shape), **crf_params)
     else:
-        refined = dense_crf(rgb, _resample_nearest(labels, work_shape), **crf_params)
+        refined = dense_crf(rgb, resample_nearest(labels, work_shape), **crf_params)
     if refined.shape != shape:
-        refined = _resample_nearest(refined, shape)
+        refined = resample_nearest(refined, shape)
     return refined
 
 
@@ -477,11 +822,11 @@ def refine_labels(labels, image, *, method="crf", max_pixels=None, **crf_params)
 # --------------------------------------------------------------------------
 
 
-def _refine_one(labels, image, name, method, crf_params, max_pixels):
+def _refine_one(labels, image, proba, name, method, unary, crf_params, max_pixels):
     """Refine one image; errors are re-raised naming the image."""
     try:
         return refine_labels(labels, image, method=method, max_pixels=max_pixels,
-                             **crf_params)
+                             unary=unary, proba=proba, **crf_params)
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"CRFRefiner: image {name!r}: {exc}") from exc
 
@@ -491,9 +836,9 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
 
     For each image, maps the segmenter's patch labels onto the image's pixels
     and, with ``method="crf"``, snaps segment boundaries to colour edges with a
-    DenseCRF (see :func:`refine_labels` and :func:`dense_crf`). The step is
-    stateless: ``fit`` only checks the parameters, and ``transform`` works
-    without it.
+    DenseCRF (see :func:`refine_labels` and :func:`dense_crf`), computed by
+    pydensecrf or by PyTorch on CPU or GPU. The step is stateless: ``fit``
+    only checks the parameters, and ``transform`` works without it.
 
     Parameters
     ----------
@@ -519,6 +864,7 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
         Number of images refined in parallel (joblib processes; pydensecrf
         holds the GIL, so threads would not help). ``None`` means 1 unless in
         a :func:`joblib.parallel_backend` context; ``-1`` uses all processors.
+        Keep 1 with the ``"torch"`` backend on a GPU.
     max_pixels : int or None, default=1_500_000
         Memory bound: images with more pixels are refined on an
         area-averaged copy of at most this many pixels and the labels are
@@ -530,6 +876,16 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
         size; the output mask adds 8 bytes per full-resolution pixel.
         ``None`` refines at full resolution (about 1 GB per megapixel at
         ``K = 15``).
+    unary : {"hard", "soft"}, default="hard"
+        The CRF's unary term: the patch labels, trusted with ``gt_prob``, or
+        the records' soft segment membership ``proba`` (see
+        :func:`refine_labels`).
+    backend : {"pydensecrf", "torch"}, default="pydensecrf"
+        CRF implementation: the reference C++ code, or the same inference in
+        PyTorch (see :func:`dense_crf` and ``docs/refine.md``).
+    device : {"auto", "cpu", "cuda"} or "cuda:<index>", default="auto"
+        Where the ``"torch"`` backend runs; ``"auto"`` picks CUDA when
+        available. Ignored by ``"pydensecrf"``.
 
     See Also
     --------
@@ -539,10 +895,11 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
     Notes
     -----
     ``X`` is either a list of :class:`~sklearn_clasp.records.PatchGrid`
-    records with ``labels`` set (the output of the segmenter), or, for use on
-    its own, a list of ``(labels, image)`` pairs with ``labels`` of shape
-    ``(h, w)`` and ``image`` of shape ``(H, W, 3)``. The inputs are never
-    modified. Errors about one image name it (its record's ``source``, or its
+    records with ``labels`` set (the output of the segmenter; ``proba`` too
+    for ``unary="soft"``), or, for use on its own, a list of ``(labels,
+    image)`` pairs with ``labels`` of shape ``(h, w)`` and ``image`` of shape
+    ``(H, W, 3)``, or of ``(labels, image, proba)`` triples with ``proba`` of
+    shape ``(h, w, K)``. The inputs are never modified. Errors about one image name it (its record's ``source``, or its
     position ``X[i]``). Being stateless, the estimator has no fitted
     attributes.
 
@@ -565,6 +922,7 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
         **_CRF_CONSTRAINTS,
         "n_jobs": [Integral, None],
         "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
+        "unary": [StrOptions(set(_UNARIES))],
     }
 
     def __init__(
@@ -579,6 +937,9 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
         bilateral_compat=10,
         n_jobs=None,
         max_pixels=MAX_REFINE_PIXELS,
+        unary="hard",
+        backend="pydensecrf",
+        device="auto",
     ):
         self.method = method
         self.n_iter = n_iter
@@ -590,6 +951,9 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
         self.bilateral_compat = bilateral_compat
         self.n_jobs = n_jobs
         self.max_pixels = max_pixels
+        self.unary = unary
+        self.backend = backend
+        self.device = device
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -600,10 +964,13 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
 
     # -- input ------------------------------------------------------------
 
-    @staticmethod
-    def _items(X):
-        """Return ``[(labels, image, name), ...]`` from records or pairs."""
+    def _items(self, X):
+        """Return ``[(labels, image, proba, name), ...]`` from records or tuples.
+
+        ``proba`` is ``None`` unless ``unary="soft"``, which needs it.
+        """
         step = "CRFRefiner"
+        soft = self.method == "crf" and self.unary == "soft"
         if isinstance(X, PatchGrid):
             raise TypeError(f"{step} expects a list of records; got one record. "
                             f"Pass [record].")
@@ -631,21 +998,38 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
                         f"{labels.shape} but a patch grid of shape "
                         f"{tuple(rec.grid_shape)}; labels must be one per patch."
                     )
-                items.append((labels, rec.image, name))
+                if soft and rec.proba is None:
+                    raise ValueError(
+                        f"{step}(unary='soft'): record {name!r} has no proba (the "
+                        f"soft segment membership of its patches); use a "
+                        f"segmenter that sets it, or unary='hard'."
+                    )
+                items.append((labels, rec.image, rec.proba if soft else None, name))
             return items
-        if len(X) == 2 and all(isinstance(x, np.ndarray) for x in X):
+        if len(X) in (2, 3) and all(isinstance(x, np.ndarray) for x in X):
+            what, form = (("pair", "(labels, image)") if len(X) == 2
+                          else ("triple", "(labels, image, proba)"))
             raise TypeError(
-                f"{step} expects a list of (labels, image) pairs; got one pair of "
-                f"arrays. Pass [(labels, image)]."
+                f"{step} expects a list of {form} tuples; got one {what} of "
+                f"arrays. Pass [{form}]."
             )
         items = []
         for i, pair in enumerate(X):
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            if not isinstance(pair, (tuple, list)) or len(pair) not in (2, 3):
                 raise TypeError(
-                    f"{step}: X[{i}] is a {type(pair).__name__}; expected a "
-                    f"PatchGrid record or a (labels, image) pair."
+                    f"{step}: X[{i}] is a {type(pair).__name__}"
+                    + (f" of length {len(pair)}" if isinstance(pair, (tuple, list))
+                       else "")
+                    + "; expected a PatchGrid record, a (labels, image) pair or a "
+                    "(labels, image, proba) triple."
                 )
-            items.append((pair[0], pair[1], f"X[{i}]"))
+            if soft and len(pair) == 2:
+                raise ValueError(
+                    f"{step}(unary='soft'): X[{i}] is a (labels, image) pair; soft "
+                    f"unaries need (labels, image, proba) triples, or use "
+                    f"unary='hard'."
+                )
+            items.append((pair[0], pair[1], pair[2] if soft else None, f"X[{i}]"))
         return items
 
     # -- API ----------------------------------------------------------------
@@ -656,9 +1040,10 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of PatchGrid or list of (labels, image) pairs
+        X : list of PatchGrid or list of (labels, image[, proba]) tuples
             Records with ``labels`` set, or pairs of patch labels ``(h, w)``
-            and RGB images ``(H, W, 3)``.
+            and RGB images ``(H, W, 3)``, optionally with patch probabilities
+            ``(h, w, K)`` (see Notes).
         y : None
             Ignored.
 
@@ -667,17 +1052,27 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
         self : CRFRefiner
             The estimator.
         """
+        self._check_device()
         self._items(X)
         return self
+
+    def _check_device(self):
+        """A bad ``device`` fails here, before any image is refined."""
+        if self.method == "crf" and self.backend == "torch":
+            try:
+                _torch_device(self.device)
+            except ValueError as exc:
+                raise ValueError(f"CRFRefiner: {exc}") from None
 
     def transform(self, X):
         """Refine each image's patch labels into a full-resolution mask.
 
         Parameters
         ----------
-        X : list of PatchGrid or list of (labels, image) pairs
+        X : list of PatchGrid or list of (labels, image[, proba]) tuples
             Records with ``labels`` set, or pairs of patch labels ``(h, w)``
-            and RGB images ``(H, W, 3)``.
+            and RGB images ``(H, W, 3)``, optionally with patch probabilities
+            ``(h, w, K)`` (see Notes).
 
         Returns
         -------
@@ -686,17 +1081,18 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
             values of its patch labels.
         """
         self._validate_params()
+        self._check_device()
         items = self._items(X)
         params = self.get_params()
         crf_params = (
             {k: params[k] for k in _CRF_CONSTRAINTS} if self.method == "crf" else {}
         )
-        logger.debug("CRFRefiner: refining %d image(s) with method=%r",
-                     len(items), self.method)
+        logger.debug("CRFRefiner: refining %d image(s) with method=%r, unary=%r, "
+                     "backend=%r", len(items), self.method, self.unary, self.backend)
         return Parallel(n_jobs=self.n_jobs)(
-            delayed(_refine_one)(labels, image, name, self.method, crf_params,
-                                 self.max_pixels)
-            for labels, image, name in items
+            delayed(_refine_one)(labels, image, proba, name, self.method, self.unary,
+                                 crf_params, self.max_pixels)
+            for labels, image, proba, name in items
         )
 
     def predict(self, X):
@@ -704,7 +1100,7 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of PatchGrid or list of (labels, image) pairs
+        X : list of PatchGrid or list of (labels, image[, proba]) tuples
             The input, as for :meth:`transform`.
 
         Returns
@@ -719,7 +1115,7 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of PatchGrid or list of (labels, image) pairs
+        X : list of PatchGrid or list of (labels, image[, proba]) tuples
             The input, as for :meth:`transform`.
         y : None
             Ignored.
@@ -736,7 +1132,7 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of PatchGrid or list of (labels, image) pairs
+        X : list of PatchGrid or list of (labels, image[, proba]) tuples
             The input, as for :meth:`transform`.
         y : None
             Ignored.

@@ -1,6 +1,12 @@
 """Tests for the Refine stage (sklearn_clasp.refine)."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +16,14 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_clasp.records import PatchGrid
 from sklearn_clasp.refine import (
+    SOFT_UNARY_EPS,
     CRFRefiner,
+    bounded_shape,
     dense_crf,
     refine_labels,
+    resample_nearest,
     upsample_labels,
+    upsample_proba,
 )
 
 # --------------------------------------------------------------------------
@@ -349,6 +359,7 @@ def test_refiner_clone_get_set_params():
         "method": "bilinear", "n_iter": 7, "gt_prob": 0.9, "gaussian_sxy": 4,
         "gaussian_compat": 4, "bilateral_sxy": 80, "bilateral_srgb": 13,
         "bilateral_compat": 10, "n_jobs": 2, "max_pixels": 1_500_000,
+        "unary": "hard", "backend": "pydensecrf", "device": "auto",
     }
     cloned = clone(refiner)
     assert cloned is not refiner and cloned.get_params() == params
@@ -464,10 +475,8 @@ def test_box_downsample_is_the_block_mean():
 
 
 @pytest.mark.parametrize("shape", [(12000, 9000), (9000, 12000), (10000, 20), (3, 5_000_000)])
-def test_refine_size_is_bounded_and_keeps_the_aspect_ratio(shape):
-    from sklearn_clasp.refine import _refine_size
-
-    h, w = _refine_size(*shape, 1_500_000)
+def test_bounded_shape_is_bounded_and_keeps_the_aspect_ratio(shape):
+    h, w = bounded_shape(*shape, 1_500_000)
     assert 1 <= h <= shape[0] and 1 <= w <= shape[1] and h * w <= 1_500_000
     if min(h, w) > 20:
         assert h / w == pytest.approx(shape[0] / shape[1], rel=0.02)
@@ -532,3 +541,385 @@ def test_dense_crf_accepts_a_read_only_image():
     image.setflags(write=False)
     labels = upsample_labels(coarse, image.shape[:2])
     assert dense_crf(image, labels, n_iter=2).shape == labels.shape
+
+
+def test_resample_nearest_up_down_and_trailing_axes():
+    labels = np.arange(12).reshape(3, 4)
+    np.testing.assert_array_equal(resample_nearest(labels, (6, 8)),
+                                  upsample_labels(labels, (6, 8)))
+    # downsampling takes the sample under each output centre
+    np.testing.assert_array_equal(resample_nearest(labels, (1, 2)), [[5, 7]])
+    stack = np.dstack([labels, -labels])
+    out = resample_nearest(stack, (6, 2))
+    assert out.shape == (6, 2, 2)
+    np.testing.assert_array_equal(out[..., 1], -out[..., 0])
+
+
+# --------------------------------------------------------------------------
+# backends: the PyTorch CRF agrees with pydensecrf
+# --------------------------------------------------------------------------
+
+
+def blocky_scene(height, width, n_labels, seed, block=9):
+    """Random colour blocks with noise, and random labels on another block grid."""
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(0, 256, (height // block + 1, width // block + 1, 3))
+    image = np.repeat(np.repeat(cells, block, 0), block, 1)[:height, :width].astype(float)
+    image = np.clip(image + rng.normal(0, 10, image.shape), 0, 255).astype(np.uint8)
+    lb = block + 4
+    cells = rng.integers(0, n_labels, (height // lb + 1, width // lb + 1))
+    labels = np.repeat(np.repeat(cells, lb, 0), lb, 1)[:height, :width]
+    return image, labels
+
+
+@pytest.mark.parametrize(
+    "shape, n_labels, params",
+    [
+        ((60, 80), 2, {}),
+        ((61, 79), 5, {}),  # H * W not a multiple of 4: densecrf's padded block
+        ((47, 53), 3, dict(n_iter=5, gt_prob=0.6, gaussian_sxy=2, gaussian_compat=1,
+                           bilateral_sxy=30, bilateral_srgb=20, bilateral_compat=5)),
+        ((50, 50), 3, dict(n_labels=6)),
+        ((50, 50), 4, dict(gaussian_compat=0)),
+        ((50, 50), 4, dict(bilateral_compat=0, gaussian_sxy=6, gaussian_compat=8)),
+    ],
+)
+def test_torch_backend_agrees_with_pydensecrf(shape, n_labels, params):
+    for seed in range(3):
+        image, labels = blocky_scene(*shape, n_labels, seed)
+        ref = dense_crf(image, labels, **params)
+        got = dense_crf(image, labels, backend="torch", device="cpu", **params)
+        assert got.dtype == np.int64 and got.shape == labels.shape
+        assert (ref != labels).mean() > 0.01  # the CRF did change something
+        assert (got == ref).mean() > 0.995
+
+
+def test_torch_backend_agrees_with_pydensecrf_on_soft_unaries():
+    for seed in range(3):
+        image, labels = blocky_scene(57, 66, 3, seed)
+        rng = np.random.default_rng(seed)
+        proba = rng.dirichlet(np.ones(3), size=(5, 6)).astype(np.float32)
+        pixel = upsample_proba(proba, labels.shape)
+        ref = dense_crf(image, proba=pixel)
+        got = dense_crf(image, proba=pixel, backend="torch", device="cpu")
+        assert (got == ref).mean() > 0.995
+
+
+def test_torch_backend_snaps_like_pydensecrf():
+    image, truth, coarse = make_scene("disc", seed=3)
+    pixels = upsample_labels(coarse, truth.shape)
+    fg = dense_crf(image, pixels, backend="torch", device="cpu") == 1
+    blocky = pixels == 1
+    assert iou(fg, truth) > iou(blocky, truth) + 0.08
+    np.testing.assert_array_equal(
+        refine_labels(coarse, image, backend="torch", device="cpu"),
+        dense_crf(image, pixels, backend="torch", device="cpu"))
+
+
+def test_hard_unary_is_pydensecrfs():
+    from pydensecrf.utils import unary_from_labels
+
+    from sklearn_clasp.refine import _hard_unary
+
+    index = np.random.default_rng(0).integers(0, 4, 500)
+    for n_labels, gt_prob in [(4, 0.8), (7, 0.55)]:
+        np.testing.assert_array_equal(
+            _hard_unary(index, n_labels, gt_prob),
+            unary_from_labels(index, n_labels, gt_prob, zero_unsure=False))
+
+
+@pytest.mark.parametrize("n_iter", [0, 1, 7])
+def test_stepwise_pydensecrf_is_its_inference(n_iter):
+    """Running the iterations one at a time gives inference(n_iter)'s labels."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_labels
+
+    image, labels = blocky_scene(45, 70, 4, seed=7)
+    crf = dcrf.DenseCRF2D(70, 45, 4)
+    crf.setUnaryEnergy(unary_from_labels(labels.reshape(-1), 4, 0.8, zero_unsure=False))
+    crf.addPairwiseGaussian(sxy=4.0, compat=4.0)
+    crf.addPairwiseBilateral(sxy=80.0, srgb=13.0, rgbim=image, compat=10.0)
+    q = np.asarray(crf.inference(n_iter))
+    expected = np.argmax(q.reshape(4, 45, 70), axis=0)
+    np.testing.assert_array_equal(dense_crf(image, labels, n_iter=n_iter), expected)
+
+
+def _raise_stop(signum, frame):
+    raise _Stopped(signum)
+
+
+class _Stopped(Exception):
+    pass
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_dense_crf_is_interrupted_between_iterations(backend, signum):
+    """A signal stops a long inference within an iteration, not at its end.
+
+    Another process sends the signal, so that it arrives while the CRF runs
+    (a thread of this process could not run before the GIL is released).
+    """
+    image, labels = blocky_scene(64, 64, 2, seed=0)
+    # 10 s or more of iterations with either backend, were it not interrupted
+    n_iter = 20_000 if backend == "pydensecrf" else 2_000
+    expected = KeyboardInterrupt if signum == signal.SIGINT else _Stopped
+    dense_crf(image, labels, n_iter=1, backend=backend, device="cpu")  # imports done
+    previous = signal.getsignal(signal.SIGTERM)
+    if signum == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, _raise_stop)  # as an application would
+    sender = None
+    try:
+        with pytest.raises(expected):
+            start = time.monotonic()
+            sender = subprocess.Popen([
+                sys.executable, "-c",
+                f"import os, time; time.sleep(0.5); os.kill({os.getpid()}, {int(signum)})"])
+            dense_crf(image, labels, n_iter=n_iter, backend=backend, device="cpu")
+        elapsed = time.monotonic() - start
+    finally:
+        if sender is not None:
+            sender.wait(timeout=30)
+        signal.signal(signal.SIGTERM, previous)
+    assert sender.returncode == 0
+    assert elapsed < 4.0  # the sender's start, its 0.5 s, and at most ~2 s more
+
+
+def test_torch_device_choice_and_errors():
+    image, labels = blocky_scene(30, 30, 2, seed=1)
+    ref = dense_crf(image, labels, backend="torch", device="cpu")
+    import torch
+
+    np.testing.assert_array_equal(dense_crf(image, labels, backend="torch"), ref)
+    with pytest.raises(ValueError, match="device must be"):
+        dense_crf(image, labels, backend="torch", device="gpu")
+    with pytest.raises(ValueError, match="device must be"):
+        CRFRefiner(backend="torch", device="cuda:x").fit([(labels[:3, :3], image)])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            dense_crf(image, labels, backend="torch", device="cuda")
+        with pytest.raises(ValueError, match="CRFRefiner: .*CUDA is not available"):
+            CRFRefiner(backend="torch", device="cuda").fit([(labels[:3, :3], image)])
+    # the pydensecrf backend ignores the device
+    np.testing.assert_array_equal(dense_crf(image, labels, device="gpu"),
+                                  dense_crf(image, labels))
+    with pytest.raises(InvalidParameterError, match="backend"):
+        dense_crf(image, labels, backend="cuda")
+    with pytest.raises(InvalidParameterError, match="backend"):
+        CRFRefiner(backend="numba").fit([(labels[:3, :3], image)])
+
+
+def test_refiner_backend_reaches_the_crf():
+    scenes = [make_scene("rect"), make_scene("disc", seed=1)]
+    pairs = [(co, im) for im, _, co in scenes]
+    masks = CRFRefiner(backend="torch", device="cpu").transform(pairs)
+    for mask, (im, _, co) in zip(masks, scenes):
+        np.testing.assert_array_equal(
+            mask, refine_labels(co, im, backend="torch", device="cpu"))
+    # bounded resolution with the torch backend
+    image, _, coarse = make_big_scene(4)
+    mask, = CRFRefiner(backend="torch", device="cpu", max_pixels=20_000).transform(
+        [(coarse, image)])
+    ref = refine_labels(coarse, image, max_pixels=20_000)
+    assert (mask == ref).mean() > 0.995
+
+
+# --------------------------------------------------------------------------
+# soft unaries
+# --------------------------------------------------------------------------
+
+
+def one_hot(labels, n):
+    return np.eye(n, dtype=np.float32)[labels]
+
+
+def test_upsample_proba_is_the_bilinear_label_upsampling():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (5, 6))
+    proba = upsample_proba(one_hot(labels, 3), (47, 61))
+    assert proba.shape == (47, 61, 3) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=2), 1.0, atol=1e-6)
+    # the labels' bilinear upsampling takes the largest interpolated weight
+    bil = upsample_labels(labels, (47, 61), method="bilinear")
+    top = np.sort(proba, axis=2)
+    clear = top[..., -1] - top[..., -2] > 1e-4  # no ties
+    np.testing.assert_array_equal(proba.argmax(axis=2)[clear], bil[clear])
+    # smaller than the grid: still a valid interpolation
+    small = upsample_proba(one_hot(labels, 3), (2, 3))
+    np.testing.assert_allclose(small.sum(axis=2), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+def test_one_hot_soft_unaries_snap_like_hard_ones(backend):
+    for kind, seed in (("rect", 0), ("disc", 3)):
+        image, truth, coarse = make_scene(kind, seed=seed)
+        hard = refine_labels(coarse, image, backend=backend, device="cpu")
+        soft = refine_labels(coarse, image, unary="soft", proba=one_hot(coarse, 2),
+                             backend=backend, device="cpu")
+        blocky = upsample_labels(coarse, truth.shape) == 1
+        assert soft.dtype == np.int64 and set(np.unique(soft)) == {0, 1}
+        assert iou(soft == 1, truth) > 0.95 > iou(blocky, truth)
+        assert (soft == hard).mean() > 0.98
+        # interiors are sure of their patch: the CRF keeps them
+        inner = upsample_proba(one_hot(coarse, 2), truth.shape).max(axis=2) == 1.0
+        np.testing.assert_array_equal(soft[inner], upsample_labels(coarse, truth.shape)[inner])
+
+
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+def test_uncertain_patches_let_the_crf_move_the_boundary_to_the_edge(backend):
+    # Colour edge at column 60; the patch labels put the boundary at column 42
+    # (after 3 patches of 14 pixels). Sure (one-hot) patches keep it between
+    # the centres of patches 2 and 3 (columns 35 to 49), where the upsampled
+    # probabilities are mixed; unsure patches around it let it move to the edge.
+    image = np.zeros((56, 140, 3), np.uint8)
+    image[:, :60] = (200, 60, 40)
+    image[:, 60:] = (30, 90, 200)
+    image = np.clip(image + np.random.default_rng(0).normal(0, 6, image.shape),
+                    0, 255).astype(np.uint8)
+    labels = np.zeros((4, 10), np.int64)
+    labels[:, 3:] = 1
+    sure = one_hot(labels, 2)
+    unsure = sure.copy()
+    unsure[:, 2:5] = [0.5, 0.5]
+    kw = dict(unary="soft", backend=backend, device="cpu")
+    moved = refine_labels(labels, image, proba=unsure, **kw)
+    kept = refine_labels(labels, image, proba=sure, **kw)
+
+    def edge(mask):  # first column of label 1, per row
+        return np.argmax(mask == 1, axis=1)
+
+    assert (np.abs(edge(moved) - 60) <= 1).all()
+    assert ((edge(kept) >= 35) & (edge(kept) <= 49)).all()
+    assert (moved[:, :35] == 0).all() and (moved[:, 77:] == 1).all()
+
+
+def test_soft_unary_energy_and_extra_labels():
+    from sklearn_clasp.refine import _soft_unary
+
+    p = np.array([[1.0, 0.0], [0.25, 0.75]], np.float32)
+    u = _soft_unary(p, 3)
+    np.testing.assert_allclose(u[:, 0], [0.0, -np.log(SOFT_UNARY_EPS), -np.log(SOFT_UNARY_EPS)],
+                               rtol=1e-6)
+    np.testing.assert_allclose(u[:2, 1], -np.log([0.25, 0.75]), rtol=1e-6)
+    image, truth, coarse = make_scene("rect")
+    pixel = upsample_proba(one_hot(coarse, 2), truth.shape)
+    out = dense_crf(image, proba=pixel, n_labels=4)
+    assert set(np.unique(out)) == {0, 1}
+    assert (out == dense_crf(image, proba=pixel)).mean() > 0.99
+    # one segment: nothing to refine
+    np.testing.assert_array_equal(dense_crf(image, proba=np.ones((140, 140, 1))),
+                                  np.zeros((140, 140)))
+
+
+def test_refiner_soft_unaries_from_records_and_triples():
+    scenes = [make_scene("rect"), make_scene("disc", seed=1)]
+    rng = np.random.default_rng(0)
+    probas = [np.clip(one_hot(co, 2) + rng.uniform(0, 0.3, (GRID, GRID, 2)), 0, None)
+              for _, _, co in scenes]
+    probas = [p / p.sum(axis=2, keepdims=True) for p in probas]
+    records = [PatchGrid(image=im, grid_shape=(GRID, GRID), labels=co, proba=p,
+                         source=f"s{i}")
+               for i, ((im, _, co), p) in enumerate(zip(scenes, probas))]
+    soft = CRFRefiner(unary="soft").transform(records)
+    for mask, (im, _, co), p in zip(soft, scenes, probas):
+        np.testing.assert_array_equal(
+            mask, refine_labels(co, im, unary="soft", proba=p))
+    triples = [(co, im, p) for (im, _, co), p in zip(scenes, probas)]
+    for a, b in zip(CRFRefiner(unary="soft").transform(triples), soft):
+        np.testing.assert_array_equal(a, b)
+    # hard unaries ignore proba, on records and on triples
+    hard = CRFRefiner().transform([(co, im) for im, _, co in scenes])
+    for a, b in zip(CRFRefiner().transform(records), hard):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(CRFRefiner().transform(triples), hard):
+        np.testing.assert_array_equal(a, b)
+    # the records' proba reach the CRF: flipped probabilities flip the masks
+    flipped = [r.replace(proba=r.proba[..., ::-1]) for r in records]
+    for a, b in zip(CRFRefiner(unary="soft").transform(flipped), hard):
+        assert (a != b).mean() > 0.95
+    # soft unaries at a bounded resolution
+    image, truth, coarse = make_big_scene(4)
+    mask, = CRFRefiner(unary="soft", max_pixels=20_000).transform(
+        [(coarse, image, one_hot(coarse, 2))])
+    assert mask.shape == truth.shape and iou(mask == 1, truth) > 0.93
+
+
+def test_soft_unary_errors():
+    image, truth, coarse = make_scene("rect")
+    proba = one_hot(coarse, 2)
+    with pytest.raises(ValueError, match="unary='soft' needs proba"):
+        refine_labels(coarse, image, unary="soft")
+    with pytest.raises(ValueError, match="unary must be one of"):
+        refine_labels(coarse, image, unary="fuzzy")
+    with pytest.raises(ValueError, match="does not match the labels"):
+        refine_labels(coarse, image, unary="soft", proba=proba[:5])
+    with pytest.raises(ValueError, match="segment indices 0 .. 1"):
+        refine_labels(coarse * 3, image, unary="soft", proba=proba)
+    with pytest.raises(ValueError, match="must sum to 1"):
+        refine_labels(coarse, image, unary="soft", proba=proba * 2)
+    with pytest.raises(ValueError, match="non-negative"):
+        refine_labels(coarse, image, unary="soft", proba=proba - 0.5)
+    with pytest.raises(ValueError, match=r"shape \(h, w, K\)"):
+        refine_labels(coarse, image, unary="soft", proba=proba[..., 0])
+    # with method="nearest" or "bilinear" there is no unary: proba is not needed
+    np.testing.assert_array_equal(
+        refine_labels(coarse, image, method="nearest", unary="soft"),
+        upsample_labels(coarse, truth.shape))
+    pixel = upsample_proba(proba, truth.shape)
+    with pytest.raises(ValueError, match="either labels .* or proba .*not both"):
+        dense_crf(image, upsample_labels(coarse, truth.shape), proba=pixel)
+    with pytest.raises(ValueError, match="not neither"):
+        dense_crf(image)
+    with pytest.raises(ValueError, match="probabilities per pixel"):
+        dense_crf(image, proba=proba)
+    with pytest.raises(ValueError, match="n_labels=1 is smaller than the 2 segments"):
+        dense_crf(image, proba=pixel, n_labels=1)
+    rec = PatchGrid(image=image, grid_shape=(GRID, GRID), labels=coarse, source="a.png")
+    with pytest.raises(ValueError, match=r"a\.png.*has no proba"):
+        CRFRefiner(unary="soft").fit([rec])
+    with pytest.raises(ValueError, match=r"X\[0\] is a \(labels, image\) pair"):
+        CRFRefiner(unary="soft").transform([(coarse, image)])
+    with pytest.raises(InvalidParameterError, match="unary"):
+        CRFRefiner(unary="fuzzy").fit([(coarse, image)])
+    with pytest.raises(TypeError, match=r"Pass \[\(labels, image, proba\)\]"):
+        CRFRefiner(unary="soft").transform((coarse, image, proba))
+    with pytest.raises(TypeError, match="of length 4"):
+        CRFRefiner().transform([(coarse, image, proba, proba)])
+
+
+# --------------------------------------------------------------------------
+# backends on real images (../shared/data)
+# --------------------------------------------------------------------------
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _shared_sets():
+    sys.path.insert(0, str(BENCHMARKS))
+    import _data
+
+    return _data
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("kind", ["camvid", "bsds500"])
+def test_torch_backend_agrees_with_pydensecrf_on_real_images(kind):
+    """Every 25th val image; benchmarks/bench_refine.py --backends covers them all."""
+    from sklearn_clasp.image import load_image, patch_grid_shape
+
+    _data = _shared_sets()
+    if not (_data.SHARED / kind).is_dir():
+        pytest.skip(f"../shared/data/{kind} is absent")
+    data = _data.camvid() if kind == "camvid" else _data.bsds500()
+    items = data.items[::25]
+    assert len(items) >= 4
+    for name, image_path, truth_path in items:
+        image = load_image(image_path)
+        truth = data.read_truth(truth_path)
+        truth = truth if kind == "camvid" else truth[0]
+        coarse = resample_nearest(truth, patch_grid_shape(*truth.shape, short_side=None))
+        pixels = upsample_labels(coarse, truth.shape)
+        ref = dense_crf(image, pixels)
+        got = dense_crf(image, pixels, backend="torch", device="cpu")
+        assert (got == ref).mean() > 0.99, name
