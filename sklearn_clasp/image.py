@@ -197,29 +197,44 @@ def resize_image(image, size, *, resample="bicubic") -> np.ndarray:
 
 
 def bounded_shape(height, width, max_pixels):
-    """Largest ``(h, w)`` with the aspect ratio of ``(height, width)`` and ``h * w <= max_pixels``.
+    """Largest ``(h, w)`` with the image's aspect ratio and ``h * w <= max_pixels``.
 
-    Never larger than ``(height, width)``; each side at least 1.
+    Each side is at least 1 and at most the image's; an image that already
+    fits keeps its size.
+
+    Parameters
+    ----------
+    height, width : int
+        Image size, positive.
+    max_pixels : int
+        Pixel budget, positive.
+
+    Returns
+    -------
+    shape : tuple of (int, int)
+        ``(h, w)`` with ``h * w <= max_pixels``.
 
     Examples
     --------
-    >>> bounded_shape(3000, 2000, 60_000)
+    >>> from sklearn_clasp.image import bounded_shape
+    >>> bounded_shape(3000, 2000, 1_500_000)
+    (1500, 1000)
+    >>> bounded_shape(300, 200, 1_500_000)
     (300, 200)
-    >>> bounded_shape(30, 20, 60_000)
-    (30, 20)
     """
     scale = math.sqrt(max_pixels / (height * width))
     h = max(1, min(height, int(height * scale)))
     w = max(1, min(width, int(width * scale)))
-    return min(h, max(1, max_pixels // w)), min(w, max(1, max_pixels // h))
+    h, w = min(h, max(1, max_pixels // w)), min(w, max(1, max_pixels // h))
+    return h, w
 
 
 def _nearest_index(n_out, n_in):
     """Source index of each output sample along one axis, for nearest resampling.
 
-    Upsampling (``n_out >= n_in``): ``floor(t * n_in / n_out)``, the input
-    sample spanning the output one. Downsampling: the input sample under the
-    output sample's centre, ``floor((t + 0.5) * n_in / n_out)``.
+    Upsampling (``n_out >= n_in``): ``floor(t * n_in / n_out)``, the patch
+    spanning the pixel. Downsampling: the input sample under the output
+    sample's centre, ``floor((t + 0.5) * n_in / n_out)``.
     """
     t = np.arange(n_out, dtype=np.int64)
     if n_out >= n_in:
@@ -228,20 +243,35 @@ def _nearest_index(n_out, n_in):
 
 
 def resample_nearest(labels, shape):
-    """Nearest resampling of a 2-D label map to ``shape = (H, W)``, up or down per axis.
+    """Nearest resampling of a label map to ``shape``, up or down, per axis.
 
-    Upsampling a patch grid gives pixel ``(y, x)`` the label of patch
-    ``(floor(y * h / H), floor(x * w / W))`` (integer arithmetic, so sizes
-    need not divide); downsampling takes the label under each output pixel's
-    centre.
+    Upsampling along an axis gives each output sample the input sample that
+    spans it, ``floor(t * n_in / n_out)`` (as :func:`~sklearn_clasp.refine.upsample_labels` does);
+    downsampling takes the input sample under the output sample's centre,
+    ``floor((t + 0.5) * n_in / n_out)``. Integer arithmetic, so sizes need not
+    divide. Works on any array whose first two axes are rows and columns.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (h, w, ...)
+        The map to resample (not checked: any dtype, extra trailing axes kept).
+    shape : tuple of (int, int)
+        Output size ``(H, W)``.
+
+    Returns
+    -------
+    resampled : ndarray of shape (H, W, ...)
+        A new array of the input's dtype.
 
     Examples
     --------
     >>> import numpy as np
-    >>> resample_nearest(np.array([[0, 7]]), (2, 5))
-    array([[0, 0, 0, 7, 7],
-           [0, 0, 0, 7, 7]])
+    >>> from sklearn_clasp.image import resample_nearest
+    >>> resample_nearest(np.array([[1, 2]]), (1, 4))
+    array([[1, 1, 2, 2]])
+    >>> resample_nearest(np.arange(6).reshape(1, 6), (1, 3))
+    array([[1, 3, 5]])
     """
-    rows = _nearest_index(int(shape[0]), labels.shape[0])
-    cols = _nearest_index(int(shape[1]), labels.shape[1])
+    rows = _nearest_index(shape[0], labels.shape[0])
+    cols = _nearest_index(shape[1], labels.shape[1])
     return labels[rows[:, None], cols[None, :]]

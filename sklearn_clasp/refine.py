@@ -35,7 +35,7 @@ from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
-from .image import as_rgb_uint8, check_label_map, resize_image
+from .image import as_rgb_uint8, bounded_shape, check_label_map, resample_nearest, resize_image
 from .records import PatchGrid, check_records
 
 __all__ = ["upsample_labels", "dense_crf", "refine_labels", "CRFRefiner"]
@@ -165,92 +165,6 @@ def _bilinear_axis(n_out, n_in):
     hi = np.minimum(lo + 1, n_in - 1)
     frac = pos - lo
     return lo, hi, frac
-
-
-def _nearest_index(n_out, n_in):
-    """Source index of each output sample along one axis, for nearest resampling.
-
-    Upsampling (``n_out >= n_in``): ``floor(t * n_in / n_out)``, the patch
-    spanning the pixel. Downsampling: the input sample under the output
-    sample's centre, ``floor((t + 0.5) * n_in / n_out)``.
-    """
-    t = np.arange(n_out, dtype=np.int64)
-    if n_out >= n_in:
-        return (t * n_in) // n_out
-    return ((2 * t + 1) * n_in) // (2 * n_out)
-
-
-def resample_nearest(labels, shape):
-    """Nearest resampling of a label map to ``shape``, up or down, per axis.
-
-    Upsampling along an axis gives each output sample the input sample that
-    spans it, ``floor(t * n_in / n_out)`` (as :func:`upsample_labels` does);
-    downsampling takes the input sample under the output sample's centre,
-    ``floor((t + 0.5) * n_in / n_out)``. Integer arithmetic, so sizes need not
-    divide. Works on any array whose first two axes are rows and columns.
-
-    Parameters
-    ----------
-    labels : ndarray of shape (h, w, ...)
-        The map to resample (not checked: any dtype, extra trailing axes kept).
-    shape : tuple of (int, int)
-        Output size ``(H, W)``.
-
-    Returns
-    -------
-    resampled : ndarray of shape (H, W, ...)
-        A new array of the input's dtype.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn_clasp.refine import resample_nearest
-    >>> resample_nearest(np.array([[1, 2]]), (1, 4))
-    array([[1, 1, 2, 2]])
-    >>> resample_nearest(np.arange(6).reshape(1, 6), (1, 3))
-    array([[1, 3, 5]])
-    """
-    rows = _nearest_index(shape[0], labels.shape[0])
-    cols = _nearest_index(shape[1], labels.shape[1])
-    return labels[rows[:, None], cols[None, :]]
-
-
-def bounded_shape(height, width, max_pixels):
-    """Largest ``(h, w)`` with the image's aspect ratio and ``h * w <= max_pixels``.
-
-    Each side is at least 1 and at most the image's; an image that already
-    fits keeps its size.
-
-    Parameters
-    ----------
-    height, width : int
-        Image size, positive.
-    max_pixels : int
-        Pixel budget, positive.
-
-    Returns
-    -------
-    shape : tuple of (int, int)
-        ``(h, w)`` with ``h * w <= max_pixels``.
-
-    Examples
-    --------
-    >>> from sklearn_clasp.refine import bounded_shape
-    >>> bounded_shape(3000, 2000, 1_500_000)
-    (1500, 1000)
-    >>> bounded_shape(300, 200, 1_500_000)
-    (300, 200)
-    """
-    scale = math.sqrt(max_pixels / (height * width))
-    h = max(1, min(height, int(height * scale)))
-    w = max(1, min(width, int(width * scale)))
-    h, w = min(h, max(1, max_pixels // w)), min(w, max(1, max_pixels // h))
-    return h, w
-
-
-# The former private names, still imported elsewhere in the package.
-_resample_nearest = resample_nearest
-_refine_size = bounded_shape
 
 
 def _downscale(rgb, size):

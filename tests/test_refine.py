@@ -906,7 +906,8 @@ def _shared_sets():
 @pytest.mark.parametrize("kind", ["camvid", "bsds500"])
 def test_torch_backend_agrees_with_pydensecrf_on_real_images(kind):
     """Every 25th val image; benchmarks/bench_refine.py --backends covers them all."""
-    from sklearn_clasp.image import load_image, patch_grid_shape
+    from sklearn_clasp.io import load_image
+    from sklearn_clasp.embedding import patch_grid_shape
 
     _data = _shared_sets()
     if not (_data.SHARED / kind).is_dir():
