@@ -32,7 +32,7 @@ from ._core import (
     MAX_CLUSTERS,
     SpectralEmbedding,
     adaptive_spectral_clustering,
-    check_k_bounds,
+    check_k_bounds as check_k_bounds,
     cluster_features,
     spectral_extension,
 )
