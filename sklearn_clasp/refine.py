@@ -371,7 +371,7 @@ def _mean_field_torch(rgb, unary, n_iter, kernels, n_out, device):
     """
     import torch
 
-    from ._permutohedral import build_lattice, lattice_filter, scale_lattice
+    from .permutohedral import build_lattice, lattice_filter, scale_lattice
 
     dev = _torch_device(device)
     height, width = rgb.shape[:2]

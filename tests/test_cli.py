@@ -361,7 +361,7 @@ def test_config_file_keys_are_setting_names_or_aliases(tmp_path):
     [
         ("k_maxx = 3\n", "k_maxx: unknown setting; valid: affinity__clip_negative,"),
         ("[segment]\nbogus = 1\n", "segment__bogus: unknown setting"),
-        ("k_max = 0\n", "k_max 0: must be an int in the range [1, inf)"),
+        ("k_max = 0\n", "k_max 0: must be an int in the range [1, 64]"),
         ('embedder = "sift"\n', "embedder 'sift': must be a str among"),
         ('refine__method = "yes"\n', "refine__method 'yes': must be a str among"),
         ("k_max = [1, 2]\n", "k_max [1, 2]: must be an int"),

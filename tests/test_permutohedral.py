@@ -1,12 +1,12 @@
-"""Tests for the PyTorch permutohedral lattice (sklearn_clasp._permutohedral)."""
+"""Tests for the PyTorch permutohedral lattice (sklearn_clasp.permutohedral)."""
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from sklearn_clasp import _permutohedral  # noqa: E402
-from sklearn_clasp._permutohedral import (  # noqa: E402
+from sklearn_clasp import permutohedral as _permutohedral  # noqa: E402
+from sklearn_clasp.permutohedral import (  # noqa: E402
     build_lattice,
     lattice_filter,
     scale_lattice,

@@ -53,6 +53,7 @@ API_MODULES = (
     "sklearn_clasp.affinity",
     "sklearn_clasp.spectral",
     "sklearn_clasp.refine",
+    "sklearn_clasp.permutohedral",
     "sklearn_clasp.collection",
     "sklearn_clasp.report",
     "sklearn_clasp.io",

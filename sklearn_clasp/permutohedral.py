@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import torch
 
+__all__ = ["Lattice", "build_lattice", "lattice_filter", "scale_lattice"]
+
 # Vertex keys are packed into one int64 per vertex when their ranges allow
 # (mixed radix); otherwise rows are compared whole (slower, same result).
 _CODE_BITS = 62
