@@ -244,7 +244,7 @@ def make_clasp_pipeline(
     >>> mask, = pipe.fit_predict([image])
     >>> mask.shape, len(set(mask.ravel().tolist()))
     ((112, 140), 3)
-    >>> segmentation_scores(mask, truth)["miou"] > 0.9
+    >>> segmentation_scores(truth, mask)["miou"] > 0.9
     True
     """
     embed = _make_embedder(embedder, random_state, embedder_params)

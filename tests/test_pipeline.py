@@ -155,7 +155,7 @@ def test_shapes_image_is_segmented(size, short_side):
     image, truth = make_shapes_image(*size, n_shapes=3, noise=6.0, random_state=1)
     pipe = make_clasp_pipeline("handcrafted", short_side=short_side, random_state=0)
     mask, = pipe.fit_predict([image])
-    scores = segmentation_scores(mask, truth)
+    scores = segmentation_scores(truth, mask)
     assert scores["miou"] > 0.9, scores
     assert scores["n_clusters"] == 4  # background + 3 shapes, after the CRF
 

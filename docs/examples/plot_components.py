@@ -92,8 +92,8 @@ plt.show()
 # The refiner on any label map
 # ----------------------------
 #
-# :class:`~sklearn_clasp.CRFRefiner` takes ``(labels, image)`` pairs: coarse
-# labels of shape ``(h, w)`` and an RGB image ``(H, W, 3)``. Here a 4 x 4 grid
+# :class:`~sklearn_clasp.CRFRefiner` takes ``(image, labels)`` pairs: an RGB
+# image ``(H, W, 3)`` and coarse labels of shape ``(h, w)``. Here a 4 x 4 grid
 # of labels gets a 112 x 112 image with a disc in it; the CRF moves the blocky
 # boundary onto the disc's edge.
 from sklearn_clasp import CRFRefiner
@@ -107,8 +107,8 @@ coarse = np.array([[0, 0, 0, 0],
                    [0, 1, 1, 0],
                    [0, 0, 0, 0]])
 
-blocky, = CRFRefiner(method="nearest").fit_transform([(coarse, image)])
-refined, = CRFRefiner().fit_transform([(coarse, image)])
+blocky, = CRFRefiner(method="nearest").fit_transform([(image, coarse)])
+refined, = CRFRefiner().fit_transform([(image, coarse)])
 for name, mask in (("nearest", blocky), ("crf", refined)):
     print(f"{name:8s} pixels labelled as the disc: {np.mean((mask == 1) == disc):.1%} right")
 
