@@ -36,7 +36,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 from .image import as_rgb_uint8, bounded_shape, check_label_map, resample_nearest, resize_image
-from .records import PatchGrid, check_records
+from .records import PatchGrid, RecordOutputMixin, check_records, check_untabled_output
 
 __all__ = ["upsample_labels", "dense_crf", "refine_labels", "CRFRefiner"]
 
@@ -756,7 +756,7 @@ def _refine_one(image, labels, proba, name, method, unary, crf_params, max_pixel
         raise type(exc)(f"CRFRefiner: image {name!r}: {exc}") from exc
 
 
-class CRFRefiner(TransformerMixin, BaseEstimator):
+class CRFRefiner(RecordOutputMixin, TransformerMixin, BaseEstimator):
     """Refine patch labels into full-resolution masks (the pipeline's last step).
 
     For each image, maps the segmenter's patch labels onto the image's pixels
@@ -881,11 +881,20 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
         self.backend = backend
         self.device = device
 
+    _returns = "one mask per image"
+    # Needs no fit (ClaspPipeline.fit only checks its settings).
+    _training_free = True
+
+    def _check_settings(self):
+        """What ``fit`` checks beyond the parameter constraints."""
+        self._check_device()
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
         tags.input_tags.two_d_array = False
         tags.non_deterministic = False
+        tags.transformer_tags.preserves_dtype = []
         return tags
 
     # -- input ------------------------------------------------------------
@@ -1007,6 +1016,10 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
             One mask per input, at its image's full resolution, with the
             values of its patch labels.
         """
+        check_untabled_output(self, self._returns)
+        return self._refine(X)
+
+    def _refine(self, X):
         self._validate_params()
         self._check_device()
         items = self._items(X)
@@ -1035,7 +1048,7 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
         masks : list of ndarray of shape (H, W), dtype int64
             One mask per input.
         """
-        return self.transform(X)
+        return self._refine(X)
 
     def fit_predict(self, X, y=None):
         """Check the parameters, then return :meth:`predict` of ``X``.
