@@ -350,6 +350,15 @@ class AdaptiveSpectralSegmenter(ClassNamePrefixFeaturesOutMixin, ClusterMixin, T
                     f"AdaptiveSpectralSegmenter: record {rec.name!r} has neither "
                     f"features nor an affinity; put a patch embedder before it."
                 )
+            if rec.features is not None:
+                grid_feature_matrix(rec, step="AdaptiveSpectralSegmenter")
+            n = rec.n_patches
+            if rec.affinity is not None and rec.affinity.shape != (n, n):
+                raise ValueError(
+                    f"AdaptiveSpectralSegmenter: record {rec.name!r} has a "
+                    f"{rec.affinity.shape[0]} x {rec.affinity.shape[1]} affinity for "
+                    f"{n} patches; recompute it with CosineAffinity."
+                )
         forget_fitted(self)
         self._fitted_on_records = True
 
