@@ -472,7 +472,7 @@ class CosineAffinity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     ----------
     n_features_in_ : int
         Number of features seen in :meth:`fit` (plain-matrix input only).
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of the features, when ``X`` had string column names.
     X_fit_ : ndarray of shape (n_samples, n_features)
         The fitted samples (plain-matrix input only).

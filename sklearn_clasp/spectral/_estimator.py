@@ -172,7 +172,7 @@ class AdaptiveSpectralSegmenter(ClassNamePrefixFeaturesOutMixin, ClusterMixin, T
         Rows of ``X`` used as landmarks, else ``None``.
     n_features_in_ : int
         Features seen in :meth:`fit`.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of the features, when ``X`` had string column names.
 
     See Also
