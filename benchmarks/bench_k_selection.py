@@ -174,7 +174,7 @@ def run_images_synthetic(quick):
             labels, info, _ = _run(A, X, name)
             mask = upsample_labels(labels.reshape(rec.grid_shape), truth.shape)
             shapes[name]["exact"] += info["n_clusters"] == n_shapes + 1
-            shapes[name]["miou"].append(segmentation_scores(mask, truth)["miou"])
+            shapes[name]["miou"].append(segmentation_scores(truth, mask)["miou"])
     uniform = {name: 0 for name in CANDIDATES}
     images = list(_near_uniform_images())
     for img in images[:: 6 if quick else 1]:
@@ -313,9 +313,9 @@ def _background_hits(tag, mask, labels_grid, X, truth):
 
 def _scores(tag, mask, truth):
     if tag == "camvid":
-        return {"miou": float(segmentation_scores(mask, truth)["miou"])}
-    return {"covering": float(np.mean([segmentation_covering(mask, g) for g in truth])),
-            "voi": float(np.mean([variation_of_information(mask, g) for g in truth]))}
+        return {"miou": float(segmentation_scores(truth, mask)["miou"])}
+    return {"covering": float(np.mean([segmentation_covering(g, mask) for g in truth])),
+            "voi": float(np.mean([variation_of_information(g, mask) for g in truth]))}
 
 
 def evaluate_image(tag, item, read_truth, cache):

@@ -137,9 +137,9 @@ def _features(path):
 # --- one image ------------------------------------------------------------------------
 
 
-def rand_index(mask, truth):
+def rand_index(truth, mask):
     """Rand index from the contingency table (``sklearn.metrics.rand_score``, faster)."""
-    n = confusion_matrix(mask, truth).astype(np.float64)
+    n = confusion_matrix(truth, mask).astype(np.float64)
     total = n.sum()
     pairs = total * (total - 1) / 2
     same_both = ((n * n).sum() - total) / 2
@@ -152,12 +152,12 @@ def _region_scores(mask, truths):
     """BSDS500: per-human scores -> mean over humans and best human."""
     cov, voi, ri, miou, acc = [], [], [], [], []
     for g in truths:
-        s = segmentation_scores(mask, g)
+        s = segmentation_scores(g, mask)
         miou.append(s["miou"])
         acc.append(s["pixel_accuracy"])
-        cov.append(segmentation_covering(mask, g))
-        voi.append(variation_of_information(mask, g))
-        ri.append(rand_index(mask, g))
+        cov.append(segmentation_covering(g, mask))
+        voi.append(variation_of_information(g, mask))
+        ri.append(rand_index(g, mask))
     return {"miou": np.mean(miou), "pixel_accuracy": np.mean(acc),
             "covering": np.mean(cov), "covering_best": np.max(cov),
             "voi": np.mean(voi), "voi_best": np.min(voi), "pri": np.mean(ri)}
@@ -181,7 +181,7 @@ def evaluate_image(kind, item, read_truth, crf, sweep, features):
 
     def score(mask):
         if kind == "camvid":
-            s = segmentation_scores(mask, truth)
+            s = segmentation_scores(truth, mask)
             return {"miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"]}
         return _region_scores(mask, truth)
 
@@ -202,7 +202,7 @@ def evaluate_image(kind, item, read_truth, crf, sweep, features):
             res["crf"] = score(masks["crf"])
         if kind == "camvid":  # for the dataset-level protocol
             res["descriptors"] = segment_descriptors(X, labels)
-            res["confusion"] = {r: confusion_matrix(m, truth, n_pred=k, n_true=11)
+            res["confusion"] = {r: confusion_matrix(truth, m, n_true=11, n_pred=k)
                                 for r, m in masks.items()}
         out["methods"][method] = res
     for method, func in pixel_methods().items():
@@ -217,10 +217,10 @@ def evaluate_image(kind, item, read_truth, crf, sweep, features):
         for k in SWEEP_KS:
             mask = upsample_labels(_kmeans(X, k, n_init=3).reshape(grid), shape)
             if kind == "camvid":
-                out["sweep"][k] = {"miou": segmentation_scores(mask, truth)["miou"]}
+                out["sweep"][k] = {"miou": segmentation_scores(truth, mask)["miou"]}
             else:
                 out["sweep"][k] = {"covering": float(np.mean(
-                    [segmentation_covering(mask, g) for g in truth]))}
+                    [segmentation_covering(g, mask) for g in truth]))}
     return out
 
 

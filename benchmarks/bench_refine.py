@@ -168,13 +168,13 @@ def run(kind, data, opts):
                     "acc": SegmentationScoreAccumulator(
                         "dataset", n_classes=n_classes) if n_classes else None,
                 })
-                s = segmentation_scores(mask, truth)
+                s = segmentation_scores(truth, mask)
                 row = {"miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"]}
                 if kind == "bsds500":
-                    row["covering"] = segmentation_covering(mask, truth)
-                    row["voi"] = variation_of_information(mask, truth)
+                    row["covering"] = segmentation_covering(truth, mask)
+                    row["voi"] = variation_of_information(truth, mask)
                 else:
-                    entry["acc"].update(mask, truth)
+                    entry["acc"].add(truth, mask)
                 entry["rows"].append(row)
                 entry["seconds"].append(seconds)
                 entry["grid"].append(grid)

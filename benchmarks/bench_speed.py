@@ -135,7 +135,7 @@ def run_sizes(sizes, repeats, dino, ref_max_n):
             r[name] = min(t.get(key, np.nan) for t in timings)
         r["K"] = k = info["n_clusters"]
         grid = labels.reshape(recs[0].grid_shape)
-        r["CRF"], _ = _best(lambda: refine_labels(grid, image, method="crf"), repeats)
+        r["CRF"], _ = _best(lambda: refine_labels(image, grid, method="crf"), repeats)
         # end to end, one image at a time
         r["e2e weights-free"], _ = _best(lambda: clasp_one(pipe_hand, image), repeats)
         if dino:

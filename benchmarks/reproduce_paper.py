@@ -161,9 +161,9 @@ def segment_descriptors(features, labels):
 def dataset_level_scores(descriptors, confusions, n_classes, random_state):
     """Cluster segments across images, then score with one Hungarian matching.
 
-    ``descriptors[i]`` (n_segments_i, dim) and ``confusions[i]`` (n_segments_i,
-    n_classes): image ``i``'s segment features and pixel counts of segment
-    against class. Returns the ``"dataset"`` result of
+    ``descriptors[i]`` (n_segments_i, dim) and ``confusions[i]`` (n_classes,
+    n_segments_i): image ``i``'s segment features and pixel counts of class
+    against segment (``confusion_matrix(truth, mask)``). Returns the ``"dataset"`` result of
     ``SegmentationScoreAccumulator`` plus ``n_clusters`` and ``n_segments``.
     """
     from sklearn.cluster import KMeans
@@ -181,12 +181,12 @@ def dataset_level_scores(descriptors, confusions, n_classes, random_state):
     acc = SegmentationScoreAccumulator("dataset", n_classes=n_classes)
     start = 0
     for conf in confusions:
-        ids = cluster[start: start + len(conf)]
-        start += len(conf)
+        ids = cluster[start: start + conf.shape[1]]
+        start += conf.shape[1]
         rows, cols = np.nonzero(conf)
         counts = conf[rows, cols]
-        # the image's scored pixels, as (cluster id, class) pairs
-        acc.update(np.repeat(ids[rows], counts), np.repeat(cols, counts))
+        # the image's scored pixels, as (class, cluster id) pairs
+        acc.add(np.repeat(rows, counts), np.repeat(ids[cols], counts))
     result = acc.result()
     result["n_clusters"] = int(n_clusters)
     result["n_segments"] = int(len(all_desc))
@@ -220,14 +220,14 @@ def run(args):
         rec = records[0]
         k = int(rec.info["n_clusters"])
         try:
-            scored = segmentation_scores(mask, truth)
+            scored = segmentation_scores(truth, mask)
         except ValueError as exc:  # every pixel ignored
             if "no pixel to score" not in str(exc):
                 raise
             scored = None
         descriptors.append(segment_descriptors(rec.feature_matrix, rec.labels.ravel()))
-        confusions.append(confusion_matrix(mask, truth, n_pred=len(descriptors[-1]),
-                                           n_true=data.n_classes))
+        confusions.append(confusion_matrix(truth, mask, n_true=data.n_classes,
+                                           n_pred=len(descriptors[-1])))
         row = {"name": name, "k": k, "grid": list(rec.grid_shape),
                "seconds": round(t3 - t0, 4)}
         if scored is not None:

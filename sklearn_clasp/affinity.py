@@ -15,11 +15,22 @@ import numbers
 
 import numpy as np
 from scipy import sparse
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .records import check_records, grid_feature_matrix, is_record_sequence
+from .records import (
+    check_records,
+    check_untabled_output,
+    forget_fitted,
+    grid_feature_matrix,
+    is_record_sequence,
+)
 
 __all__ = [
     "cosine_affinity",
@@ -418,7 +429,7 @@ def local_scaling_affinity(X, Y=None, *, n_neighbors=7, scales=None, scales_Y=No
     return D
 
 
-class CosineAffinity(TransformerMixin, BaseEstimator):
+class CosineAffinity(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Cosine affinity between patch features, as a Pipeline step.
 
     On a list of :class:`~sklearn_clasp.records.PatchGrid` records (the output
@@ -427,7 +438,13 @@ class CosineAffinity(TransformerMixin, BaseEstimator):
     which kind it got (``"dense"``, ``"knn"`` or ``"deferred"``, see
     ``max_dense_samples``). On a plain ``(n_samples, n_features)`` matrix it
     behaves like a kernel: ``fit_transform(X)`` is the square affinity of
-    ``X``, and ``transform(Z)`` the affinity of ``Z`` to the fitted ``X``.
+    ``X``, and ``transform(Z)`` the affinity of ``Z`` to the fitted ``X``, a
+    feature table with one column per fitted sample
+    (:meth:`get_feature_names_out`, ``set_output(transform="pandas")``).
+
+    On records nothing is learned: ``transform`` needs no ``fit``, and
+    ``fit`` on records only checks them (and forgets an earlier fit on a
+    matrix). See :doc:`/sklearn_semantics`.
 
     Parameters
     ----------
@@ -455,6 +472,8 @@ class CosineAffinity(TransformerMixin, BaseEstimator):
     ----------
     n_features_in_ : int
         Number of features seen in :meth:`fit` (plain-matrix input only).
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of the features, when ``X`` had string column names.
     X_fit_ : ndarray of shape (n_samples, n_features)
         The fitted samples (plain-matrix input only).
 
@@ -471,6 +490,9 @@ class CosineAffinity(TransformerMixin, BaseEstimator):
     >>> CosineAffinity().fit_transform(X).shape
     (3, 3)
     """
+
+    # Needs no fit on image records (ClaspPipeline.fit leaves it unfitted).
+    _training_free = True
 
     _parameter_constraints: dict = {
         "clip_negative": ["boolean"],
@@ -529,10 +551,19 @@ class CosineAffinity(TransformerMixin, BaseEstimator):
         """
         if is_record_sequence(X):
             check_records(X, need=("features",), step="CosineAffinity")
-            self.X_fit_ = None
+            forget_fitted(self)
+            self._fitted_on_records = True
             return self
+        self._fitted_on_records = False
         self.X_fit_ = validate_data(self, X, dtype=[np.float64, np.float32])
         return self
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "X_fit_") or getattr(self, "_fitted_on_records", False)
+
+    @property
+    def _n_features_out(self):
+        return self.X_fit_.shape[0]
 
     def transform(self, X):
         """Affinity of each record's patches, or of ``X`` to the fitted samples.
@@ -546,9 +577,10 @@ class CosineAffinity(TransformerMixin, BaseEstimator):
         Xt : list of PatchGrid, or ndarray / sparse of shape (n_samples, n_fitted)
         """
         if is_record_sequence(X):
+            check_untabled_output(self, "PatchGrid records")
             return self._records_affinity(X)
         check_is_fitted(self)
-        if self.X_fit_ is None:
+        if not hasattr(self, "X_fit_"):
             raise ValueError(
                 "CosineAffinity was fitted on image records; transform records, "
                 "or fit it on a feature matrix first."
@@ -569,9 +601,11 @@ class CosineAffinity(TransformerMixin, BaseEstimator):
         -------
         Xt : list of PatchGrid, or ndarray / sparse of shape (n_samples, n_samples)
         """
-        self.fit(X)
         if is_record_sequence(X):
+            check_untabled_output(self, "PatchGrid records")
+            self.fit(X)
             return self._records_affinity(X)
+        self.fit(X)
         return self._affinity(self.X_fit_)
 
     def __sklearn_tags__(self):

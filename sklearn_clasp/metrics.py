@@ -85,28 +85,28 @@ def _ignore_values(ignore_index):
     return values.astype(np.int64).ravel()
 
 
-def _check_pair(pred, truth, ignore_index):
-    """Flatten pred and truth, check them, and return them on valid pixels only."""
-    pred = _as_label_map(pred, "pred")
-    truth = _as_label_map(truth, "truth")
-    if pred.shape != truth.shape:
+def _check_pair(y_true, y_pred, ignore_index):
+    """Flatten y_true and y_pred, check them, and keep the scored pixels only."""
+    y_true = _as_label_map(y_true, "y_true")
+    y_pred = _as_label_map(y_pred, "y_pred")
+    if y_pred.shape != y_true.shape:
         raise ValueError(
-            f"pred and truth must have the same shape; got pred {pred.shape} and "
-            f"truth {truth.shape}. Predict full-resolution masks (for example end "
-            f"the pipeline with CRFRefiner) or resize one to the other."
+            f"y_true and y_pred must have the same shape; got y_true {y_true.shape} "
+            f"and y_pred {y_pred.shape}. Predict full-resolution masks (for example "
+            f"end the pipeline with CRFRefiner) or resize one to the other."
         )
-    pred, truth = pred.ravel(), truth.ravel()
-    valid = truth >= 0
+    y_true, y_pred = y_true.ravel(), y_pred.ravel()
+    valid = y_true >= 0
     ignore = _ignore_values(ignore_index)
     if ignore.size:
-        valid &= ~np.isin(truth, ignore)
-    pred, truth = pred[valid], truth[valid]
-    if pred.size and pred.min() < 0:
+        valid &= ~np.isin(y_true, ignore)
+    y_true, y_pred = y_true[valid], y_pred[valid]
+    if y_pred.size and y_pred.min() < 0:
         raise ValueError(
-            f"pred must hold non-negative cluster ids on the scored pixels; found "
-            f"{int(pred.min())}."
+            f"y_pred must hold non-negative cluster ids on the scored pixels; found "
+            f"{int(y_pred.min())}."
         )
-    return pred, truth
+    return y_true, y_pred
 
 
 def _compact(labels):
@@ -128,69 +128,74 @@ def _compact(labels):
 # --- functional core ------------------------------------------------------
 
 
-def confusion_matrix(pred, truth, *, ignore_index=None, n_pred=None, n_true=None):
-    """Pixel counts of predicted clusters against ground-truth classes.
+def confusion_matrix(y_true, y_pred, *, ignore_index=None, n_true=None, n_pred=None):
+    """Pixel counts of ground-truth classes against predicted clusters.
+
+    The orientation of :func:`sklearn.metrics.confusion_matrix`: rows are the
+    true classes, columns the predictions.
 
     Parameters
     ----------
-    pred : array-like of int
-        Predicted cluster ids (non-negative), any shape.
-    truth : array-like of int, same shape as ``pred``
-        Ground-truth class ids. Pixels with a negative value or a value in
-        ``ignore_index`` are left out.
+    y_true : array-like of int
+        Ground-truth class ids, any shape. Pixels with a negative value or a
+        value in ``ignore_index`` are left out.
+    y_pred : array-like of int, same shape as ``y_true``
+        Predicted cluster ids (non-negative).
     ignore_index : int, sequence of int or None, default=None
         Ground-truth values to leave out (for example ``255`` for "void").
-    n_pred : int, default=None
-        Number of rows; default ``max(pred) + 1`` over the scored pixels.
     n_true : int, default=None
-        Number of columns; default ``max(truth) + 1`` over the scored pixels.
+        Number of rows; default ``max(y_true) + 1`` over the scored pixels.
+    n_pred : int, default=None
+        Number of columns; default ``max(y_pred) + 1`` over the scored pixels.
 
     Returns
     -------
-    confusion : ndarray of shape (n_pred, n_true), dtype int64
-        ``confusion[i, j]`` is the number of scored pixels with cluster ``i``
-        and class ``j``.
+    confusion : ndarray of shape (n_true, n_pred), dtype int64
+        ``confusion[i, j]`` is the number of scored pixels of class ``i``
+        predicted as cluster ``j``.
 
     Examples
     --------
     >>> import numpy as np
-    >>> pred = np.array([[0, 0, 1], [1, 1, 1]])
-    >>> truth = np.array([[2, 2, 0], [0, 0, 255]])
-    >>> confusion_matrix(pred, truth, ignore_index=255)
-    array([[0, 0, 2],
-           [3, 0, 0]])
+    >>> y_true = np.array([[2, 2, 0], [0, 0, 255]])
+    >>> y_pred = np.array([[0, 0, 1], [1, 1, 1]])
+    >>> confusion_matrix(y_true, y_pred, ignore_index=255)
+    array([[0, 3],
+           [0, 0],
+           [2, 0]])
     """
-    pred, truth = _check_pair(pred, truth, ignore_index)
-    rows = int(pred.max()) + 1 if pred.size else 0
-    cols = int(truth.max()) + 1 if truth.size else 0
-    if n_pred is None:
-        n_pred = rows
-    elif rows > n_pred:
-        raise ValueError(
-            f"pred has cluster id {rows - 1} but n_pred={n_pred}; raise n_pred."
-        )
+    y_true, y_pred = _check_pair(y_true, y_pred, ignore_index)
+    rows = int(y_true.max()) + 1 if y_true.size else 0
+    cols = int(y_pred.max()) + 1 if y_pred.size else 0
     if n_true is None:
-        n_true = cols
-    elif cols > n_true:
+        n_true = rows
+    elif rows > n_true:
         raise ValueError(
-            f"truth has class {cols - 1} but n_true={n_true}; raise n_true or add "
+            f"y_true has class {rows - 1} but n_true={n_true}; raise n_true or add "
             f"the value to ignore_index."
         )
-    counts = np.bincount(pred * n_true + truth, minlength=n_pred * n_true)
-    return counts.reshape(n_pred, n_true).astype(np.int64, copy=False)
+    if n_pred is None:
+        n_pred = cols
+    elif cols > n_pred:
+        raise ValueError(
+            f"y_pred has cluster id {cols - 1} but n_pred={n_pred}; raise n_pred."
+        )
+    counts = np.bincount(y_true * n_pred + y_pred, minlength=n_true * n_pred)
+    return counts.reshape(n_true, n_pred).astype(np.int64, copy=False)
 
 
 def hungarian_match(confusion):
-    """One-to-one matching of clusters (rows) to classes (columns).
+    """One-to-one matching of the rows and columns of a confusion matrix.
 
     Maximises the total number of matched pixels with
-    :func:`scipy.optimize.linear_sum_assignment`. The matrix may be
-    rectangular: ``min(n_rows, n_cols)`` pairs are returned, and the extra
-    rows or columns stay unmatched.
+    :func:`scipy.optimize.linear_sum_assignment`. For the output of
+    :func:`confusion_matrix` the rows are classes and the columns clusters.
+    The matrix may be rectangular: ``min(n_rows, n_cols)`` pairs are
+    returned, and the extra rows or columns stay unmatched.
 
     Parameters
     ----------
-    confusion : array-like of shape (n_clusters, n_classes)
+    confusion : array-like of shape (n_rows, n_cols)
         Pixel counts, as from :func:`confusion_matrix`.
 
     Returns
@@ -201,27 +206,27 @@ def hungarian_match(confusion):
     Examples
     --------
     >>> import numpy as np
-    >>> hungarian_match(np.array([[1, 5], [4, 2], [0, 3]]))
+    >>> hungarian_match(np.array([[1, 4, 0], [5, 2, 3]]))
     (array([0, 1]), array([1, 0]))
     """
     confusion = np.asarray(confusion)
     if confusion.ndim != 2:
         raise ValueError(
-            f"confusion must be a 2-D matrix (clusters x classes); got shape "
+            f"confusion must be a 2-D matrix (classes x clusters); got shape "
             f"{confusion.shape}."
         )
     rows, cols = linear_sum_assignment(confusion, maximize=True)
     return rows.astype(np.int64), cols.astype(np.int64)
 
 
-def segmentation_scores(pred, truth, *, ignore_index=None):
+def segmentation_scores(y_true, y_pred, *, ignore_index=None):
     """Hungarian-matched scores of one predicted segmentation.
 
     Protocol: the scored pixels are those whose ground truth is non-negative
-    and not in ``ignore_index``. The clusters are the distinct ``pred`` values
-    on scored pixels, the classes the distinct ``truth`` values there. Clusters
-    are matched one-to-one to classes so that the matched pixel count is
-    maximal (:func:`hungarian_match`). Then
+    and not in ``ignore_index``. The classes are the distinct ``y_true``
+    values on scored pixels, the clusters the distinct ``y_pred`` values
+    there. Clusters are matched one-to-one to classes so that the matched
+    pixel count is maximal (:func:`hungarian_match`). Then
 
     - IoU of class ``k`` matched to cluster ``c`` is
       ``|c and k| / |c or k|`` over the scored pixels; a class left without a
@@ -234,10 +239,10 @@ def segmentation_scores(pred, truth, *, ignore_index=None):
 
     Parameters
     ----------
-    pred : array-like of int
-        Predicted mask of cluster ids (non-negative).
-    truth : array-like of int, same shape as ``pred``
+    y_true : array-like of int
         Ground-truth mask; negative values are ignored.
+    y_pred : array-like of int, same shape as ``y_true``
+        Predicted mask of cluster ids (non-negative).
     ignore_index : int, sequence of int or None, default=None
         Further ground-truth values to ignore (for example ``255``).
 
@@ -256,44 +261,45 @@ def segmentation_scores(pred, truth, *, ignore_index=None):
     Examples
     --------
     >>> import numpy as np
-    >>> truth = np.array([[0, 0, 1], [0, 0, 1]])
-    >>> pred = np.array([[5, 5, 5], [7, 7, 7]])   # wrong split: top / bottom
-    >>> s = segmentation_scores(pred, truth)
+    >>> y_true = np.array([[0, 0, 1], [0, 0, 1]])
+    >>> y_pred = np.array([[5, 5, 5], [7, 7, 7]])   # wrong split: top / bottom
+    >>> s = segmentation_scores(y_true, y_pred)
     >>> s["mapping"], s["per_class_iou"]
     ({5: 0, 7: 1}, {0: 0.4, 1: 0.25})
     >>> round(s["miou"], 3), round(s["pixel_accuracy"], 3)
     (0.325, 0.5)
     """
-    pred, truth = _check_pair(pred, truth, ignore_index)
-    if pred.size == 0:
+    y_true, y_pred = _check_pair(y_true, y_pred, ignore_index)
+    if y_pred.size == 0:
         raise ValueError(
             "segmentation_scores: no pixel to score (every ground-truth pixel is "
             "negative or in ignore_index)."
         )
-    clusters, pred_idx = _compact(pred)
-    classes, true_idx = _compact(truth)
+    classes, true_idx = _compact(y_true)
+    clusters, pred_idx = _compact(y_pred)
     confusion = confusion_matrix(
-        pred_idx, true_idx, n_pred=len(clusters), n_true=len(classes)
+        true_idx, pred_idx, n_true=len(classes), n_pred=len(clusters)
     )
     rows, cols = hungarian_match(confusion)
     matched = confusion[rows, cols]
     union = confusion.sum(1)[rows] + confusion.sum(0)[cols] - matched
     iou = np.zeros(len(classes))
-    iou[cols] = matched / union
+    iou[rows] = matched / union
+    mapping = sorted((int(clusters[c]), int(classes[r])) for r, c in zip(rows, cols))
     return {
         "miou": float(iou.mean()),
-        "pixel_accuracy": float(matched.sum() / pred.size),
+        "pixel_accuracy": float(matched.sum() / y_pred.size),
         "n_clusters": int(len(clusters)),
         "n_classes": int(len(classes)),
         "per_class_iou": {int(k): float(v) for k, v in zip(classes, iou)},
-        "mapping": {int(clusters[r]): int(classes[c]) for r, c in zip(rows, cols)},
+        "mapping": dict(mapping),
     }
 
 
 # --- region measures ------------------------------------------------------------
 
 
-def _region_contingency(pred, truth, ignore_index, caller):
+def _region_contingency(y_true, y_pred, ignore_index, caller):
     """Sparse contingency table of two label maps on the scored pixels.
 
     Returns ``(pair_pred, pair_true, counts, size_pred, size_true)``: for every
@@ -301,7 +307,7 @@ def _region_contingency(pred, truth, ignore_index, caller):
     compact region indices and the number of shared pixels; and the size of
     every region (regions are numbered ``0 ..`` in the order of their labels).
     """
-    pred, truth = _check_pair(pred, truth, ignore_index)
+    truth, pred = _check_pair(y_true, y_pred, ignore_index)
     if pred.size == 0:
         raise ValueError(
             f"{caller}: no pixel to score (every ground-truth pixel is negative "
@@ -323,7 +329,7 @@ def _region_contingency(pred, truth, ignore_index, caller):
     return pair_p, pair_t, counts, size_p, size_t
 
 
-def segmentation_covering(pred, truth, *, ignore_index=None):
+def segmentation_covering(y_true, y_pred, *, ignore_index=None):
     """Covering of the ground-truth regions by a segmentation.
 
     The segmentation covering of Arbelaez et al. (2011), in the direction of
@@ -331,7 +337,7 @@ def segmentation_covering(pred, truth, *, ignore_index=None):
     predicted region ``R'`` that overlaps it best, and the overlaps are
     averaged with weights ``|R|``::
 
-        C(pred -> truth) = 1 / N * sum_R |R| * max_R' |R and R'| / |R or R'|
+        C(y_pred -> y_true) = 1 / N * sum_R |R| * max_R' |R and R'| / |R or R'|
 
     with ``N`` the number of scored pixels. A region is the set of pixels
     that share one label (it need not be connected; label connected
@@ -340,19 +346,19 @@ def segmentation_covering(pred, truth, *, ignore_index=None):
     label values are arbitrary. Against several human segmentations, the
     BSDS500 benchmark averages the covering over them.
 
-    The measure is not symmetric: ``segmentation_covering(truth, pred)`` is
-    the covering of the predicted regions by the ground truth (when nothing
-    is ignored). Splitting a true region lowers the covering; merging two
+    The measure is not symmetric: ``segmentation_covering(y_pred, y_true)``
+    is the covering of the predicted regions by the ground truth (when
+    nothing is ignored). Splitting a true region lowers the covering; merging two
     true regions lowers it too, by less when one of them is small.
 
     Parameters
     ----------
-    pred : array-like of int
-        Predicted region labels (non-negative on the scored pixels), any shape.
-    truth : array-like of int, same shape as ``pred``
-        Ground-truth region labels. Pixels with a negative value or a value in
-        ``ignore_index`` are left out: they count neither in ``N`` nor in any
-        region, predicted or true.
+    y_true : array-like of int
+        Ground-truth region labels, any shape. Pixels with a negative value or
+        a value in ``ignore_index`` are left out: they count neither in ``N``
+        nor in any region, predicted or true.
+    y_pred : array-like of int, same shape as ``y_true``
+        Predicted region labels (non-negative on the scored pixels).
     ignore_index : int, sequence of int or None, default=None
         Ground-truth values to leave out (for example ``255`` for "void").
 
@@ -379,17 +385,17 @@ def segmentation_covering(pred, truth, *, ignore_index=None):
     Examples
     --------
     >>> import numpy as np
-    >>> truth = np.array([[0, 0, 0, 1]])
-    >>> pred = np.array([[4, 4, 7, 7]])
+    >>> y_true = np.array([[0, 0, 0, 1]])
+    >>> y_pred = np.array([[4, 4, 7, 7]])
     >>> # true region 0 (3 px): best overlap 2/3, with label 4;
     >>> # true region 1 (1 px): overlap 1/2 with label 7
-    >>> float(segmentation_covering(pred, truth))  # (3 * 2/3 + 1 * 1/2) / 4
+    >>> float(segmentation_covering(y_true, y_pred))  # (3 * 2/3 + 1 * 1/2) / 4
     0.625
-    >>> float(segmentation_covering(truth, truth))
+    >>> float(segmentation_covering(y_true, y_true))
     1.0
     """
     pair_p, pair_t, counts, size_p, size_t = _region_contingency(
-        pred, truth, ignore_index, "segmentation_covering"
+        y_true, y_pred, ignore_index, "segmentation_covering"
     )
     overlap = counts / (size_p[pair_p] + size_t[pair_t] - counts)
     best = np.zeros(size_t.size)
@@ -397,28 +403,28 @@ def segmentation_covering(pred, truth, *, ignore_index=None):
     return float(np.dot(size_t, best) / size_t.sum())
 
 
-def variation_of_information(pred, truth, *, ignore_index=None, base=2):
+def variation_of_information(y_true, y_pred, *, ignore_index=None, base=2):
     """Variation of information between a segmentation and the ground truth.
 
     Meila's (2007) distance between two partitions of the scored pixels::
 
-        VI(pred, truth) = H(pred | truth) + H(truth | pred)
-                        = H(pred) + H(truth) - 2 I(pred; truth)
+        VI(y_true, y_pred) = H(y_pred | y_true) + H(y_true | y_pred)
+                           = H(y_true) + H(y_pred) - 2 I(y_true; y_pred)
 
     with the entropies of the label distributions over the pixels. It is 0
     exactly when the two partitions are equal (whatever the label values),
     symmetric in its two arguments (when nothing is ignored), and grows with
-    both over-segmentation (``H(pred | truth)``) and under-segmentation
-    (``H(truth | pred)``). Lower is better. A region is the set of pixels that
+    both over-segmentation (``H(y_pred | y_true)``) and under-segmentation
+    (``H(y_true | y_pred)``). Lower is better. A region is the set of pixels that
     share one label.
 
     Parameters
     ----------
-    pred : array-like of int
-        Predicted region labels (non-negative on the scored pixels), any shape.
-    truth : array-like of int, same shape as ``pred``
-        Ground-truth region labels. Pixels with a negative value or a value in
-        ``ignore_index`` are left out of both partitions.
+    y_true : array-like of int
+        Ground-truth region labels, any shape. Pixels with a negative value or
+        a value in ``ignore_index`` are left out of both partitions.
+    y_pred : array-like of int, same shape as ``y_true``
+        Predicted region labels (non-negative on the scored pixels).
     ignore_index : int, sequence of int or None, default=None
         Ground-truth values to leave out (for example ``255`` for "void").
     base : float, default=2
@@ -449,12 +455,12 @@ def variation_of_information(pred, truth, *, ignore_index=None, base=2):
     Examples
     --------
     >>> import numpy as np
-    >>> truth = np.array([0, 0, 1, 1])
-    >>> float(variation_of_information(np.array([5, 5, 3, 3]), truth))
+    >>> y_true = np.array([0, 0, 1, 1])
+    >>> float(variation_of_information(y_true, np.array([5, 5, 3, 3])))
     0.0
-    >>> float(variation_of_information(np.array([0, 0, 0, 0]), truth))  # 1 bit lost
+    >>> float(variation_of_information(y_true, np.array([0, 0, 0, 0])))  # 1 bit lost
     1.0
-    >>> float(variation_of_information(np.array([0, 1, 2, 3]), truth))  # 1 bit too many
+    >>> float(variation_of_information(y_true, np.array([0, 1, 2, 3])))  # 1 bit too many
     1.0
     """
     if (
@@ -469,11 +475,11 @@ def variation_of_information(pred, truth, *, ignore_index=None, base=2):
             f"for nats); got {base!r}."
         )
     pair_p, pair_t, counts, size_p, size_t = _region_contingency(
-        pred, truth, ignore_index, "variation_of_information"
+        y_true, y_pred, ignore_index, "variation_of_information"
     )
     n = float(size_t.sum())
     weights = counts / n
-    # H(pred | truth) + H(truth | pred), summed pair by pair; for equal
+    # H(y_pred | y_true) + H(y_true | y_pred), summed pair by pair; for equal
     # partitions every log term is log(1) = 0 exactly
     vi = np.dot(weights, np.log(size_t[pair_t] / counts) + np.log(size_p[pair_p] / counts))
     return float(max(vi, 0.0) / math.log(base))
@@ -482,17 +488,23 @@ def variation_of_information(pred, truth, *, ignore_index=None, base=2):
 # --- dataset-level accumulation ---------------------------------------------
 
 
-def score_prediction(mask, truths, *, ignore_index=None):
+def _legacy_order(first, second):
+    """True for the old ``score_prediction(mask, truths)`` call: a list of masks second."""
+    return (isinstance(second, (list, tuple)) and len(second) > 0
+            and all(np.ndim(t) == 2 for t in second) and np.ndim(first) == 2)
+
+
+def score_prediction(y_true, y_pred, *, ignore_index=None):
     """Score one predicted mask against one or more ground truths.
 
     Parameters
     ----------
-    mask : array-like of shape (H, W), int
+    y_true : array-like of shape (H, W), int, or list of them
+        The ground truth, or several (for BSDS500: one per annotator).
+    y_pred : array-like of shape (H, W), int
         The predicted segments.
-    truths : list of array-like of shape (H, W), int
-        The ground truths (several for BSDS: one per annotator).
     ignore_index : int, sequence of int or None, default=None
-        Label values not scored.
+        Ground-truth values not scored.
 
     Returns
     -------
@@ -506,17 +518,33 @@ def score_prediction(mask, truths, *, ignore_index=None):
         (lowest), ``n_clusters`` (distinct segments in the mask), ``n_classes``
         (mean number of classes over the ground truths) and ``n_annotators``.
 
+    Notes
+    -----
+    Before version 0.2 the order was ``score_prediction(mask, truths)``; that
+    call (a mask first and a list of masks second) still works, with a
+    ``FutureWarning``, and will be removed.
+
     Examples
     --------
     >>> import numpy as np
-    >>> mask = np.array([[0, 0, 1, 1]])
-    >>> s = score_prediction(mask, [np.array([[5, 5, 6, 6]]), np.array([[5, 5, 5, 6]])])
+    >>> truths = [np.array([[5, 5, 6, 6]]), np.array([[5, 5, 5, 6]])]
+    >>> s = score_prediction(truths, np.array([[0, 0, 1, 1]]))
     >>> round(s["miou"], 4), s["miou_best"], s["pixel_accuracy"], s["n_annotators"]
     (0.7917, 1.0, 0.875, 2)
     >>> round(s["covering"], 4), s["covering_best"], round(s["voi"], 4), s["voi_best"]
     (0.8125, 1.0, 0.5944, 0.0)
     """
-    mask = np.asarray(mask)
+    if _legacy_order(y_true, y_pred):
+        import warnings
+
+        warnings.warn(
+            "score_prediction(mask, truths) is deprecated: the ground truth comes "
+            "first, as in scikit-learn; call score_prediction(truths, mask).",
+            FutureWarning, stacklevel=2,
+        )
+        y_true, y_pred = y_pred, y_true
+    truths = list(y_true) if isinstance(y_true, (list, tuple)) else [y_true]
+    mask = np.asarray(y_pred)
     per = []
     for i, truth in enumerate(truths):
         truth = np.asarray(truth)
@@ -526,9 +554,9 @@ def score_prediction(mask, truths, *, ignore_index=None):
                 f"{f' #{i + 1}' if len(truths) > 1 else ''} is {truth.shape[0]} x "
                 f"{truth.shape[1]} (H x W); segment the image the labels belong to"
             )
-        scores = segmentation_scores(mask, truth, ignore_index=ignore_index)
-        scores["covering"] = segmentation_covering(mask, truth, ignore_index=ignore_index)
-        scores["voi"] = variation_of_information(mask, truth, ignore_index=ignore_index)
+        scores = segmentation_scores(truth, mask, ignore_index=ignore_index)
+        scores["covering"] = segmentation_covering(truth, mask, ignore_index=ignore_index)
+        scores["voi"] = variation_of_information(truth, mask, ignore_index=ignore_index)
         per.append(scores)
     miou = [s["miou"] for s in per]
     covering = [s["covering"] for s in per]
@@ -577,19 +605,21 @@ class SegmentationScoreAccumulator:
     Attributes
     ----------
     n_images_ : int
-        Images passed to :meth:`update`.
+        Images passed to :meth:`add`.
     n_skipped_ : int
         Images with no pixel to score (``"per_image"`` only).
-    confusion_ : ndarray of shape (n_clusters, n_classes)
-        Summed confusion matrix (``"dataset"`` only); grows with the largest
+    confusion_ : ndarray of shape (n_classes, n_clusters)
+        Summed confusion matrix, classes by clusters as in
+        :func:`confusion_matrix` (``"dataset"`` only); grows with the largest
         cluster id seen.
 
     Examples
     --------
     >>> import numpy as np
     >>> acc = SegmentationScoreAccumulator("per_image")
-    >>> _ = acc.update(np.array([[1, 1], [0, 0]]), np.array([[0, 0], [1, 1]]))
-    >>> _ = acc.update(np.array([[0, 0], [0, 0]]), np.array([[0, 0], [1, 1]]))
+    >>> truth = np.array([[0, 0], [1, 1]])
+    >>> _ = acc.add(truth, np.array([[1, 1], [0, 0]]))
+    >>> _ = acc.add(truth, np.array([[0, 0], [0, 0]]))
     >>> acc.result()["miou"]    # (1.0 + 0.25) / 2
     0.625
     """
@@ -615,15 +645,27 @@ class SegmentationScoreAccumulator:
         self.n_images_ = 0
         self.n_skipped_ = 0
         self._scores = []
-        self.confusion_ = np.zeros((0, self.n_classes or 0), np.int64)
+        self.confusion_ = np.zeros((self.n_classes or 0, 0), np.int64)
         return self
 
-    def update(self, pred, truth):
-        """Add one image's predicted mask and ground truth; return self."""
+    def add(self, y_true, y_pred):
+        """Add one image's ground truth and predicted mask; return self.
+
+        Parameters
+        ----------
+        y_true : array-like of shape (H, W), int
+            The ground truth.
+        y_pred : array-like of shape (H, W), int
+            The predicted mask.
+
+        Returns
+        -------
+        self : SegmentationScoreAccumulator
+        """
         if self.protocol == "per_image":
             try:
                 scores = segmentation_scores(
-                    pred, truth, ignore_index=self.ignore_index
+                    y_true, y_pred, ignore_index=self.ignore_index
                 )
             except ValueError as exc:
                 if "no pixel to score" not in str(exc):
@@ -637,15 +679,30 @@ class SegmentationScoreAccumulator:
             self._scores.append(scores)
         else:
             conf = confusion_matrix(
-                pred, truth, ignore_index=self.ignore_index, n_true=self.n_classes
+                y_true, y_pred, ignore_index=self.ignore_index, n_true=self.n_classes
             )
-            if conf.shape[0] > self.confusion_.shape[0]:
-                grown = np.zeros((conf.shape[0], self.n_classes), np.int64)
-                grown[: self.confusion_.shape[0]] = self.confusion_
+            if conf.shape[1] > self.confusion_.shape[1]:
+                grown = np.zeros((self.n_classes, conf.shape[1]), np.int64)
+                grown[:, : self.confusion_.shape[1]] = self.confusion_
                 self.confusion_ = grown
-            self.confusion_[: conf.shape[0]] += conf
+            self.confusion_[:, : conf.shape[1]] += conf
         self.n_images_ += 1
         return self
+
+    def update(self, pred, truth):
+        """Deprecated: :meth:`add` with the prediction first.
+
+        Kept for callers of versions before 0.2; ``update(pred, truth)`` is
+        ``add(truth, pred)``. Warns ``FutureWarning``; will be removed.
+        """
+        import warnings
+
+        warnings.warn(
+            "SegmentationScoreAccumulator.update(pred, truth) is deprecated; use "
+            "add(y_true, y_pred): the ground truth comes first, as in scikit-learn.",
+            FutureWarning, stacklevel=2,
+        )
+        return self.add(truth, pred)
 
     def result(self):
         """Scores over everything accumulated.
@@ -662,7 +719,7 @@ class SegmentationScoreAccumulator:
         if self.protocol == "per_image":
             if not self._scores:
                 raise ValueError("SegmentationScoreAccumulator: no image scored yet; "
-                                 "call update(pred, truth) first.")
+                                 "call add(y_true, y_pred) first.")
             return {
                 "protocol": "per_image",
                 "miou": float(np.mean([s["miou"] for s in self._scores])),
@@ -679,19 +736,19 @@ class SegmentationScoreAccumulator:
         total = conf.sum()
         if total == 0:
             raise ValueError("SegmentationScoreAccumulator: no pixel scored yet; "
-                             "call update(pred, truth) first.")
-        rows, cols = hungarian_match(conf)
+                             "call add(y_true, y_pred) first.")
+        rows, cols = hungarian_match(conf)  # rows: classes, cols: clusters
         matched = conf[rows, cols]
-        iou = np.where(conf.sum(0) > 0, 0.0, np.nan)
+        iou = np.where(conf.sum(1) > 0, 0.0, np.nan)
         union = conf.sum(1)[rows] + conf.sum(0)[cols] - matched
         with np.errstate(invalid="ignore", divide="ignore"):
-            iou[cols] = np.where(union > 0, matched / np.maximum(union, 1), np.nan)
+            iou[rows] = np.where(union > 0, matched / np.maximum(union, 1), np.nan)
         return {
             "protocol": "dataset",
             "miou": float(np.nanmean(iou)),
             "pixel_accuracy": float(matched.sum() / total),
             "per_class_iou": iou,
-            "mapping": {int(r): int(c) for r, c in zip(rows, cols)},
+            "mapping": dict(sorted((int(c), int(r)) for r, c in zip(rows, cols))),
             "confusion": conf.copy(),
             "n_images": self.n_images_,
         }
@@ -700,8 +757,22 @@ class SegmentationScoreAccumulator:
 # --- scorers for model selection ------------------------------------------------
 
 
+def _is_fitted(estimator):
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        check_is_fitted(estimator)
+    except (NotFittedError, TypeError):
+        return False
+    return True
+
+
 def _predict_masks(estimator, X):
-    if hasattr(estimator, "fit_predict"):
+    """One mask per image: ``predict`` of a fitted estimator, else ``fit_predict``."""
+    if hasattr(estimator, "predict") and _is_fitted(estimator):
+        masks = estimator.predict(X)
+    elif hasattr(estimator, "fit_predict"):
         masks = estimator.fit_predict(X)
     else:
         masks = estimator.fit_transform(X)
@@ -735,10 +806,10 @@ class _SegmentationScorer:
                 f"{len(truths)} ground-truth masks; they must pair up one per image."
             )
         values = []
-        for i, (pred, truth) in enumerate(zip(masks, truths)):
+        for i, (truth, pred) in enumerate(zip(truths, masks)):
             try:
                 scores = segmentation_scores(
-                    pred, truth, ignore_index=self.ignore_index
+                    truth, pred, ignore_index=self.ignore_index
                 )
             except ValueError as exc:
                 if "no pixel to score" in str(exc):
@@ -759,12 +830,13 @@ def make_segmentation_scorer(metric="miou", *, ignore_index=None):
 
     For :class:`~sklearn.model_selection.GridSearchCV` and friends.
 
-    The scorer calls ``estimator.fit_predict(X)`` (CLASP is transductive: each
-    image is segmented on its own, so the held-out images are segmented, not
-    predicted from the training images), gets one mask per image, scores each
-    against the matching ground-truth mask in ``y`` with
+    The scorer calls ``estimator.predict(X)`` when the estimator is fitted
+    (as in a search), else ``estimator.fit_predict(X)``, gets one mask per
+    image, scores each against the matching ground-truth mask in ``y`` with
     :func:`segmentation_scores` (the per-image protocol) and returns the mean.
-    Images with no pixel to score are skipped.
+    Images with no pixel to score are skipped. A CLASP pipeline learns
+    nothing in ``fit``, so in a search each image is segmented once per
+    candidate, in the fold that scores it (see :doc:`/sklearn_semantics`).
 
     Parameters
     ----------

@@ -22,13 +22,16 @@ import logging
 import math
 import os
 import time
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
+from sklearn.utils import get_tags
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from .io import check_cache_location
@@ -41,6 +44,7 @@ from .spectral import PAPER_SETTINGS, AdaptiveSpectralSegmenter
 __all__ = [
     "ALIASES",
     "STEP_NAMES",
+    "ClaspPipeline",
     "clasp_one",
     "embedder_class",
     "fitted_embedder",
@@ -76,6 +80,261 @@ ALIASES = {
 RUNTIME_PARAMS = frozenset(
     {"memory", "verbose", "transform_input", "n_jobs", "n_threads", "batch_size", "download"}
 )
+
+
+def _learns_nothing(step):
+    """True for a step that needs no fit on image records (our later steps)."""
+    return step is None or step == "passthrough" or getattr(step, "_training_free", False)
+
+
+def _final_has(attr):
+    return lambda self: hasattr(self._final_estimator, attr)
+
+
+class ClaspPipeline(Pipeline):
+    """A :class:`~sklearn.pipeline.Pipeline` of training-free image steps.
+
+    What :func:`make_clasp_pipeline` returns. It is a ``Pipeline`` in every
+    respect (steps, ``get_params``/``set_params`` with ``<step>__<param>``
+    names, slicing, ``clone``), except that **fit learns nothing and so
+    processes nothing**: CLASP segments each image on its own, so
+
+    - :meth:`fit` fits the first step (the embedder; DINOv2 loads its weights
+      there, the handcrafted embedder only checks its parameters) and checks
+      the parameters of every later step; no image is read or embedded;
+    - :meth:`predict` (and :meth:`transform`) segments the images given, one
+      pass over them; :meth:`fit_predict` is ``fit`` then ``predict``;
+    - a search (:class:`~sklearn.model_selection.GridSearchCV` with any
+      ``cv``) therefore segments each image once per candidate, in the fold
+      that scores it.
+
+    A pipeline whose embedder needs no fit (``"handcrafted"``: its
+    ``requires_fit`` tag is ``False``) can ``predict`` without ``fit``, and
+    :func:`~sklearn.utils.validation.check_is_fitted` passes on it; one whose
+    embedder loads a model (``"dinov2"``) is not fitted until ``fit`` and
+    raises :class:`~sklearn.exceptions.NotFittedError` saying so.
+
+    Per-image results (K, eigenvalues, silhouettes, timings) are in each
+    image's record: :func:`clasp_one` returns the mask and the record, and
+    ``pipeline[:-1].transform(images)`` the records. The estimators keep no
+    per-image attributes (see :doc:`/sklearn_semantics`).
+
+    If a step after the first is not one of the training-free CLASP steps
+    (it may learn from the images), :meth:`fit` falls back to
+    ``Pipeline.fit``, which runs every step on the images.
+
+    Parameters
+    ----------
+    steps : list of (str, estimator) tuples
+        As for :class:`~sklearn.pipeline.Pipeline`.
+    memory : str, joblib.Memory or None, default=None
+        ``Pipeline``'s cache of fitted steps, used only by the
+        ``Pipeline.fit`` fallback (training-free steps have nothing to cache
+        in ``fit``). Cache features with the embedder's own ``memory``
+        (:func:`make_clasp_pipeline` sets it).
+    verbose : bool, default=False
+        As for :class:`~sklearn.pipeline.Pipeline`.
+    transform_input : list of str, default=None
+        As for :class:`~sklearn.pipeline.Pipeline`.
+
+    Examples
+    --------
+    >>> from sklearn.utils.validation import check_is_fitted
+    >>> from sklearn_clasp import make_clasp_pipeline
+    >>> from sklearn_clasp.datasets import make_shapes_image
+    >>> image, truth = make_shapes_image(112, 140, n_shapes=2)
+    >>> pipe = make_clasp_pipeline("handcrafted", short_side=None, random_state=0)
+    >>> check_is_fitted(pipe)        # training-free: nothing to fit
+    >>> mask, = pipe.predict([image])
+    >>> mask.shape
+    (112, 140)
+    """
+
+    def _training_free_steps(self):
+        try:
+            later = [step for _, step in self.steps[1:]]
+        except (TypeError, ValueError):
+            return False
+        return all(_learns_nothing(step) for step in later)
+
+    def _first_step(self):
+        return self.steps[0][1]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        try:
+            first = self._first_step()
+            tags.input_tags.two_d_array = get_tags(first).input_tags.two_d_array
+            tags.input_tags.three_d_array = get_tags(first).input_tags.three_d_array
+            if self._training_free_steps():
+                tags.requires_fit = get_tags(first).requires_fit
+        except (ValueError, AttributeError, TypeError, IndexError):
+            pass
+        return tags
+
+    def __sklearn_is_fitted__(self):
+        if not self._training_free_steps():
+            return super().__sklearn_is_fitted__()
+        try:
+            check_is_fitted(self._first_step())
+        except NotFittedError:
+            return False
+        return True
+
+    def _check_fitted(self, method):
+        if not self.__sklearn_is_fitted__():
+            first = self.steps[0]
+            raise NotFittedError(
+                f"ClaspPipeline.{method}: the first step {first[0]!r} "
+                f"({type(first[1]).__name__}) needs fit before it can embed images "
+                f"(the DINOv2 embedder loads its weights there). Call pipeline.fit() "
+                f"first: it learns nothing from images and reads none, so any X "
+                f"(or none) will do."
+            )
+
+    def fit(self, X=None, y=None, **params):
+        """Fit the embedder and check every step; no image is processed.
+
+        Parameters
+        ----------
+        X : list of images or None, default=None
+            Passed to the first step's ``fit`` (the CLASP embedders ignore
+            it); not read.
+        y : None
+            Ignored.
+        **params : dict
+            Fit parameters; given any, the pipeline is fitted as a plain
+            ``Pipeline`` (every step run on ``X``).
+
+        Returns
+        -------
+        self : ClaspPipeline
+        """
+        self._validate_steps()
+        if params or not self._training_free_steps():
+            if X is None:
+                raise ValueError(
+                    "ClaspPipeline.fit: a step after the embedder learns from the "
+                    "images, so fit needs them: pass X."
+                )
+            logger.info("ClaspPipeline: fitting every step on the images (a step "
+                        "learns from them, or fit parameters were given)")
+            return super().fit(X, y, **params)
+        if self.memory is not None:
+            warnings.warn(
+                "ClaspPipeline(memory=...) caches fitted steps, and these steps learn "
+                "nothing in fit, so it has no effect; cache the features with the "
+                "embedder's memory (make_clasp_pipeline(..., memory=...) sets it).",
+                UserWarning, stacklevel=2,
+            )
+        (_, first), *later = self.steps
+        if first is not None and first != "passthrough":
+            first.fit(X)
+        for _, step in later:
+            if step is None or step == "passthrough":
+                continue
+            if hasattr(step, "_validate_params"):
+                step._validate_params()
+            if hasattr(step, "_check_settings"):
+                step._check_settings()
+        return self
+
+    def predict(self, X, **params):
+        """Segment the images: one full-resolution mask each.
+
+        Parameters
+        ----------
+        X : list of images
+            Arrays or file paths.
+        **params : dict
+            Passed to ``Pipeline.predict``.
+
+        Returns
+        -------
+        masks : list of ndarray of shape (H, W)
+        """
+        self._check_fitted("predict")
+        return super().predict(X, **params)
+
+    def fit_predict(self, X, y=None, **params):
+        """``fit`` (which processes nothing), then :meth:`predict`: one pass.
+
+        Parameters
+        ----------
+        X : list of images
+            Arrays or file paths.
+        y : None
+            Ignored.
+        **params : dict
+            Fit parameters (see :meth:`fit`).
+
+        Returns
+        -------
+        masks : list of ndarray of shape (H, W)
+        """
+        if params or not self._training_free_steps():
+            return super().fit_predict(X, y, **params)
+        return self.fit(X, y).predict(X)
+
+    @available_if(_final_has("transform"))
+    def transform(self, X, **params):
+        """Run every step's ``transform``: records (or masks) for the images.
+
+        Parameters
+        ----------
+        X : list of images
+        **params : dict
+            Passed to ``Pipeline.transform``.
+
+        Returns
+        -------
+        Xt : list
+            What the last step returns.
+        """
+        self._check_fitted("transform")
+        return super().transform(X, **params)
+
+    @available_if(_final_has("transform"))
+    def fit_transform(self, X, y=None, **params):
+        """``fit`` (which processes nothing), then :meth:`transform`: one pass.
+
+        Parameters
+        ----------
+        X : list of images
+        y : None
+            Ignored.
+        **params : dict
+            Fit parameters (see :meth:`fit`).
+
+        Returns
+        -------
+        Xt : list
+        """
+        if params or not self._training_free_steps():
+            return super().fit_transform(X, y, **params)
+        return self.fit(X, y).transform(X)
+
+    def score(self, X, y=None, **params):
+        """Mean per-image Hungarian-matched mIoU of :meth:`predict` against ``y``.
+
+        The default score of a search without ``scoring=``
+        (:func:`~sklearn_clasp.metrics.make_segmentation_scorer` ``("miou")``).
+
+        Parameters
+        ----------
+        X : list of images
+        y : list of ndarray of shape (H, W)
+            One ground-truth mask per image (negative values are ignored).
+        **params : dict
+            Ignored.
+
+        Returns
+        -------
+        score : float
+        """
+        from .metrics import make_segmentation_scorer
+
+        return make_segmentation_scorer("miou")(self, X, y)
 
 
 def embedder_class(name):
@@ -179,13 +438,16 @@ def make_clasp_pipeline(
         :class:`~sklearn_clasp.refine.CRFRefiner`, which turns patch labels
         into full-resolution masks.
 
-    ``pipeline.fit_predict(images)`` returns one integer mask of shape
-    ``(H, W)`` per image. CLASP is training-free and transductive: each image
-    is segmented on its own, so ``predict`` segments new images afresh. Every
-    setting is reachable through ``get_params``/``set_params`` as
-    ``<step>__<parameter>`` (for example ``segment__k_max``), so the pipeline
-    works with :class:`~sklearn.model_selection.GridSearchCV` and the scorers
-    of :mod:`sklearn_clasp.metrics`.
+    ``pipeline.predict(images)`` (or ``fit_predict``) returns one integer
+    mask of shape ``(H, W)`` per image. CLASP is training-free: each image is
+    segmented on its own, and the returned :class:`ClaspPipeline` learns
+    nothing in ``fit`` (the DINOv2 embedder loads its weights there; no image
+    is processed). Every setting is reachable through
+    ``get_params``/``set_params`` as ``<step>__<parameter>`` (for example
+    ``segment__k_max``), so the pipeline works with
+    :class:`~sklearn.model_selection.GridSearchCV` and the scorers of
+    :mod:`sklearn_clasp.metrics`; each image's diagnostics are in its
+    record (:func:`clasp_one`).
 
     Parameters
     ----------
@@ -211,21 +473,23 @@ def make_clasp_pipeline(
         Seeds the segmenter (k-means, eigensolver) and, for ``"dinov2"``,
         ``weights="random"``.
     memory : str, joblib.Memory or None, default=None
-        Passed to :class:`~sklearn.pipeline.Pipeline`: caches the fitted
-        ``embed``, ``affinity`` and ``segment`` steps and their outputs, which
-        speeds up a grid search over later steps. (The DINOv2 embedder also
-        has its own feature cache, its ``memory`` parameter; pass a configured
-        instance to use it.) The cache's entries are pickles, loaded on a cache
-        hit: use a directory only you can write to (a warning says so when
-        another user owns it or others can write to it).
+        The embedder's feature cache (its ``memory`` parameter,
+        ``embed__memory``): each image's patch features are stored once, keyed
+        by the image and the settings that change them, so a search over the
+        later steps (``segment__k_max``, ``refine__n_iter``, ...) embeds each
+        image once and adds nothing to the cache per candidate. The entries
+        are pickles, loaded on a cache hit: use a directory only you can
+        write to (a warning says so when another user owns it or others can
+        write to it).
     **embedder_params : dict
         Parameters of the named embedder, e.g. ``short_side=None``,
         ``weights="path/to/file.pth"``, ``device="cuda"``.
 
     Returns
     -------
-    pipeline : sklearn.pipeline.Pipeline
-        Steps ``embed``, ``affinity``, ``segment``, ``refine``.
+    pipeline : ClaspPipeline
+        A :class:`~sklearn.pipeline.Pipeline` with steps ``embed``,
+        ``affinity``, ``segment``, ``refine``.
 
     See Also
     --------
@@ -241,10 +505,10 @@ def make_clasp_pipeline(
     >>> pipe = make_clasp_pipeline("handcrafted", short_side=None, random_state=0)
     >>> [name for name, _ in pipe.steps]
     ['embed', 'affinity', 'segment', 'refine']
-    >>> mask, = pipe.fit_predict([image])
+    >>> mask, = pipe.predict([image])       # training-free: no fit needed
     >>> mask.shape, len(set(mask.ravel().tolist()))
     ((112, 140), 3)
-    >>> segmentation_scores(mask, truth)["miou"] > 0.9
+    >>> segmentation_scores(truth, mask)["miou"] > 0.9
     True
     """
     embed = _make_embedder(embedder, random_state, embedder_params)
@@ -260,8 +524,14 @@ def make_clasp_pipeline(
         ("refine", CRFRefiner() if refine is None else CRFRefiner(method=refine)),
     ]
     if memory is not None:
-        check_cache_location(memory, what="pipeline cache", stacklevel=4)
-    return Pipeline(steps, memory=memory)
+        if "memory" not in embed.get_params():
+            raise TypeError(
+                f"make_clasp_pipeline: memory caches the embedder's features, but "
+                f"{type(embed).__name__} has no memory parameter; drop memory=."
+            )
+        check_cache_location(memory, what="feature cache", stacklevel=4)
+        embed.set_params(memory=memory)
+    return ClaspPipeline(steps)
 
 
 

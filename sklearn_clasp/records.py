@@ -194,3 +194,89 @@ def grid_feature_matrix(record, *, step):
             f"values; check the embedder's input image."
         )
     return matrix
+
+
+def check_untabled_output(estimator, returns):
+    """Refuse a table output configuration for a step whose output is not a table.
+
+    The image steps return lists of records or masks, which no data frame can
+    hold. ``set_config(transform_output="pandas")`` (or ``set_output`` on the
+    step) must not be ignored silently: this raises, naming the fix.
+
+    Parameters
+    ----------
+    estimator : estimator
+        The step about to return its output.
+    returns : str
+        What it returns, for the message (``"PatchGrid records"``).
+
+    Raises
+    ------
+    ValueError
+        If the step's ``transform`` output is configured as a table.
+    """
+    from sklearn.utils._set_output import _get_output_config
+
+    dense = _get_output_config("transform", estimator)["dense"]
+    if dense != "default":
+        name = type(estimator).__name__
+        raise ValueError(
+            f"{name} returns {returns}, not a feature table, so transform_output="
+            f"{dense!r} cannot apply to it. Call .set_output(transform='default') on "
+            f"it (or on the pipeline it is in) to run it under "
+            f"set_config(transform_output={dense!r}); table outputs exist for the "
+            f"plain-matrix transforms (CosineAffinity, AdaptiveSpectralSegmenter)."
+        )
+
+
+class RecordOutputMixin:
+    """``set_output`` for steps whose output is records or masks, never a table.
+
+    ``set_output(transform="default")`` is accepted (so that
+    ``pipeline.set_output(...)`` and a global ``transform_output`` can be
+    overridden step by step); a table container raises, saying why. Mix in
+    before :class:`~sklearn.base.TransformerMixin`.
+    """
+
+    #: What the step returns, for messages.
+    _returns = "PatchGrid records"
+
+    def set_output(self, *, transform=None):
+        """Set the output container: only ``"default"`` applies.
+
+        Parameters
+        ----------
+        transform : {"default"} or None, default=None
+            ``"default"``: the step's own output (records or masks), also
+            when ``set_config(transform_output=...)`` asks for a table;
+            ``None``: unchanged.
+
+        Returns
+        -------
+        self : estimator
+
+        Raises
+        ------
+        ValueError
+            For ``"pandas"`` or ``"polars"``: the output is not a table.
+        """
+        if transform is None:
+            return self
+        if transform != "default":
+            raise ValueError(
+                f"{type(self).__name__}.set_output(transform={transform!r}): it "
+                f"returns {self._returns}, not a feature table; only "
+                f"transform='default' applies."
+            )
+        self._sklearn_output_config = {"transform": transform}
+        return self
+
+
+def forget_fitted(estimator):
+    """Delete an estimator's fitted attributes (public names ending in ``_``).
+
+    A step fitted on image records learns nothing; whatever an earlier fit on
+    a plain matrix left must not stay next to the new results.
+    """
+    for name in [k for k in vars(estimator) if k.endswith("_") and not k.startswith("_")]:
+        delattr(estimator, name)

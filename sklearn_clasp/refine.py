@@ -36,7 +36,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 from .image import as_rgb_uint8, bounded_shape, check_label_map, resample_nearest, resize_image
-from .records import PatchGrid, check_records
+from .records import PatchGrid, RecordOutputMixin, check_records, check_untabled_output
 
 __all__ = ["upsample_labels", "dense_crf", "refine_labels", "CRFRefiner"]
 
@@ -73,6 +73,16 @@ _CRF_PARAM_NAMES = frozenset(_CRF_CONSTRAINTS) | {"n_labels"}
 def _check_label_map(labels, *, name="labels"):
     """Labels as 2-D int64 (whole-number floats accepted), or a clear error."""
     return check_label_map(labels, name=name, allow_float=True)
+
+
+def _check_image_first(image, labels, call):
+    """Refuse the old ``(labels, image)`` order: a label map first, an RGB image second."""
+    if np.ndim(labels) == 3 and np.shape(labels)[-1] in (3, 4) and np.ndim(image) == 2:
+        raise TypeError(
+            f"{call}: got a 2-D array first and an {np.shape(labels)} array second; "
+            f"the image comes first and the labels second, (image, labels) "
+            f"(the order was (labels, image) before version 0.2)."
+        )
 
 
 def _check_shape(shape):
@@ -594,7 +604,7 @@ _DENSE_CRF_DEFAULTS = {
 }
 
 
-def refine_labels(labels, image, *, method="crf", max_pixels=None, unary="hard",
+def refine_labels(image, labels, *, method="crf", max_pixels=None, unary="hard",
                   proba=None, **crf_params):
     """Turn patch labels into pixel labels at the image's full resolution.
 
@@ -628,10 +638,10 @@ def refine_labels(labels, image, *, method="crf", max_pixels=None, unary="hard",
 
     Parameters
     ----------
-    labels : array-like of shape (h, w), int
-        Patch labels; the grid spans the whole image.
     image : array-like of shape (H, W, 3), uint8
         The RGB image.
+    labels : array-like of shape (h, w), int
+        Patch labels; the grid spans the whole image.
     method : {"crf", "nearest", "bilinear"}, default="crf"
         Refinement variant.
     max_pixels : int or None, default=None
@@ -660,13 +670,13 @@ def refine_labels(labels, image, *, method="crf", max_pixels=None, unary="hard",
     >>> import numpy as np
     >>> from sklearn_clasp.refine import refine_labels
     >>> image = np.zeros((28, 28, 3), np.uint8)
-    >>> refine_labels(np.array([[1, 2], [1, 2]]), image, method="nearest").shape
+    >>> refine_labels(image, np.array([[1, 2], [1, 2]]), method="nearest").shape
     (28, 28)
     >>> big = np.zeros((3000, 2000, 3), np.uint8)
-    >>> refine_labels(np.array([[1, 2]]), big, max_pixels=10_000).shape
+    >>> refine_labels(big, np.array([[1, 2]]), max_pixels=10_000).shape
     (3000, 2000)
     >>> proba = np.array([[[0.9, 0.1], [0.4, 0.6]]])    # 1 x 2 patches, 2 segments
-    >>> refine_labels(np.array([[0, 1]]), image, unary="soft", proba=proba).shape
+    >>> refine_labels(image, np.array([[0, 1]]), unary="soft", proba=proba).shape
     (28, 28)
     """
     unknown = set(crf_params) - _CRF_PARAM_NAMES
@@ -688,6 +698,7 @@ def refine_labels(labels, image, *, method="crf", max_pixels=None, unary="hard",
         raise ValueError(
             f"max_pixels must be a positive int or None; got {max_pixels!r}."
         )
+    _check_image_first(image, labels, "refine_labels(image, labels)")
     rgb = as_rgb_uint8(image, name="image")
     labels = _check_label_map(labels)
     soft = method == "crf" and unary == "soft"
@@ -736,16 +747,16 @@ def refine_labels(labels, image, *, method="crf", max_pixels=None, unary="hard",
 # --------------------------------------------------------------------------
 
 
-def _refine_one(labels, image, proba, name, method, unary, crf_params, max_pixels):
+def _refine_one(image, labels, proba, name, method, unary, crf_params, max_pixels):
     """Refine one image; errors are re-raised naming the image."""
     try:
-        return refine_labels(labels, image, method=method, max_pixels=max_pixels,
+        return refine_labels(image, labels, method=method, max_pixels=max_pixels,
                              unary=unary, proba=proba, **crf_params)
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"CRFRefiner: image {name!r}: {exc}") from exc
 
 
-class CRFRefiner(TransformerMixin, BaseEstimator):
+class CRFRefiner(RecordOutputMixin, TransformerMixin, BaseEstimator):
     """Refine patch labels into full-resolution masks (the pipeline's last step).
 
     For each image, maps the segmenter's patch labels onto the image's pixels
@@ -810,10 +821,11 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
     -----
     ``X`` is either a list of :class:`~sklearn_clasp.records.PatchGrid`
     records with ``labels`` set (the output of the segmenter; ``proba`` too
-    for ``unary="soft"``), or, for use on its own, a list of ``(labels,
-    image)`` pairs with ``labels`` of shape ``(h, w)`` and ``image`` of shape
-    ``(H, W, 3)``, or of ``(labels, image, proba)`` triples with ``proba`` of
-    shape ``(h, w, K)``. The inputs are never modified. Errors about one image name it (its record's ``source``, or its
+    for ``unary="soft"``), or, for use on its own, a list of ``(image,
+    labels)`` pairs with ``image`` of shape ``(H, W, 3)`` and ``labels`` of
+    shape ``(h, w)``, or of ``(image, labels, proba)`` triples with ``proba``
+    of shape ``(h, w, K)``: the image first, as in :func:`dense_crf` and
+    :func:`refine_labels`. The inputs are never modified. Errors about one image name it (its record's ``source``, or its
     position ``X[i]``). Being stateless, the estimator has no fitted
     attributes.
 
@@ -824,10 +836,10 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
     >>> image = np.zeros((28, 42, 3), np.uint8)
     >>> image[:, 21:] = 200
     >>> labels = np.array([[0, 0, 1], [0, 0, 1]])
-    >>> masks = CRFRefiner().fit_predict([(labels, image)])
+    >>> masks = CRFRefiner().fit_predict([(image, labels)])
     >>> masks[0].shape
     (28, 42)
-    >>> CRFRefiner(method="nearest").transform([(labels, image)])[0][0, 27:29]
+    >>> CRFRefiner(method="nearest").transform([(image, labels)])[0][0, 27:29]
     array([0, 1])
     """
 
@@ -869,17 +881,26 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
         self.backend = backend
         self.device = device
 
+    _returns = "one mask per image"
+    # Needs no fit (ClaspPipeline.fit only checks its settings).
+    _training_free = True
+
+    def _check_settings(self):
+        """What ``fit`` checks beyond the parameter constraints."""
+        self._check_device()
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
         tags.input_tags.two_d_array = False
         tags.non_deterministic = False
+        tags.transformer_tags.preserves_dtype = []
         return tags
 
     # -- input ------------------------------------------------------------
 
     def _items(self, X):
-        """Return ``[(labels, image, proba, name), ...]`` from records or tuples.
+        """Return ``[(image, labels, proba, name), ...]`` from records or tuples.
 
         ``proba`` is ``None`` unless ``unary="soft"``, which needs it.
         """
@@ -890,13 +911,13 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
                             f"Pass [record].")
         if isinstance(X, np.ndarray):
             raise TypeError(
-                f"{step} expects a list of PatchGrid records or of (labels, image) "
-                f"pairs; got an array of shape {X.shape}. Pass [(labels, image)]."
+                f"{step} expects a list of PatchGrid records or of (image, labels) "
+                f"pairs; got an array of shape {X.shape}. Pass [(image, labels)]."
             )
         if not isinstance(X, (list, tuple)) or len(X) == 0:
             raise TypeError(
                 f"{step} expects a non-empty list of PatchGrid records (the output "
-                f"of a segmenter) or of (labels, image) pairs; got "
+                f"of a segmenter) or of (image, labels) pairs; got "
                 f"{type(X).__name__}" + (" (empty)" if isinstance(X, (list, tuple))
                                          else "") + "."
             )
@@ -918,11 +939,11 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
                         f"soft segment membership of its patches); use a "
                         f"segmenter that sets it, or unary='hard'."
                     )
-                items.append((labels, rec.image, rec.proba if soft else None, name))
+                items.append((rec.image, labels, rec.proba if soft else None, name))
             return items
         if len(X) in (2, 3) and all(isinstance(x, np.ndarray) for x in X):
-            what, form = (("pair", "(labels, image)") if len(X) == 2
-                          else ("triple", "(labels, image, proba)"))
+            what, form = (("pair", "(image, labels)") if len(X) == 2
+                          else ("triple", "(image, labels, proba)"))
             raise TypeError(
                 f"{step} expects a list of {form} tuples; got one {what} of "
                 f"arrays. Pass [{form}]."
@@ -934,15 +955,16 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
                     f"{step}: X[{i}] is a {type(pair).__name__}"
                     + (f" of length {len(pair)}" if isinstance(pair, (tuple, list))
                        else "")
-                    + "; expected a PatchGrid record, a (labels, image) pair or a "
-                    "(labels, image, proba) triple."
+                    + "; expected a PatchGrid record, an (image, labels) pair or an "
+                    "(image, labels, proba) triple."
                 )
             if soft and len(pair) == 2:
                 raise ValueError(
-                    f"{step}(unary='soft'): X[{i}] is a (labels, image) pair; soft "
-                    f"unaries need (labels, image, proba) triples, or use "
+                    f"{step}(unary='soft'): X[{i}] is an (image, labels) pair; soft "
+                    f"unaries need (image, labels, proba) triples, or use "
                     f"unary='hard'."
                 )
+            _check_image_first(pair[0], pair[1], f"{step}: X[{i}]")
             items.append((pair[0], pair[1], pair[2] if soft else None, f"X[{i}]"))
         return items
 
@@ -954,9 +976,9 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of PatchGrid or list of (labels, image[, proba]) tuples
-            Records with ``labels`` set, or pairs of patch labels ``(h, w)``
-            and RGB images ``(H, W, 3)``, optionally with patch probabilities
+        X : list of PatchGrid or list of (image, labels[, proba]) tuples
+            Records with ``labels`` set, or pairs of RGB images ``(H, W, 3)``
+            and patch labels ``(h, w)``, optionally with patch probabilities
             ``(h, w, K)`` (see Notes).
         y : None
             Ignored.
@@ -983,9 +1005,9 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of PatchGrid or list of (labels, image[, proba]) tuples
-            Records with ``labels`` set, or pairs of patch labels ``(h, w)``
-            and RGB images ``(H, W, 3)``, optionally with patch probabilities
+        X : list of PatchGrid or list of (image, labels[, proba]) tuples
+            Records with ``labels`` set, or pairs of RGB images ``(H, W, 3)``
+            and patch labels ``(h, w)``, optionally with patch probabilities
             ``(h, w, K)`` (see Notes).
 
         Returns
@@ -994,6 +1016,10 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
             One mask per input, at its image's full resolution, with the
             values of its patch labels.
         """
+        check_untabled_output(self, self._returns)
+        return self._refine(X)
+
+    def _refine(self, X):
         self._validate_params()
         self._check_device()
         items = self._items(X)
@@ -1004,9 +1030,9 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
         logger.debug("CRFRefiner: refining %d image(s) with method=%r, unary=%r, "
                      "backend=%r", len(items), self.method, self.unary, self.backend)
         return Parallel(n_jobs=self.n_jobs)(
-            delayed(_refine_one)(labels, image, proba, name, self.method, self.unary,
+            delayed(_refine_one)(image, labels, proba, name, self.method, self.unary,
                                  crf_params, self.max_pixels)
-            for labels, image, proba, name in items
+            for image, labels, proba, name in items
         )
 
     def predict(self, X):
@@ -1014,7 +1040,7 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of PatchGrid or list of (labels, image[, proba]) tuples
+        X : list of PatchGrid or list of (image, labels[, proba]) tuples
             The input, as for :meth:`transform`.
 
         Returns
@@ -1022,14 +1048,14 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
         masks : list of ndarray of shape (H, W), dtype int64
             One mask per input.
         """
-        return self.transform(X)
+        return self._refine(X)
 
     def fit_predict(self, X, y=None):
         """Check the parameters, then return :meth:`predict` of ``X``.
 
         Parameters
         ----------
-        X : list of PatchGrid or list of (labels, image[, proba]) tuples
+        X : list of PatchGrid or list of (image, labels[, proba]) tuples
             The input, as for :meth:`transform`.
         y : None
             Ignored.
@@ -1046,7 +1072,7 @@ class CRFRefiner(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : list of PatchGrid or list of (labels, image[, proba]) tuples
+        X : list of PatchGrid or list of (image, labels[, proba]) tuples
             The input, as for :meth:`transform`.
         y : None
             Ignored.

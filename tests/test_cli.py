@@ -741,15 +741,15 @@ def test_label_and_mask_readers(tmp_path):
 
 
 def test_score_prediction_mean_and_best():
-    s = score_prediction(SHIFTED, [TRUTH, SHIFTED * 4])
+    s = score_prediction([TRUTH, SHIFTED * 4], SHIFTED)
     assert s["miou"] == pytest.approx((7 / 12 + 1) / 2) and s["miou_best"] == 1.0
     assert s["pixel_accuracy"] == pytest.approx(0.875) and s["n_annotators"] == 2
     # the region measures ignore label values: SHIFTED * 4 is SHIFTED itself
     assert s["covering_best"] == 1.0 and s["voi_best"] == 0.0
-    assert s["covering"] == pytest.approx((segmentation_covering(SHIFTED, TRUTH) + 1) / 2)
-    assert s["voi"] == pytest.approx(variation_of_information(SHIFTED, TRUTH) / 2)
+    assert s["covering"] == pytest.approx((segmentation_covering(TRUTH, SHIFTED) + 1) / 2)
+    assert s["voi"] == pytest.approx(variation_of_information(TRUTH, SHIFTED) / 2)
     with pytest.raises(ValueError, match="ground truth #2 is 3 x 4"):
-        score_prediction(SHIFTED, [TRUTH, TRUTH[:3]])
+        score_prediction([TRUTH, TRUTH[:3]], SHIFTED)
 
 
 # --------------------------------------------------------------------------

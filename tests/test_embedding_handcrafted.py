@@ -187,6 +187,7 @@ def test_record_contract(shape, short_side):
         "embedder": "handcrafted",
         "input_size": (grid[0] * 14, grid[1] * 14),
         "patch_budget_applied": False,
+        "cached": False,
     }
     assert rec.affinity is None and rec.labels is None
 

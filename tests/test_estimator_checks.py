@@ -1,8 +1,27 @@
-"""scikit-learn's own estimator checks on ordinary 2-D input."""
+"""scikit-learn's own estimator checks, on every public estimator.
 
-from sklearn.utils.estimator_checks import parametrize_with_checks
+The estimators whose input is an ordinary 2-D array (the affinity and the
+segmenter on plain matrices) pass every check. The image steps and the
+pipeline take lists of images or records; their tags say so
+(``two_d_array=False``), so ``check_estimator`` runs only the checks that
+apply to any input, and tests/test_contract.py checks the rest on image lists.
+"""
 
-from sklearn_clasp import PAPER_SETTINGS, AdaptiveSpectralSegmenter, CosineAffinity
+import warnings
+
+import pytest
+from sklearn.exceptions import SkipTestWarning
+from sklearn.utils import get_tags
+from sklearn.utils.estimator_checks import check_estimator, parametrize_with_checks
+
+from sklearn_clasp import (
+    PAPER_SETTINGS,
+    AdaptiveSpectralSegmenter,
+    CosineAffinity,
+    CRFRefiner,
+    HandcraftedPatchEmbedder,
+    make_clasp_pipeline,
+)
 
 ESTIMATORS = [
     CosineAffinity(),
@@ -36,3 +55,27 @@ def _expected_failed_checks(estimator):
 @parametrize_with_checks(ESTIMATORS, expected_failed_checks=_expected_failed_checks)
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
+
+
+def _image_estimators():
+    from sklearn_clasp.embedding import DinoPatchEmbedder
+
+    return [
+        HandcraftedPatchEmbedder(),
+        DinoPatchEmbedder(weights="random", download=False),
+        CRFRefiner(),
+        make_clasp_pipeline("handcrafted"),
+        make_clasp_pipeline("dinov2", weights="random", download=False),
+    ]
+
+
+@pytest.mark.parametrize("estimator", _image_estimators(), ids=lambda e: type(e).__name__
+                         + ("" if not hasattr(e, "steps") else f"[{e.steps[0][1].__class__.__name__}]"))
+def test_image_estimators_pass_the_checks_that_apply(estimator):
+    # their input is a list of images or records: the tags say so, and
+    # check_estimator skips the checks on 2-D arrays (instead of failing them)
+    assert get_tags(estimator).input_tags.two_d_array is False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_estimator(estimator)
+    assert any(issubclass(w.category, SkipTestWarning) for w in caught)

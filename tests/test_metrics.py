@@ -27,29 +27,39 @@ from sklearn_clasp.records import PatchGrid
 def test_confusion_matrix_hand_example():
     pred = np.array([[0, 0, 1], [1, 2, 2]])
     truth = np.array([[1, 1, 1], [0, 0, 255]])
-    # valid pixels: (p0,t1) x2, (p1,t1), (p1,t0), (p2,t0); the 255 pixel is ignored
-    expected = np.array([[0, 2], [1, 1], [1, 0]])
-    conf = confusion_matrix(pred, truth, ignore_index=255)
+    # valid pixels: (t1,p0) x2, (t1,p1), (t0,p1), (t0,p2); the 255 pixel is ignored
+    # rows are the true classes, columns the clusters, as in scikit-learn
+    expected = np.array([[0, 1, 1], [2, 1, 0]])
+    conf = confusion_matrix(truth, pred, ignore_index=255)
     np.testing.assert_array_equal(conf, expected)
     # the same with a sequence of ignored values, and negative truth always ignored
     np.testing.assert_array_equal(
-        confusion_matrix(pred, np.where(truth == 255, -1, truth)), expected
+        confusion_matrix(np.where(truth == 255, -1, truth), pred), expected
     )
     np.testing.assert_array_equal(
-        confusion_matrix(pred, truth, ignore_index=[255, 1]), [[0], [1], [1]]
+        confusion_matrix(truth, pred, ignore_index=[255, 1]), [[0, 1, 1]]
     )
-    padded = confusion_matrix(pred, truth, ignore_index=255, n_pred=4, n_true=3)
-    assert padded.shape == (4, 3) and padded.dtype == np.int64
-    np.testing.assert_array_equal(padded[:3, :2], expected)
-    assert padded[3].sum() == 0 and padded[:, 2].sum() == 0
+    padded = confusion_matrix(truth, pred, ignore_index=255, n_pred=4, n_true=3)
+    assert padded.shape == (3, 4) and padded.dtype == np.int64
+    np.testing.assert_array_equal(padded[:2, :3], expected)
+    assert padded[2].sum() == 0 and padded[:, 3].sum() == 0
+
+
+def test_confusion_matrix_agrees_with_scikit_learn():
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    rng = np.random.RandomState(0)
+    truth, pred = rng.randint(0, 4, 50), rng.randint(0, 4, 50)
+    np.testing.assert_array_equal(confusion_matrix(truth, pred),
+                                  sk_confusion_matrix(truth, pred, labels=range(4)))
 
 
 def test_confusion_matrix_too_small_sizes():
     pred, truth = np.array([0, 3]), np.array([0, 1])
     with pytest.raises(ValueError, match="n_pred"):
-        confusion_matrix(pred, truth, n_pred=2)
+        confusion_matrix(truth, pred, n_pred=2)
     with pytest.raises(ValueError, match="n_true"):
-        confusion_matrix(pred, truth, n_true=1)
+        confusion_matrix(truth, pred, n_true=1)
 
 
 def test_hungarian_match_square_and_rectangular():
@@ -71,7 +81,7 @@ def test_hungarian_match_square_and_rectangular():
 def test_permuted_labels_score_perfectly():
     truth = np.array([[0, 0, 1], [2, 2, 1]])
     pred = np.array([[7, 7, 3], [5, 5, 3]])  # same partition, other ids
-    s = segmentation_scores(pred, truth)
+    s = segmentation_scores(truth, pred)
     assert s["miou"] == 1.0 and s["pixel_accuracy"] == 1.0
     assert s["mapping"] == {7: 0, 3: 1, 5: 2}
     assert s["per_class_iou"] == {0: 1.0, 1: 1.0, 2: 1.0}
@@ -84,7 +94,7 @@ def test_over_segmentation():
     # clusters: 0 -> {class 0: 2}, 1 -> {class 0: 1}, 2 -> {class 1: 3}
     # match 0->0, 2->1; cluster 1 unmatched.
     # IoU(0) = 2 / (2 + 3 - 2) = 2/3; IoU(1) = 3 / 3 = 1; acc = 5/6
-    s = segmentation_scores(pred, truth)
+    s = segmentation_scores(truth, pred)
     assert s["mapping"] == {0: 0, 2: 1}
     assert s["per_class_iou"] == pytest.approx({0: 2 / 3, 1: 1.0})
     assert s["miou"] == pytest.approx(5 / 6)
@@ -98,7 +108,7 @@ def test_under_segmentation():
     # cluster 0 -> {class 0: 2, class 1: 1}, cluster 1 -> {class 2: 3}
     # match 0->0, 1->2; class 1 gets no cluster: IoU 0.
     # IoU(0) = 2 / (3 + 2 - 2) = 2/3; IoU(2) = 1; mIoU = (2/3 + 0 + 1) / 3 = 5/9
-    s = segmentation_scores(pred, truth)
+    s = segmentation_scores(truth, pred)
     assert s["mapping"] == {0: 0, 1: 2}
     assert s["per_class_iou"] == pytest.approx({0: 2 / 3, 1: 0.0, 2: 1.0})
     assert s["miou"] == pytest.approx(5 / 9)
@@ -109,7 +119,7 @@ def test_only_classes_present_in_the_image_count():
     # class 1 exists in the data set but not in this image: it is not averaged in
     truth = np.array([[0, 0, 2], [0, 0, 2]])
     pred = np.array([[1, 1, 0], [1, 1, 0]])
-    s = segmentation_scores(pred, truth)
+    s = segmentation_scores(truth, pred)
     assert s["miou"] == 1.0 and set(s["per_class_iou"]) == {0, 2}
     assert s["n_classes"] == 2
 
@@ -121,12 +131,12 @@ def test_ignored_pixels_are_left_out():
     # cluster 0 -> {0: 2}; cluster 1 -> {0: 1, 1: 1}; match 0->0, 1->1
     # IoU(0) = 2 / (2 + 3 - 2) = 2/3; IoU(1) = 1 / (2 + 1 - 1) = 1/2; acc = 3/4
     for ignore in (255, [255], (254, 255), np.array([255])):
-        s = segmentation_scores(pred, truth, ignore_index=ignore)
+        s = segmentation_scores(truth, pred, ignore_index=ignore)
         assert s["miou"] == pytest.approx((2 / 3 + 1 / 2) / 2)
         assert s["pixel_accuracy"] == pytest.approx(3 / 4)
         assert s["n_classes"] == 2
     # without ignore_index, 255 is a class of its own
-    assert segmentation_scores(pred, truth)["n_classes"] == 3
+    assert segmentation_scores(truth, pred)["n_classes"] == 3
 
 
 def test_more_clusters_than_classes():
@@ -136,7 +146,7 @@ def test_more_clusters_than_classes():
     pred[:2, 2:], pred[2:, :2], pred[2:, 2:] = 1, 2, 3  # four quadrants
     # each class is split over two clusters of 4 pixels; the matched one gives
     # IoU 4 / (4 + 8 - 4) = 0.5; 8 of 16 pixels are matched
-    s = segmentation_scores(pred, truth)
+    s = segmentation_scores(truth, pred)
     assert s["miou"] == pytest.approx(0.5) and s["pixel_accuracy"] == pytest.approx(0.5)
     assert len(s["mapping"]) == 2 and s["n_clusters"] == 4
 
@@ -148,15 +158,15 @@ def test_fewer_clusters_than_classes():
     pred[:, 2:] = 1  # two halves
     # each cluster covers two classes; matched class IoU = 4 / (8 + 4 - 4) = 0.5,
     # the two unmatched classes 0: mIoU = (0.5 + 0.5 + 0 + 0) / 4
-    s = segmentation_scores(pred, truth)
+    s = segmentation_scores(truth, pred)
     assert s["miou"] == pytest.approx(0.25)
     assert s["pixel_accuracy"] == pytest.approx(0.5)
     assert sorted(s["per_class_iou"].values()) == pytest.approx([0, 0, 0.5, 0.5])
 
 
 def test_single_cluster_and_single_class():
-    assert segmentation_scores(np.zeros((2, 3), int), np.full((2, 3), 4))["miou"] == 1.0
-    s = segmentation_scores(np.zeros((2, 3), int), np.array([[0, 0, 0], [0, 1, 1]]))
+    assert segmentation_scores(np.full((2, 3), 4), np.zeros((2, 3), int))["miou"] == 1.0
+    s = segmentation_scores(np.array([[0, 0, 0], [0, 1, 1]]), np.zeros((2, 3), int))
     # IoU(0) = 4 / 6, class 1 unmatched
     assert s["miou"] == pytest.approx((4 / 6 + 0) / 2)
     assert s["pixel_accuracy"] == pytest.approx(4 / 6)
@@ -164,7 +174,7 @@ def test_single_cluster_and_single_class():
 
 def test_bool_masks_accepted():
     truth = np.array([[True, False], [True, False]])
-    assert segmentation_scores(~truth, truth)["miou"] == 1.0
+    assert segmentation_scores(truth, ~truth)["miou"] == 1.0
 
 
 def test_shape_mismatch_and_bad_labels():
@@ -173,18 +183,18 @@ def test_shape_mismatch_and_bad_labels():
     with pytest.raises(ValueError, match="same shape"):
         confusion_matrix(np.zeros(4, int), np.zeros(5, int))
     with pytest.raises(TypeError, match="integer labels"):
-        segmentation_scores(np.zeros((2, 2)), np.zeros((2, 2), int))
-    with pytest.raises(TypeError, match="integer labels"):
-        segmentation_scores(np.zeros((2, 2), int), np.zeros((2, 2), np.float32))
-    with pytest.raises(ValueError, match="non-negative"):
-        segmentation_scores(np.array([[0, -1]]), np.array([[0, 1]]))
+        segmentation_scores(np.zeros((2, 2), int), np.zeros((2, 2)))
+    with pytest.raises(TypeError, match="y_true must hold integer labels"):
+        segmentation_scores(np.zeros((2, 2), np.float32), np.zeros((2, 2), int))
+    with pytest.raises(ValueError, match="y_pred must hold non-negative"):
+        segmentation_scores(np.array([[0, 1]]), np.array([[0, -1]]))
     with pytest.raises(TypeError, match="ignore_index"):
         segmentation_scores(
             np.zeros((1, 2), int), np.zeros((1, 2), int), ignore_index="x"
         )
     with pytest.raises(ValueError, match="no pixel to score"):
         segmentation_scores(
-            np.zeros((2, 2), int), np.full((2, 2), 255), ignore_index=255
+            np.full((2, 2), 255), np.zeros((2, 2), int), ignore_index=255
         )
 
 
@@ -198,10 +208,10 @@ SHIFTED = np.array([[0, 0, 0, 1], [0, 0, 0, 1]])
 def test_covering_hand_example_and_direction():
     # true region 0 (4 px): overlap with pred 0 is 4 / 6; true region 1 (4 px):
     # pred 0 gives 2 / 8, pred 1 gives 2 / 4 -> (4 * 2/3 + 4 * 1/2) / 8 = 7/12
-    assert segmentation_covering(SHIFTED, HALVES) == pytest.approx(7 / 12)
+    assert segmentation_covering(HALVES, SHIFTED) == pytest.approx(7 / 12)
     # the other direction covers the predicted regions: pred 0 (6 px) best 4/6,
     # pred 1 (2 px) best 2/4 -> (6 * 2/3 + 2 * 1/2) / 8 = 5/8
-    assert segmentation_covering(HALVES, SHIFTED) == pytest.approx(5 / 8)
+    assert segmentation_covering(SHIFTED, HALVES) == pytest.approx(5 / 8)
 
 
 def test_variation_of_information_hand_example():
@@ -209,8 +219,8 @@ def test_variation_of_information_hand_example():
     # H(pred | truth) = 4/8 log2(4/4) + 2/8 log2(4/2) + 2/8 log2(4/2) = 0.5
     # H(truth | pred) = 4/8 log2(6/4) + 2/8 log2(6/2) + 2/8 log2(2/2)
     expected = 0.5 + 0.5 * math.log2(1.5) + 0.25 * math.log2(3)
-    assert variation_of_information(SHIFTED, HALVES) == pytest.approx(expected)
-    assert variation_of_information(SHIFTED, HALVES, base=math.e) == pytest.approx(
+    assert variation_of_information(HALVES, SHIFTED) == pytest.approx(expected)
+    assert variation_of_information(HALVES, SHIFTED, base=math.e) == pytest.approx(
         expected * math.log(2)
     )
 
@@ -219,12 +229,12 @@ def test_one_region_per_pixel():
     # the sparse counting path: 8 predicted regions of one pixel each
     pred = np.arange(8).reshape(2, 4)
     # each true region of 4 px is best covered with overlap 1/4
-    assert segmentation_covering(pred, HALVES) == pytest.approx(0.25)
+    assert segmentation_covering(HALVES, pred) == pytest.approx(0.25)
     # H(truth | pred) = 0, H(pred | truth) = log2(4) = 2 bits
-    assert variation_of_information(pred, HALVES) == pytest.approx(2.0)
+    assert variation_of_information(HALVES, pred) == pytest.approx(2.0)
     # one region for everything: H(truth | pred) = 1 bit; covering 4/8 each
-    assert variation_of_information(np.zeros((2, 4), int), HALVES) == pytest.approx(1.0)
-    assert segmentation_covering(np.zeros((2, 4), int), HALVES) == pytest.approx(0.5)
+    assert variation_of_information(HALVES, np.zeros((2, 4), int)) == pytest.approx(1.0)
+    assert segmentation_covering(HALVES, np.zeros((2, 4), int)) == pytest.approx(0.5)
 
 
 def _random_maps(seed, shape=(12, 17), n_a=5, n_b=7):
@@ -237,12 +247,12 @@ def test_identical_partitions_are_perfect_whatever_the_labels():
         a, _ = _random_maps(seed)
         relabelled = np.array([40, 3, 17, 0, 8])[a]  # same partition, other ids
         for other in (a, relabelled):
-            assert variation_of_information(other, a) == 0.0
-            assert segmentation_covering(other, a) == 1.0
+            assert variation_of_information(a, other) == 0.0
+            assert segmentation_covering(a, other) == 1.0
     # any other partition is strictly worse
     a, b = _random_maps(0)
-    assert variation_of_information(b, a) > 0.1
-    assert segmentation_covering(b, a) < 0.9
+    assert variation_of_information(a, b) > 0.1
+    assert segmentation_covering(a, b) < 0.9
 
 
 def test_variation_of_information_is_a_metric():
@@ -271,13 +281,13 @@ def _covering_by_loops(pred, truth):
 def test_covering_matches_the_formula_and_bounds():
     for seed in range(5):
         a, b = _random_maps(seed, n_b=3 + seed)
-        value = segmentation_covering(a, b)
+        value = segmentation_covering(b, a)
         assert value == pytest.approx(_covering_by_loops(a, b))
         assert 0 < value < 1
     # splitting every true region in two halves the overlaps: covering 1/2
     truth = np.repeat([0, 1], 8).reshape(2, 8)
     split = truth * 2 + (np.arange(8) % 2)[None, :]
-    assert segmentation_covering(split, truth) == pytest.approx(0.5)
+    assert segmentation_covering(truth, split) == pytest.approx(0.5)
 
 
 def test_region_measures_ignore_pixels():
@@ -287,31 +297,31 @@ def test_region_measures_ignore_pixels():
     truth[-1, :5] = -1
     valid = (truth != 255) & (truth >= 0)
     for func in (segmentation_covering, variation_of_information):
-        expected = func(a[valid], truth[valid])
-        assert func(a, truth, ignore_index=255) == pytest.approx(expected)
-        assert func(a, truth, ignore_index=[254, 255]) == pytest.approx(expected)
+        expected = func(truth[valid], a[valid])
+        assert func(truth, a, ignore_index=255) == pytest.approx(expected)
+        assert func(truth, a, ignore_index=[254, 255]) == pytest.approx(expected)
         # predictions on ignored pixels do not matter
         other = a.copy()
         other[~valid] = 99
-        assert func(other, truth, ignore_index=255) == pytest.approx(expected)
+        assert func(truth, other, ignore_index=255) == pytest.approx(expected)
         # without ignore_index, 255 is a region of its own
-        assert func(a, truth) != pytest.approx(expected)
+        assert func(truth, a) != pytest.approx(expected)
         with pytest.raises(ValueError, match="no pixel to score"):
-            func(a, np.full_like(a, 255), ignore_index=255)
+            func(np.full_like(a, 255), a, ignore_index=255)
         with pytest.raises(ValueError, match="same shape"):
-            func(a, b.T)
-        with pytest.raises(TypeError, match="integer labels"):
-            func(a.astype(float), b)
+            func(b.T, a)
+        with pytest.raises(TypeError, match="y_pred must hold integer labels"):
+            func(b, a.astype(float))
 
 
 def test_large_label_values_score_like_small_ones():
     # label values far beyond the number of pixels take the sorting path
     a, b = _random_maps(7)
     big_a, big_b = a * 10**12 + 5, b * 10**9
-    assert segmentation_covering(big_a, big_b) == pytest.approx(segmentation_covering(a, b))
-    assert variation_of_information(big_a, big_b) == pytest.approx(
-        variation_of_information(a, b))
-    s, big = segmentation_scores(a, b), segmentation_scores(big_a, big_b)
+    assert segmentation_covering(big_b, big_a) == pytest.approx(segmentation_covering(b, a))
+    assert variation_of_information(big_b, big_a) == pytest.approx(
+        variation_of_information(b, a))
+    s, big = segmentation_scores(b, a), segmentation_scores(big_b, big_a)
     assert big["miou"] == pytest.approx(s["miou"])
     assert big["mapping"] == {k * 10**12 + 5: v * 10**9 for k, v in s["mapping"].items()}
 
@@ -330,7 +340,7 @@ def test_variation_of_information_matches_scikit_image():
         # scikit-image returns the two conditional entropies, in bits, and
         # ignores labels of its first (ground-truth) image
         parts = skm.variation_of_information(b, a, ignore_labels=[255])
-        assert variation_of_information(a, b, ignore_index=255) == pytest.approx(
+        assert variation_of_information(b, a, ignore_index=255) == pytest.approx(
             parts.sum()
         )
 
@@ -347,13 +357,13 @@ def _two_images():
 def test_accumulator_per_image_protocol():
     acc = SegmentationScoreAccumulator("per_image")
     for pred, truth in _two_images():
-        assert acc.update(pred, truth) is acc
+        assert acc.add(truth, pred) is acc
     r = acc.result()
     # each image is a perfect segmentation under its own matching
     assert r["miou"] == 1.0 and r["pixel_accuracy"] == 1.0
     assert r["n_images"] == 2 and r["n_scored"] == 2 and r["mean_n_clusters"] == 2.0
     # a third image: one cluster for two classes -> IoU(0) = 2/4, class 1 -> 0
-    acc.update(np.zeros((2, 2), int), np.array([[0, 0], [1, 1]]))
+    acc.add(np.array([[0, 0], [1, 1]]), np.zeros((2, 2), int))
     assert acc.result()["miou"] == pytest.approx((1 + 1 + 0.25) / 3)
     assert acc.result()["pixel_accuracy"] == pytest.approx((1 + 1 + 0.5) / 3)
 
@@ -361,10 +371,10 @@ def test_accumulator_per_image_protocol():
 def test_accumulator_dataset_protocol():
     acc = SegmentationScoreAccumulator("dataset", n_classes=3)
     for pred, truth in _two_images():
-        acc.update(pred, truth)
+        acc.add(truth, pred)
     r = acc.result()
-    # summed confusion: cluster 0 -> [2, 2, 0], cluster 1 -> [2, 2, 0]
-    np.testing.assert_array_equal(r["confusion"], [[2, 2, 0], [2, 2, 0]])
+    # summed confusion (classes x clusters): class 0 -> [2, 2], class 1 -> [2, 2]
+    np.testing.assert_array_equal(r["confusion"], [[2, 2], [2, 2], [0, 0]])
     # one matching for both images: IoU = 2 / (4 + 4 - 2) = 1/3 for classes 0, 1;
     # class 2 never occurs and gets no IoU (NaN, left out of the mean)
     assert r["miou"] == pytest.approx(1 / 3)
@@ -376,21 +386,21 @@ def test_accumulator_dataset_protocol():
 
 def test_accumulator_dataset_consistent_ids_and_growth():
     acc = SegmentationScoreAccumulator("dataset", n_classes=2, ignore_index=255)
-    acc.update(np.array([[0, 0], [1, 1]]), np.array([[0, 0], [1, 1]]))
-    acc.update(np.array([[0, 2], [1, 1]]), np.array([[0, 255], [1, 1]]))
+    acc.add(np.array([[0, 0], [1, 1]]), np.array([[0, 0], [1, 1]]))
+    acc.add(np.array([[0, 255], [1, 1]]), np.array([[0, 2], [1, 1]]))
     assert acc.confusion_.shape == (2, 2)  # cluster 2 only on an ignored pixel
-    acc.update(np.array([[2, 0], [1, 1]]), np.array([[0, 0], [1, 1]]))
-    assert acc.confusion_.shape == (3, 2)  # grew for cluster id 2
+    acc.add(np.array([[0, 0], [1, 1]]), np.array([[2, 0], [1, 1]]))
+    assert acc.confusion_.shape == (2, 3)  # grew for cluster id 2
     r = acc.result()
-    # confusion [[4, 0], [0, 6], [1, 0]]: match 0->0, 1->1, cluster 2 unmatched
+    # confusion [[4, 0, 1], [0, 6, 0]]: match 0->0, 1->1, cluster 2 unmatched
     # IoU(0) = 4 / (4 + 5 - 4) = 0.8, IoU(1) = 1; accuracy 10 / 11
-    np.testing.assert_array_equal(r["confusion"], [[4, 0], [0, 6], [1, 0]])
+    np.testing.assert_array_equal(r["confusion"], [[4, 0, 1], [0, 6, 0]])
     assert r["miou"] == pytest.approx(0.9)
     assert r["pixel_accuracy"] == pytest.approx(10 / 11)
     assert r["mapping"] == {0: 0, 1: 1}
     # a class present but unmatched has IoU 0 (not NaN)
     acc2 = SegmentationScoreAccumulator("dataset", n_classes=2)
-    acc2.update(np.zeros((2, 2), int), np.array([[0, 0], [0, 1]]))
+    acc2.add(np.array([[0, 0], [0, 1]]), np.zeros((2, 2), int))
     r2 = acc2.result()
     assert r2["per_class_iou"].tolist() == [0.75, 0.0]
     assert r2["miou"] == pytest.approx(0.375)
@@ -398,14 +408,14 @@ def test_accumulator_dataset_consistent_ids_and_growth():
 
 def test_accumulator_skips_unscorable_images_and_errors():
     acc = SegmentationScoreAccumulator(ignore_index=255)
-    acc.update(np.zeros((2, 2), int), np.full((2, 2), 255))
+    acc.add(np.full((2, 2), 255), np.zeros((2, 2), int))
     with pytest.raises(ValueError, match="no image scored"):
         acc.result()
-    acc.update(np.zeros((2, 2), int), np.zeros((2, 2), int))
+    acc.add(np.zeros((2, 2), int), np.zeros((2, 2), int))
     r = acc.result()
     assert r["n_images"] == 2 and r["n_scored"] == 1 and acc.n_skipped_ == 1
     with pytest.raises(ValueError, match="same shape"):
-        acc.update(np.zeros((2, 2), int), np.zeros((2, 3), int))
+        acc.add(np.zeros((2, 3), int), np.zeros((2, 2), int))
     with pytest.raises(ValueError, match="n_classes"):
         SegmentationScoreAccumulator("dataset")
     with pytest.raises(ValueError, match="protocol"):
@@ -413,9 +423,26 @@ def test_accumulator_skips_unscorable_images_and_errors():
     with pytest.raises(ValueError, match="no pixel scored"):
         SegmentationScoreAccumulator("dataset", n_classes=2).result()
     with pytest.raises(ValueError, match="n_true"):
-        SegmentationScoreAccumulator("dataset", n_classes=2).update(
-            np.zeros(3, int), np.array([0, 1, 2]))
+        SegmentationScoreAccumulator("dataset", n_classes=2).add(
+            np.array([0, 1, 2]), np.zeros(3, int))
     assert acc.reset().n_images_ == 0
+
+
+def test_the_old_prediction_first_calls_still_work_and_warn():
+    from sklearn_clasp.metrics import score_prediction
+
+    truths = [np.array([[5, 5, 6, 6]]), np.array([[5, 5, 5, 6]])]
+    mask = np.array([[0, 0, 1, 1]])
+    with pytest.warns(FutureWarning, match=r"score_prediction\(truths, mask\)"):
+        old = score_prediction(mask, truths)
+    assert old == score_prediction(truths, mask)
+    # a single ground truth needs no list
+    assert score_prediction(truths[0], mask)["miou"] == 1.0
+    acc = SegmentationScoreAccumulator()
+    with pytest.warns(FutureWarning, match="add"):
+        acc.update(mask, truths[1])
+    assert acc.result()["miou"] == SegmentationScoreAccumulator().add(
+        truths[1], mask).result()["miou"]
 
 
 # --- scorers -------------------------------------------------------------------
@@ -474,7 +501,7 @@ def test_scorer_errors():
     est = FakeSegmenter(GOOD)
     with pytest.raises(ValueError, match="2 masks for 1"):
         miou_scorer(est, [0, 1], TRUTHS[:1])
-    with pytest.raises(ValueError, match="image 1: pred and truth must have the same"):
+    with pytest.raises(ValueError, match="image 1: y_true and y_pred must have the same"):
         miou_scorer(est, [0, 0], TRUTHS)
     with pytest.raises(ValueError, match="ground-truth masks"):
         miou_scorer(est, [0, 1], None)

@@ -2,11 +2,14 @@
 
 import numpy as np
 import pytest
-from sklearn.base import clone
+from sklearn import config_context
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import adjusted_rand_score
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.utils import get_tags
+from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from sklearn_clasp import (
@@ -25,7 +28,7 @@ from sklearn_clasp.metrics import (
     segmentation_scores,
     silhouette_scorer,
 )
-from sklearn_clasp.pipeline import STEP_NAMES, clasp_one
+from sklearn_clasp.pipeline import STEP_NAMES, ClaspPipeline, clasp_one
 
 
 @pytest.fixture(autouse=True)
@@ -73,16 +76,18 @@ def test_hand_built_pipeline_returns_full_resolution_masks():
         assert mask.shape == (h, w)
         assert np.issubdtype(mask.dtype, np.integer)
         assert mask.min() >= 0
-    # the refined labels are patch-cluster ids of that image
-    n_clusters = pipe.named_steps["segment"].n_clusters_
-    for mask, k in zip(masks, n_clusters):
-        assert mask.max() < k
+    # the refined labels are patch-cluster ids of that image; each image's K is in
+    # its record, not on the estimator
+    records = pipe[:-1].transform(images)
+    for mask, rec in zip(masks, records):
+        assert mask.max() < rec.info["n_clusters"]
+    assert not hasattr(pipe.named_steps["segment"], "n_clusters_")
 
 
 def test_make_clasp_pipeline_steps_and_settings():
     pipe = make_clasp_pipeline("handcrafted", k_min=3, k_max=9, beta=0.25, refine="bilinear",
                                random_state=7, short_side=224, color_sigma=20.0)
-    assert isinstance(pipe, Pipeline)
+    assert isinstance(pipe, ClaspPipeline) and isinstance(pipe, Pipeline)
     assert tuple(name for name, _ in pipe.steps) == STEP_NAMES
     embed, affinity, segment, refine = (pipe.named_steps[n] for n in STEP_NAMES)
     assert isinstance(embed, HandcraftedPatchEmbedder)
@@ -155,7 +160,7 @@ def test_shapes_image_is_segmented(size, short_side):
     image, truth = make_shapes_image(*size, n_shapes=3, noise=6.0, random_state=1)
     pipe = make_clasp_pipeline("handcrafted", short_side=short_side, random_state=0)
     mask, = pipe.fit_predict([image])
-    scores = segmentation_scores(mask, truth)
+    scores = segmentation_scores(truth, mask)
     assert scores["miou"] > 0.9, scores
     assert scores["n_clusters"] == 4  # background + 3 shapes, after the CRF
 
@@ -166,10 +171,10 @@ def test_constant_image_gives_one_segment(noise):
     image = np.clip(np.full((98, 126, 3), (70.0, 140.0, 90.0)) + noise * rng.randn(98, 126, 3),
                     0, 255).astype(np.uint8)
     pipe = _small_pipeline()
-    mask, = pipe.fit_predict([image])
+    mask, record = clasp_one(pipe, image)
     assert mask.shape == (98, 126)
     assert np.all(mask == 0)
-    assert pipe.named_steps["segment"].n_clusters_ == [1]
+    assert record.info["n_clusters"] == 1
 
 
 @pytest.mark.parametrize("n_clusters", [3, 5])
@@ -191,6 +196,115 @@ def test_predict_after_fit_repeats_fit_predict(shapes_data):
     assert len(masks) == 2
     for got, want in zip(masks, expected):
         np.testing.assert_array_equal(got, want)
+
+
+def test_no_stale_attributes_next_to_fresh_masks(shapes_data):
+    images, _ = shapes_data
+    pipe = _small_pipeline()
+    pipe.fit(images[:2])
+    mask, = pipe.predict(images[2:3])
+    # the estimators keep nothing about images: the K chosen for this image is in
+    # its record, and no attribute describes the images of an earlier call
+    segment = pipe.named_steps["segment"]
+    for name in ("labels_", "n_clusters_", "eigengap_k_", "silhouette_scores_"):
+        assert not hasattr(segment, name)
+    _, record = clasp_one(pipe, images[2])
+    assert record.info["n_clusters"] == len(np.unique(record.labels))
+    assert mask.max() < record.info["n_clusters"]
+
+
+def test_fitted_state_of_the_training_free_and_the_dinov2_pipelines(shapes_data):
+    images, _ = shapes_data
+    fresh = make_clasp_pipeline("handcrafted", short_side=None, random_state=0)
+    # nothing to learn: the tags say so, check_is_fitted agrees, and predict works
+    assert get_tags(fresh).requires_fit is False
+    check_is_fitted(fresh)
+    np.testing.assert_array_equal(fresh.predict(images[:1])[0],
+                                  clone(fresh).fit().predict(images[:1])[0])
+    dino = make_clasp_pipeline("dinov2", weights="random", random_state=0, download=False)
+    assert get_tags(dino).requires_fit is True
+    with pytest.raises(NotFittedError):
+        check_is_fitted(dino)
+    with pytest.raises(NotFittedError, match=r"'embed' \(DinoPatchEmbedder\) needs fit"):
+        dino.predict(images[:1])
+    with pytest.warns(UserWarning, match="random weights"):
+        dino.fit()  # loads the weights, reads no image
+    check_is_fitted(dino)
+    assert get_tags(fresh).input_tags.two_d_array is False
+
+
+class CountingEmbedder(HandcraftedPatchEmbedder):
+    """The handcrafted embedder, counting the images it embeds (class-wide)."""
+
+    embedded = []
+
+    def transform(self, X):
+        type(self).embedded.append(len(X))
+        return super().transform(X)
+
+
+def test_a_search_segments_each_image_once_per_candidate(shapes_data):
+    images, truths = shapes_data
+    CountingEmbedder.embedded.clear()
+    pipe = make_clasp_pipeline(CountingEmbedder(short_side=None), random_state=0)
+    grid = {"segment__k_max": [2, 4, 15]}
+    search = GridSearchCV(pipe, grid, scoring=miou_scorer, cv=KFold(2),
+                          error_score="raise").fit(images, truths)
+    # fit learns nothing and reads no image: 3 candidates x 4 images, each in the
+    # fold that scores it; the refit reads none either
+    assert sum(CountingEmbedder.embedded) == 3 * len(images)
+    # without scoring=, the pipeline's own score (mean mIoU) ranks the same
+    default = GridSearchCV(pipe, grid, cv=KFold(2)).fit(images, truths)
+    np.testing.assert_allclose(default.cv_results_["mean_test_score"],
+                               search.cv_results_["mean_test_score"])
+
+
+def test_set_output(shapes_data):
+    images, _ = shapes_data
+    pipe = make_clasp_pipeline("handcrafted", short_side=None, random_state=0)
+    with pytest.raises(ValueError, match="PatchGrid records, not a feature table"):
+        clone(pipe).set_output(transform="pandas")
+    # a global table output is not silently ignored: it raises, naming the fix ...
+    with config_context(transform_output="pandas"):
+        with pytest.raises(ValueError, match=r"set_output\(transform='default'\)"):
+            pipe.predict(images[:1])
+        # ... which works (and is kept by clone, as scikit-learn's clone does)
+        assert pipe.set_output(transform="default") is pipe
+        mask, = clone(pipe).predict(images[:1])
+    np.testing.assert_array_equal(mask, make_clasp_pipeline(
+        "handcrafted", short_side=None, random_state=0).predict(images[:1])[0])
+
+
+def _cache_bytes(path):
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_memory_caches_features_once_whatever_the_later_settings(shapes_data, tmp_path):
+    images, truths = shapes_data
+    pipe = make_clasp_pipeline("handcrafted", short_side=None, random_state=0,
+                               memory=str(tmp_path))
+    assert pipe.named_steps["embed"].memory == str(tmp_path) and pipe.memory is None
+    masks = pipe.predict(images)
+    one = _cache_bytes(tmp_path)
+    features = sum(r.features.nbytes for r in pipe[0].transform(images))
+    assert features <= one < 1.3 * features  # the features, once, and little else
+    records = pipe[0].transform(images)
+    assert all(r.info["cached"] for r in records)
+    GridSearchCV(pipe, {"segment__k_max": [3, 8, 15]}, scoring=miou_scorer,
+                 cv=KFold(2)).fit(images, truths)
+    assert _cache_bytes(tmp_path) == one  # other K: nothing added
+    for got, want in zip(clone(pipe).predict(images), masks):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="has no memory parameter"):
+        make_clasp_pipeline(_NoMemoryEmbedder(), memory=str(tmp_path))
+
+
+class _NoMemoryEmbedder(TransformerMixin, BaseEstimator):
+    def fit(self, X=None, y=None):
+        return self
+
+    def transform(self, X):
+        return HandcraftedPatchEmbedder().transform(X)
 
 
 def test_segment_image_matches_fit_predict(shapes_data):

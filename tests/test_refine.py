@@ -166,7 +166,7 @@ def test_upsample_errors():
 def test_crf_snaps_rectangle_to_true_edges():
     image, truth, coarse = make_scene("rect")
     blocky = upsample_labels(coarse, truth.shape) == 1
-    refined = refine_labels(coarse, image, method="crf")
+    refined = refine_labels(image, coarse, method="crf")
     assert refined.shape == truth.shape and refined.dtype == np.int64
     fg = refined == 1
     iou_blocky, iou_crf = iou(blocky, truth), iou(fg, truth)
@@ -271,28 +271,28 @@ def test_dense_crf_errors():
 def test_refine_labels_methods():
     image, truth, coarse = make_scene("rect")
     np.testing.assert_array_equal(
-        refine_labels(coarse, image, method="nearest"),
+        refine_labels(image, coarse, method="nearest"),
         upsample_labels(coarse, truth.shape),
     )
     np.testing.assert_array_equal(
-        refine_labels(coarse, image, method="bilinear"),
+        refine_labels(image, coarse, method="bilinear"),
         upsample_labels(coarse, truth.shape, method="bilinear"),
     )
     np.testing.assert_array_equal(
-        refine_labels(coarse, image, n_iter=5, gt_prob=0.7),
+        refine_labels(image, coarse, n_iter=5, gt_prob=0.7),
         dense_crf(image, upsample_labels(coarse, truth.shape), n_iter=5, gt_prob=0.7),
     )
     with pytest.raises(ValueError, match="method must be one of"):
-        refine_labels(coarse, image, method="patch")
+        refine_labels(image, coarse, method="patch")
     with pytest.raises(TypeError, match="unknown keyword"):
-        refine_labels(coarse, image, n_iters=5)
+        refine_labels(image, coarse, n_iters=5)
     # A grid finer than the image (a tiny image upscaled for the backbone): each
     # pixel takes the patch under its centre, for every method.
     fine = np.arange(400).reshape(20, 20)
     for method in ("nearest", "bilinear", "crf"):
-        out = refine_labels(fine, np.zeros((10, 10, 3), np.uint8), method=method)
+        out = refine_labels(np.zeros((10, 10, 3), np.uint8), fine, method=method)
         np.testing.assert_array_equal(out, fine[1::2, 1::2])
-    out = refine_labels(fine[:, :5], np.zeros((10, 5, 3), np.uint8), method="nearest")
+    out = refine_labels(np.zeros((10, 5, 3), np.uint8), fine[:, :5], method="nearest")
     np.testing.assert_array_equal(out, fine[1::2, :5])
 
 
@@ -314,10 +314,10 @@ def test_refiner_on_records_and_tuples():
     for mask, (im, truth, co) in zip(masks, scenes):
         assert mask.shape == truth.shape and mask.dtype == np.int64
         assert iou(mask == 1, truth) > 0.95
-        np.testing.assert_array_equal(mask, refine_labels(co, im))
+        np.testing.assert_array_equal(mask, refine_labels(im, co))
     for rec, before in zip(records, labels_before):
         np.testing.assert_array_equal(rec.labels, before)  # inputs untouched
-    pairs = [(co, im) for im, _, co in scenes]
+    pairs = [(im, co) for im, _, co in scenes]
     for a, b in zip(refiner.transform(pairs), masks):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(refiner.predict(records), masks):
@@ -326,7 +326,7 @@ def test_refiner_on_records_and_tuples():
 
 def test_refiner_methods_and_params_reach_the_functions():
     image, truth, coarse = make_scene("disc")
-    pairs = [(coarse, image)]
+    pairs = [(image, coarse)]
     out = CRFRefiner(method="bilinear").transform(pairs)[0]
     expected = upsample_labels(coarse, truth.shape, method="bilinear")
     np.testing.assert_array_equal(out, expected)
@@ -335,7 +335,7 @@ def test_refiner_methods_and_params_reach_the_functions():
     params = dict(n_iter=3, gt_prob=0.6, gaussian_sxy=2, gaussian_compat=1,
                   bilateral_sxy=30, bilateral_srgb=20, bilateral_compat=5)
     out = CRFRefiner(**params).transform(pairs)[0]
-    np.testing.assert_array_equal(out, refine_labels(coarse, image, **params))
+    np.testing.assert_array_equal(out, refine_labels(image, coarse, **params))
     # parameters that switch the CRF off give back the blocky mask
     blocky = upsample_labels(coarse, truth.shape)
     assert not np.array_equal(CRFRefiner().transform(pairs)[0], blocky)
@@ -348,7 +348,7 @@ def test_refiner_is_stateless():
     assert CRFRefiner().__sklearn_tags__().requires_fit is False
     image, _, coarse = make_scene("rect")
     refiner = CRFRefiner(method="nearest")
-    refiner.transform([(coarse, image)])  # no fit needed
+    refiner.transform([(image, coarse)])  # no fit needed
     assert [k for k in vars(refiner) if k.endswith("_")] == []
 
 
@@ -370,7 +370,7 @@ def test_refiner_clone_get_set_params():
 
 def test_refiner_parallel_matches_serial():
     scenes = [make_scene("rect", seed=s) for s in range(3)]
-    pairs = [(co, im) for im, _, co in scenes]
+    pairs = [(im, co) for im, _, co in scenes]
     serial = CRFRefiner().transform(pairs)
     parallel = CRFRefiner(n_jobs=2).transform(pairs)
     for a, b in zip(serial, parallel):
@@ -381,38 +381,43 @@ def test_refiner_errors():
     image = np.zeros((10, 10, 3), np.uint8)
     big = np.zeros((20, 20), int)
     with pytest.raises(ValueError, match=r"X\[1\].*2-D label map"):
-        CRFRefiner().fit_predict([(np.zeros((2, 2), int), image),
-                                  (np.zeros((2, 2, 2), int), image)])
+        CRFRefiner().fit_predict([(image, np.zeros((2, 2), int)),
+                                  (image, np.zeros((2, 2, 2), int))])
     rec = PatchGrid(image=image, grid_shape=(20, 20), labels=big.astype(float) + 0.5,
                     source="cat.jpg")
     with pytest.raises(ValueError, match=r"cat\.jpg.*integers"):
         CRFRefiner().transform([rec])
     with pytest.raises(InvalidParameterError, match="max_pixels"):
-        CRFRefiner(max_pixels=0).fit([(np.zeros((2, 2), int), image)])
+        CRFRefiner(max_pixels=0).fit([(image, np.zeros((2, 2), int))])
     with pytest.raises(ValueError, match="max_pixels must be a positive int"):
-        refine_labels(np.zeros((2, 2), int), image, max_pixels=0)
+        refine_labels(image, np.zeros((2, 2), int), max_pixels=0)
     with pytest.raises(ValueError, match=r"X\[0\].*expected an image of shape"):
-        CRFRefiner().transform([(np.zeros((2, 2), int), np.zeros((10, 10, 5), "u1"))])
+        CRFRefiner().transform([(np.zeros((10, 10, 5), "u1"), np.zeros((2, 2), int))])
     with pytest.raises(InvalidParameterError, match="method"):
-        CRFRefiner(method="dense").fit([(np.zeros((2, 2), int), image)])
+        CRFRefiner(method="dense").fit([(image, np.zeros((2, 2), int))])
     with pytest.raises(InvalidParameterError, match="method"):
-        CRFRefiner(method="dense").transform([(np.zeros((2, 2), int), image)])
+        CRFRefiner(method="dense").transform([(image, np.zeros((2, 2), int))])
     with pytest.raises(InvalidParameterError, match="gt_prob"):
-        CRFRefiner(gt_prob=0).fit([(np.zeros((2, 2), int), image)])
+        CRFRefiner(gt_prob=0).fit([(image, np.zeros((2, 2), int))])
     no_labels = PatchGrid(image=image, grid_shape=(2, 2), source="dog.png")
     with pytest.raises(ValueError, match=r"dog\.png.*no labels"):
         CRFRefiner().fit([no_labels])
     wrong_grid = PatchGrid(image=image, grid_shape=(2, 2), labels=np.zeros((3, 2), int))
     with pytest.raises(ValueError, match="one per patch"):
         CRFRefiner().transform([wrong_grid])
-    with pytest.raises(TypeError, match=r"Pass \[\(labels, image\)\]"):
-        CRFRefiner().transform((np.zeros((2, 2), int), image))
+    with pytest.raises(TypeError, match=r"Pass \[\(image, labels\)\]"):
+        CRFRefiner().transform((image, np.zeros((2, 2), int)))
     with pytest.raises(TypeError, match="non-empty list"):
         CRFRefiner().transform([])
     with pytest.raises(TypeError, match=r"Pass \[record\]"):
         CRFRefiner().transform(rec)
     with pytest.raises(TypeError, match=r"X\[0\] is a ndarray"):
         CRFRefiner().transform([image])
+    # the order before 0.2, (labels, image), is named as such
+    with pytest.raises(TypeError, match=r"the image comes first"):
+        CRFRefiner().transform([(np.zeros((2, 2), int), image)])
+    with pytest.raises(TypeError, match=r"refine_labels\(image, labels\).*image comes first"):
+        refine_labels(np.zeros((2, 2), int), image)
 
 
 class _ThresholdSegmenter(TransformerMixin, BaseEstimator):
@@ -494,7 +499,7 @@ def test_refine_at_bounded_resolution(monkeypatch):
         return real(img, labels, **kw)
 
     monkeypatch.setattr(refine, "dense_crf", spy)
-    mask = refine_labels(coarse, image, max_pixels=20_000)
+    mask = refine_labels(image, coarse, max_pixels=20_000)
     (shape, kw), = seen
     assert shape[0] * shape[1] <= 20_000 and shape == (141, 141)
     # The spatial widths stay in full-resolution pixels.
@@ -507,15 +512,15 @@ def test_refine_at_bounded_resolution(monkeypatch):
     full = real(image, upsample_labels(coarse, truth.shape))
     assert iou(mask.astype(bool), truth) > 0.94 > 0.86 > iou(blocky, truth)
     assert (mask == full).mean() > 0.98
-    half = refine_labels(coarse, image, max_pixels=80_000)
+    half = refine_labels(image, coarse, max_pixels=80_000)
     assert iou(half.astype(bool), truth) > 0.98 and (half == full).mean() > 0.99
     seen.clear()
-    refine_labels(coarse, image, max_pixels=1_000_000)  # under the bound: full size
+    refine_labels(image, coarse, max_pixels=1_000_000)  # under the bound: full size
     assert seen[0][0] == (560, 560) and "gaussian_sxy" not in seen[0][1]
-    bil = refine_labels(coarse, image, method="bilinear", max_pixels=20_000)
+    bil = refine_labels(image, coarse, method="bilinear", max_pixels=20_000)
     assert bil.shape == truth.shape and set(np.unique(bil)) <= {0, 1}
     np.testing.assert_array_equal(
-        refine_labels(coarse, image, method="nearest", max_pixels=10),
+        refine_labels(image, coarse, method="nearest", max_pixels=10),
         upsample_labels(coarse, truth.shape),
     )
 
@@ -528,11 +533,11 @@ def test_refiner_default_bounds_the_crf_resolution(monkeypatch):
                         lambda img, labels, **kw: seen.append(img.shape) or labels)
     labels = np.array([[0, 1], [1, 0]])
     big = np.zeros((3000, 2000, 3), np.uint8)  # 6 MP
-    mask, = CRFRefiner().transform([(labels, big)])
+    mask, = CRFRefiner().transform([(big, labels)])
     assert mask.shape == (3000, 2000)
     assert seen[0][0] * seen[0][1] <= 1_500_000 == CRFRefiner().max_pixels
     seen.clear()
-    CRFRefiner(max_pixels=None).transform([(labels, big[:300, :200])])
+    CRFRefiner(max_pixels=None).transform([(big[:300, :200], labels)])
     assert seen == [(300, 200, 3)]
 
 
@@ -612,7 +617,7 @@ def test_torch_backend_snaps_like_pydensecrf():
     blocky = pixels == 1
     assert iou(fg, truth) > iou(blocky, truth) + 0.08
     np.testing.assert_array_equal(
-        refine_labels(coarse, image, backend="torch", device="cpu"),
+        refine_labels(image, coarse, backend="torch", device="cpu"),
         dense_crf(image, pixels, backend="torch", device="cpu"))
 
 
@@ -695,33 +700,33 @@ def test_torch_device_choice_and_errors():
     with pytest.raises(ValueError, match="device must be"):
         dense_crf(image, labels, backend="torch", device="gpu")
     with pytest.raises(ValueError, match="device must be"):
-        CRFRefiner(backend="torch", device="cuda:x").fit([(labels[:3, :3], image)])
+        CRFRefiner(backend="torch", device="cuda:x").fit([(image, labels[:3, :3])])
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             dense_crf(image, labels, backend="torch", device="cuda")
         with pytest.raises(ValueError, match="CRFRefiner: .*CUDA is not available"):
-            CRFRefiner(backend="torch", device="cuda").fit([(labels[:3, :3], image)])
+            CRFRefiner(backend="torch", device="cuda").fit([(image, labels[:3, :3])])
     # the pydensecrf backend ignores the device
     np.testing.assert_array_equal(dense_crf(image, labels, device="gpu"),
                                   dense_crf(image, labels))
     with pytest.raises(InvalidParameterError, match="backend"):
         dense_crf(image, labels, backend="cuda")
     with pytest.raises(InvalidParameterError, match="backend"):
-        CRFRefiner(backend="numba").fit([(labels[:3, :3], image)])
+        CRFRefiner(backend="numba").fit([(image, labels[:3, :3])])
 
 
 def test_refiner_backend_reaches_the_crf():
     scenes = [make_scene("rect"), make_scene("disc", seed=1)]
-    pairs = [(co, im) for im, _, co in scenes]
+    pairs = [(im, co) for im, _, co in scenes]
     masks = CRFRefiner(backend="torch", device="cpu").transform(pairs)
     for mask, (im, _, co) in zip(masks, scenes):
         np.testing.assert_array_equal(
-            mask, refine_labels(co, im, backend="torch", device="cpu"))
+            mask, refine_labels(im, co, backend="torch", device="cpu"))
     # bounded resolution with the torch backend
     image, _, coarse = make_big_scene(4)
     mask, = CRFRefiner(backend="torch", device="cpu", max_pixels=20_000).transform(
-        [(coarse, image)])
-    ref = refine_labels(coarse, image, max_pixels=20_000)
+        [(image, coarse)])
+    ref = refine_labels(image, coarse, max_pixels=20_000)
     assert (mask == ref).mean() > 0.995
 
 
@@ -754,8 +759,8 @@ def test_upsample_proba_is_the_bilinear_label_upsampling():
 def test_one_hot_soft_unaries_snap_like_hard_ones(backend):
     for kind, seed in (("rect", 0), ("disc", 3)):
         image, truth, coarse = make_scene(kind, seed=seed)
-        hard = refine_labels(coarse, image, backend=backend, device="cpu")
-        soft = refine_labels(coarse, image, unary="soft", proba=one_hot(coarse, 2),
+        hard = refine_labels(image, coarse, backend=backend, device="cpu")
+        soft = refine_labels(image, coarse, unary="soft", proba=one_hot(coarse, 2),
                              backend=backend, device="cpu")
         blocky = upsample_labels(coarse, truth.shape) == 1
         assert soft.dtype == np.int64 and set(np.unique(soft)) == {0, 1}
@@ -783,8 +788,8 @@ def test_uncertain_patches_let_the_crf_move_the_boundary_to_the_edge(backend):
     unsure = sure.copy()
     unsure[:, 2:5] = [0.5, 0.5]
     kw = dict(unary="soft", backend=backend, device="cpu")
-    moved = refine_labels(labels, image, proba=unsure, **kw)
-    kept = refine_labels(labels, image, proba=sure, **kw)
+    moved = refine_labels(image, labels, proba=unsure, **kw)
+    kept = refine_labels(image, labels, proba=sure, **kw)
 
     def edge(mask):  # first column of label 1, per row
         return np.argmax(mask == 1, axis=1)
@@ -824,12 +829,12 @@ def test_refiner_soft_unaries_from_records_and_triples():
     soft = CRFRefiner(unary="soft").transform(records)
     for mask, (im, _, co), p in zip(soft, scenes, probas):
         np.testing.assert_array_equal(
-            mask, refine_labels(co, im, unary="soft", proba=p))
-    triples = [(co, im, p) for (im, _, co), p in zip(scenes, probas)]
+            mask, refine_labels(im, co, unary="soft", proba=p))
+    triples = [(im, co, p) for (im, _, co), p in zip(scenes, probas)]
     for a, b in zip(CRFRefiner(unary="soft").transform(triples), soft):
         np.testing.assert_array_equal(a, b)
     # hard unaries ignore proba, on records and on triples
-    hard = CRFRefiner().transform([(co, im) for im, _, co in scenes])
+    hard = CRFRefiner().transform([(im, co) for im, _, co in scenes])
     for a, b in zip(CRFRefiner().transform(records), hard):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(CRFRefiner().transform(triples), hard):
@@ -841,7 +846,7 @@ def test_refiner_soft_unaries_from_records_and_triples():
     # soft unaries at a bounded resolution
     image, truth, coarse = make_big_scene(4)
     mask, = CRFRefiner(unary="soft", max_pixels=20_000).transform(
-        [(coarse, image, one_hot(coarse, 2))])
+        [(image, coarse, one_hot(coarse, 2))])
     assert mask.shape == truth.shape and iou(mask == 1, truth) > 0.93
 
 
@@ -849,22 +854,22 @@ def test_soft_unary_errors():
     image, truth, coarse = make_scene("rect")
     proba = one_hot(coarse, 2)
     with pytest.raises(ValueError, match="unary='soft' needs proba"):
-        refine_labels(coarse, image, unary="soft")
+        refine_labels(image, coarse, unary="soft")
     with pytest.raises(ValueError, match="unary must be one of"):
-        refine_labels(coarse, image, unary="fuzzy")
+        refine_labels(image, coarse, unary="fuzzy")
     with pytest.raises(ValueError, match="does not match the labels"):
-        refine_labels(coarse, image, unary="soft", proba=proba[:5])
+        refine_labels(image, coarse, unary="soft", proba=proba[:5])
     with pytest.raises(ValueError, match="segment indices 0 .. 1"):
-        refine_labels(coarse * 3, image, unary="soft", proba=proba)
+        refine_labels(image, coarse * 3, unary="soft", proba=proba)
     with pytest.raises(ValueError, match="must sum to 1"):
-        refine_labels(coarse, image, unary="soft", proba=proba * 2)
+        refine_labels(image, coarse, unary="soft", proba=proba * 2)
     with pytest.raises(ValueError, match="non-negative"):
-        refine_labels(coarse, image, unary="soft", proba=proba - 0.5)
+        refine_labels(image, coarse, unary="soft", proba=proba - 0.5)
     with pytest.raises(ValueError, match=r"shape \(h, w, K\)"):
-        refine_labels(coarse, image, unary="soft", proba=proba[..., 0])
+        refine_labels(image, coarse, unary="soft", proba=proba[..., 0])
     # with method="nearest" or "bilinear" there is no unary: proba is not needed
     np.testing.assert_array_equal(
-        refine_labels(coarse, image, method="nearest", unary="soft"),
+        refine_labels(image, coarse, method="nearest", unary="soft"),
         upsample_labels(coarse, truth.shape))
     pixel = upsample_proba(proba, truth.shape)
     with pytest.raises(ValueError, match="either labels .* or proba .*not both"):
@@ -878,14 +883,14 @@ def test_soft_unary_errors():
     rec = PatchGrid(image=image, grid_shape=(GRID, GRID), labels=coarse, source="a.png")
     with pytest.raises(ValueError, match=r"a\.png.*has no proba"):
         CRFRefiner(unary="soft").fit([rec])
-    with pytest.raises(ValueError, match=r"X\[0\] is a \(labels, image\) pair"):
-        CRFRefiner(unary="soft").transform([(coarse, image)])
+    with pytest.raises(ValueError, match=r"X\[0\] is an \(image, labels\) pair"):
+        CRFRefiner(unary="soft").transform([(image, coarse)])
     with pytest.raises(InvalidParameterError, match="unary"):
-        CRFRefiner(unary="fuzzy").fit([(coarse, image)])
-    with pytest.raises(TypeError, match=r"Pass \[\(labels, image, proba\)\]"):
-        CRFRefiner(unary="soft").transform((coarse, image, proba))
+        CRFRefiner(unary="fuzzy").fit([(image, coarse)])
+    with pytest.raises(TypeError, match=r"Pass \[\(image, labels, proba\)\]"):
+        CRFRefiner(unary="soft").transform((image, coarse, proba))
     with pytest.raises(TypeError, match="of length 4"):
-        CRFRefiner().transform([(coarse, image, proba, proba)])
+        CRFRefiner().transform([(image, coarse, proba, proba)])
 
 
 # --------------------------------------------------------------------------

@@ -173,10 +173,10 @@ def test_records_are_segmented_per_image():
     seg = AdaptiveSpectralSegmenter(random_state=0)
     out = seg.fit_transform(recs)
     assert [r.labels.shape for r in out] == [(6, 8), (5, 6)]
-    assert seg.n_clusters_ == [3, 2]
     assert [r.info["n_clusters"] for r in out] == [3, 2]
-    assert isinstance(seg.labels_, list) and seg.labels_[1].shape == (5, 6)
-    assert out[0].info["silhouette"] == pytest.approx(seg.silhouette_scores_[0][3])
+    # every per-image result is in its record; the estimator keeps none
+    assert not hasattr(seg, "n_clusters_") and not hasattr(seg, "labels_")
+    assert out[0].info["silhouette"] == pytest.approx(out[0].info["silhouette_scores"][3])
     assert recs[0].labels is None
     again = seg.transform(recs)
     np.testing.assert_array_equal(again[0].labels, out[0].labels)
@@ -828,6 +828,6 @@ def test_k_of_an_image_does_not_depend_on_k_max():
 
     image, _ = make_shapes_image(224, 224, n_shapes=3, noise=8, random_state=0)
     records = HandcraftedPatchEmbedder().fit_transform([image])
-    ks = {AdaptiveSpectralSegmenter(k_max=km, random_state=0).fit(records).n_clusters_[0]
-          for km in (15, 30, 64)}
+    ks = {AdaptiveSpectralSegmenter(k_max=km, random_state=0).transform(records)[0]
+          .info["n_clusters"] for km in (15, 30, 64)}
     assert ks == {4}

@@ -7,7 +7,8 @@ the image pipeline, on plain arrays:
 
 - :class:`~sklearn_clasp.CosineAffinity` is a kernel transformer;
 - :class:`~sklearn_clasp.AdaptiveSpectralSegmenter` is a clusterer that
-  chooses its number of clusters (it passes scikit-learn's estimator checks);
+  chooses its number of clusters (it passes scikit-learn's estimator checks),
+  predicts new samples and searches like scikit-learn's clusterers;
 - :class:`~sklearn_clasp.CRFRefiner` refines any coarse label map against an
   image.
 
@@ -43,6 +44,24 @@ print(f"K = {seg.n_clusters_} (K0 = {seg.eigengap_k_}), "
 print("silhouette per K:", {k: round(s, 3) for k, s in seg.silhouette_scores_.items()})
 
 # %%
+# Searching its K range
+# ---------------------
+#
+# ``predict`` labels new samples (the nearest k-means centre in the spectral
+# embedding) and ``score`` is the adjusted Rand index against ``y``, so
+# :class:`~sklearn.model_selection.GridSearchCV` works as with scikit-learn's
+# clusterers: with ``scoring="adjusted_rand_score"`` or without ``scoring``.
+from sklearn.model_selection import GridSearchCV
+
+search = GridSearchCV(AdaptiveSpectralSegmenter(random_state=0), {"k_max": [2, 3, 4, 8]},
+                      scoring="adjusted_rand_score")
+search.fit(X, y)
+for k, score in zip(search.cv_results_["param_k_max"],
+                    search.cv_results_["mean_test_score"]):
+    print(f"k_max = {k}: held-out ARI {score:.3f}")
+print("best:", search.best_params_)
+
+# %%
 # An affinity step in front, in a Pipeline
 # ----------------------------------------
 #
@@ -73,6 +92,8 @@ from sklearn_clasp import cosine_affinity
 X_new, y_new = make_planted_partition(4, n_samples=100, noise=0.8, random_state=0)
 embedding = seg.transform(X)
 embedding_new = seg.transform(X_new[:40])
+print(f"new samples: ARI {adjusted_rand_score(y_new, seg.predict(X_new)):.3f}; "
+      f"embedding columns {seg.get_feature_names_out()[:2].tolist()} ...")
 
 import matplotlib.pyplot as plt
 
@@ -92,8 +113,8 @@ plt.show()
 # The refiner on any label map
 # ----------------------------
 #
-# :class:`~sklearn_clasp.CRFRefiner` takes ``(labels, image)`` pairs: coarse
-# labels of shape ``(h, w)`` and an RGB image ``(H, W, 3)``. Here a 4 x 4 grid
+# :class:`~sklearn_clasp.CRFRefiner` takes ``(image, labels)`` pairs: an RGB
+# image ``(H, W, 3)`` and coarse labels of shape ``(h, w)``. Here a 4 x 4 grid
 # of labels gets a 112 x 112 image with a disc in it; the CRF moves the blocky
 # boundary onto the disc's edge.
 from sklearn_clasp import CRFRefiner
@@ -107,8 +128,8 @@ coarse = np.array([[0, 0, 0, 0],
                    [0, 1, 1, 0],
                    [0, 0, 0, 0]])
 
-blocky, = CRFRefiner(method="nearest").fit_transform([(coarse, image)])
-refined, = CRFRefiner().fit_transform([(coarse, image)])
+blocky, = CRFRefiner(method="nearest").fit_transform([(image, coarse)])
+refined, = CRFRefiner().fit_transform([(image, coarse)])
 for name, mask in (("nearest", blocky), ("crf", refined)):
     print(f"{name:8s} pixels labelled as the disc: {np.mean((mask == 1) == disc):.1%} right")
 

@@ -31,7 +31,7 @@ nearest, = CRFRefiner(method="nearest").fit_transform(records)
 crf, = CRFRefiner(method="crf").fit_transform(records)
 
 for name, mask in (("nearest", nearest), ("crf", crf)):
-    scores = segmentation_scores(mask, truth)
+    scores = segmentation_scores(truth, mask)
     print(f"{name:8s} {scores['n_clusters']} segments  mIoU {scores['miou']:.3f}  "
           f"pixel accuracy {scores['pixel_accuracy']:.3f}")
 
@@ -71,7 +71,7 @@ from sklearn_clasp.visualize import overlay
 photo_pipe = make_clasp_pipeline("handcrafted", random_state=0)
 photo_pipe[0].fit(None)
 photo_crf, record = clasp_one(photo_pipe, sample_image_paths()[1])
-photo_nearest = refine_labels(record.labels, record.image, method="nearest")
+photo_nearest = refine_labels(record.image, record.labels, method="nearest")
 changed = np.mean(photo_crf != photo_nearest)
 print(f"K = {record.info['n_clusters']}; the CRF relabelled {changed:.1%} of the pixels")
 

@@ -14,13 +14,14 @@ proper, with the same code.
 # Build the pipeline and segment
 # ------------------------------
 #
-# :func:`~sklearn_clasp.make_clasp_pipeline` returns an ordinary
+# :func:`~sklearn_clasp.make_clasp_pipeline` returns a
 # :class:`sklearn.pipeline.Pipeline` with the steps ``embed``, ``affinity``,
 # ``segment`` and ``refine``. ``fit_predict`` takes a list of images (arrays
 # or file paths) and returns one integer mask per image, at the image's size.
 # Each image is segmented on its own, and the number of segments K is chosen
-# per image.
-from sklearn_clasp import make_clasp_pipeline
+# per image; :func:`~sklearn_clasp.clasp_one` returns one image's mask with
+# its record, where that choice and every other diagnostic are.
+from sklearn_clasp import clasp_one, make_clasp_pipeline
 from sklearn_clasp.data import sample_image_paths
 from sklearn_clasp.io import load_image
 
@@ -30,12 +31,11 @@ images = [load_image(path) for path in paths]
 pipe = make_clasp_pipeline("handcrafted", random_state=0)
 masks = pipe.fit_predict(images)
 
-segmenter = pipe.named_steps["segment"]
-for path, image, mask, k, k0 in zip(
-    paths, images, masks, segmenter.n_clusters_, segmenter.eigengap_k_
-):
+for path, image, mask in zip(paths, images, masks):
+    _, record = clasp_one(pipe, image)
     print(f"{path.name:14s} image {image.shape[:2]}  mask {mask.shape}  "
-          f"K = {k} (eigengap estimate K0 = {k0})")
+          f"K = {record.info['n_clusters']} "
+          f"(eigengap estimate K0 = {record.info['eigengap_k']})")
 
 # %%
 # Look at the masks

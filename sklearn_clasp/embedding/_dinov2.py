@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted, check_memory
 from ..io import check_cache_location
 from ..image import resize_image
 from ._grid import MAX_PATCHES, patch_grid_shape, prepare_images
-from ..records import PatchGrid
+from ..records import PatchGrid, RecordOutputMixin, check_untabled_output
 from ._vit import MODEL_CONFIGS, build_dinov2
 from .weights import load_checkpoint, load_state_dict_strict, resolve_weights
 
@@ -262,7 +262,7 @@ def _state_digest(net):
     return h.hexdigest()
 
 
-class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
+class DinoPatchEmbedder(RecordOutputMixin, TransformerMixin, BaseEstimator):
     """Embed images with DINOv2: one feature vector per 14 x 14 patch.
 
     The first step of a CLASP pipeline. Each image is resized (aspect ratio
@@ -426,6 +426,7 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
         tags.transformer_tags.preserves_dtype = []
         return tags
 
@@ -525,6 +526,7 @@ class DinoPatchEmbedder(TransformerMixin, BaseEstimator):
             ``patch_budget_applied``).
         """
         check_is_fitted(self, "model_")
+        check_untabled_output(self, "PatchGrid records")
         p = self.model_.patch_size
         prepared = prepare_images(X, step=type(self).__name__, short_side=self.short_side,
                                   patch_size=p, max_patches=self.max_patches)

@@ -17,11 +17,13 @@ from numbers import Integral, Real
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import HasMethods, Interval
+from sklearn.utils.validation import check_memory
 
 from ..image import resize_image
+from ..io import check_cache_location
 from ._grid import MAX_PATCHES, prepare_images
-from ..records import PatchGrid
+from ..records import PatchGrid, RecordOutputMixin, check_untabled_output
 
 __all__ = ["HandcraftedPatchEmbedder", "handcrafted_patch_features"]
 
@@ -338,7 +340,7 @@ def handcrafted_patch_features(
 # --- the estimator ------------------------------------------------------
 
 
-class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
+class HandcraftedPatchEmbedder(RecordOutputMixin, TransformerMixin, BaseEstimator):
     """Weights-free patch embedder: colour, texture and position per patch.
 
     A baseline, **not DINO**: it needs no model weights, so the CLASP pipeline
@@ -355,8 +357,11 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
     each side is rounded to a multiple of ``patch_size``
     (:func:`~sklearn_clasp.embedding.patch_grid_shape`).
 
-    The embedder is stateless: :meth:`fit` only validates the parameters and
-    :meth:`transform` can be called without it.
+    The embedder is stateless (training-free): :meth:`fit` only validates the
+    parameters, :meth:`transform` can be called without it, and
+    :func:`~sklearn.utils.validation.check_is_fitted` passes on a new one
+    (its ``requires_fit`` tag is ``False``). Its input is a list of images,
+    not a 2-D array (its ``two_d_array`` tag is ``False``).
 
     Parameters
     ----------
@@ -382,6 +387,14 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
         Width of the colour kernel in (lightness-weighted) CIELAB units.
     n_jobs : int, default=None
         Number of images embedded in parallel (threads); ``None`` means 1.
+    memory : str, joblib.Memory or None, default=None
+        Cache the features on disk, keyed by the image's pixels and every
+        setting that changes them (the grid and the feature parameters, not
+        ``n_jobs``), so a search over later steps embeds each image once.
+        One entry per image and setting: the ``(h, w, d)`` float32 features
+        (about 1.8 MB for a 480 x 360 image at the default size). ``None``
+        caches nothing. The entries are pickles, loaded on a cache hit: use
+        a directory only you can write to (a warning says so otherwise).
 
     Attributes
     ----------
@@ -412,6 +425,7 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
         "position_weight": [Interval(Real, 0, None, closed="left")],
         "color_sigma": [Interval(Real, 0, None, closed="neither")],
         "n_jobs": [Integral, None],
+        "memory": [None, str, HasMethods(["cache"])],
     }
 
     def __init__(
@@ -424,6 +438,7 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
         position_weight=0.1,
         color_sigma=15.0,
         n_jobs=None,
+        memory=None,
     ):
         self.patch_size = patch_size
         self.short_side = short_side
@@ -433,11 +448,15 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
         self.position_weight = position_weight
         self.color_sigma = color_sigma
         self.n_jobs = n_jobs
+        self.memory = memory
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
         tags.non_deterministic = False
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.transformer_tags.preserves_dtype = []
         return tags
 
     def _check_weights(self):
@@ -483,30 +502,41 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
             image), ``grid_shape``, ``features`` of shape ``(h, w, d)``
             float32, ``source`` (the path, or ``"image[i]"``) and ``info``
             ``{"embedder": "handcrafted", "input_size": (h * patch_size,
-            w * patch_size), "patch_budget_applied": bool}``.
+            w * patch_size), "patch_budget_applied": bool, "cached": bool}``
+            (``cached``: the features came from ``memory``).
         """
         self._validate_params()
         self._check_weights()
+        check_untabled_output(self, "PatchGrid records")
         prepared = prepare_images(X, step=type(self).__name__, short_side=self.short_side,
                                   patch_size=self.patch_size, max_patches=self.max_patches)
+        features = self._cached_features()
         if self.n_jobs in (None, 1) or len(prepared) == 1:
-            return [self._embed_one(*item) for item in prepared]
+            return [self._embed_one(features, *item) for item in prepared]
         return list(
             Parallel(n_jobs=self.n_jobs, prefer="threads")(
-                delayed(self._embed_one)(*item) for item in prepared
+                delayed(self._embed_one)(features, *item) for item in prepared
             )
         )
 
-    def _embed_one(self, source, rgb, grid, budget_applied):
-        features = handcrafted_patch_features(
-            rgb,
-            grid,
-            patch_size=self.patch_size,
-            color_weight=self.color_weight,
-            texture_weight=self.texture_weight,
-            position_weight=self.position_weight,
-            color_sigma=self.color_sigma,
-        )
+    def _cached_features(self):
+        """``handcrafted_patch_features``, through ``memory`` when it is set."""
+        if self.memory is None:
+            return None
+        memory = check_memory(self.memory)
+        check_cache_location(memory, what="feature cache", stacklevel=5)
+        return memory.cache(handcrafted_patch_features)
+
+    def _embed_one(self, cached, source, rgb, grid, budget_applied):
+        kw = dict(patch_size=self.patch_size, color_weight=self.color_weight,
+                  texture_weight=self.texture_weight, position_weight=self.position_weight,
+                  color_sigma=self.color_sigma)
+        hit = False
+        if cached is None:
+            features = handcrafted_patch_features(rgb, grid, **kw)
+        else:
+            hit = bool(cached.check_call_in_cache(rgb, grid, **kw))
+            features = cached(rgb, grid, **kw)
         logger.debug(
             "embedded %s: grid %s, %d features", source, grid, features.shape[-1]
         )
@@ -519,5 +549,6 @@ class HandcraftedPatchEmbedder(TransformerMixin, BaseEstimator):
                 "embedder": "handcrafted",
                 "input_size": (grid[0] * self.patch_size, grid[1] * self.patch_size),
                 "patch_budget_applied": budget_applied,
+                "cached": hit,
             },
         )

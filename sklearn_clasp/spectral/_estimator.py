@@ -7,7 +7,14 @@ import numbers
 
 import numpy as np
 from scipy import sparse
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.metrics import adjusted_rand_score
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
@@ -18,7 +25,13 @@ from sklearn.utils.validation import (
 )
 
 from ..affinity import MAX_DENSE_SAMPLES, cosine_affinity, local_scaling_affinity
-from ..records import check_records, grid_feature_matrix, is_record_sequence
+from ..records import (
+    check_records,
+    check_untabled_output,
+    forget_fitted,
+    grid_feature_matrix,
+    is_record_sequence,
+)
 from ._background import background_scores, segment_statistics
 from ._core import (
     _CORE_CONSTRAINTS,
@@ -59,24 +72,40 @@ def background_info(labels, grid_shape, features):
     return out
 
 
-class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
+class AdaptiveSpectralSegmenter(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin,
+                                BaseEstimator):
     """CLASP's adaptive spectral clustering: picks K itself, then clusters.
 
     Two kinds of input:
 
-    * A plain matrix (the scikit-learn clusterer): ``(n_samples, n_features)``
-      features, clustered on their cosine affinity (``affinity="cosine"``) or
-      their self-tuning Gaussian affinity (``affinity="local_scaling"``, for
-      ordinary Euclidean data), or a square ``(n_samples, n_samples)``
-      affinity (``affinity="precomputed"``).
+    * A plain matrix (the scikit-learn clusterer, as
+      :class:`~sklearn.cluster.SpectralClustering`): ``(n_samples,
+      n_features)`` features, clustered on their cosine affinity
+      (``affinity="cosine"``) or their self-tuning Gaussian affinity
+      (``affinity="local_scaling"``, for ordinary Euclidean data), or a
+      square ``(n_samples, n_samples)`` affinity (``affinity="precomputed"``).
+      ``fit`` sets the attributes below (scalars: ``n_clusters_`` is an
+      ``int``); :meth:`predict` labels new samples and :meth:`transform`
+      places them in the spectral embedding (Nystroem extension), a feature
+      table (:meth:`get_feature_names_out`, ``set_output``); :meth:`score`
+      is the adjusted Rand index, so
+      :class:`~sklearn.model_selection.GridSearchCV` works with or without
+      ``scoring=``.
     * A list of :class:`~sklearn_clasp.records.PatchGrid` records, one per
-      image, as a Pipeline step. Each image is segmented on its own, on the
-      record's ``affinity`` when it has one (from :class:`CosineAffinity`),
-      else on its features; ``transform`` returns the records with ``labels``
-      (the ``(h, w)`` patch grid), ``proba`` (``(h, w, K)`` soft assignment)
-      and the diagnostics in ``info``. Every fitted attribute is then a list
-      with one entry per image. An image's result depends only on the image
-      and the parameters, not on its place in the list.
+      image, as a Pipeline step. Training-free: each image is segmented on
+      its own by :meth:`transform` (or :meth:`predict`, which returns the
+      ``(h, w)`` label grids), without ``fit``, on the record's ``affinity``
+      when it has one (from :class:`CosineAffinity`), else on its features;
+      the records come back with ``labels``, ``proba`` (``(h, w, K)`` soft
+      assignment) and every per-image diagnostic in ``info``
+      (``n_clusters``, ``eigengap_k``, ``eigenvalues``,
+      ``silhouette_scores``, ...). The estimator keeps nothing about the
+      images: ``fit`` on records only checks them and forgets an earlier fit
+      on a matrix, so no attribute can describe other images than the
+      masks next to it. An image's result depends only on the image and
+      the parameters, not on its place in the list.
+
+    What each method means on each input: :doc:`/sklearn_semantics`.
 
     The algorithm, each rule and the measurements behind the defaults are in
     :doc:`/spectral`.
@@ -113,21 +142,26 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    labels_ : ndarray of shape (n_samples,), or list of ndarray of shape (h, w)
-        Segment of each sample (patch).
-    n_clusters_ : int or list of int
+    All set by :meth:`fit` on a plain matrix only (records leave none).
+
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of each sample.
+    n_clusters_ : int
         The chosen K.
-    eigengap_k_ : int or list of int
+    eigengap_k_ : int
         K0, the first estimate.
-    eigenvalues_ : ndarray or list of ndarray
+    eigenvalues_ : ndarray
         Leading eigenvalues of the decomposed matrix, descending.
-    silhouette_scores_ : dict or list of dict
+    silhouette_scores_ : dict
         K -> silhouette of the candidate partitions; empty for one segment.
-    proba_ : ndarray of shape (n_samples, K) or list of ndarray of shape (h, w, K)
-        Soft assignment of each sample to the segments (argmax: ``labels_``).
+    proba_ : ndarray of shape (n_samples, K)
+        Soft assignment of each sample to the clusters (argmax: ``labels_``).
+    cluster_centers_ : ndarray of shape (K, K)
+        The k-means centres in the spectral embedding, used by
+        :meth:`predict`.
     eigenvectors_ : ndarray of shape (n_fit, K)
-        Leading ``K = n_clusters_`` eigenvectors (plain-matrix input), used
-        by :meth:`transform`; ``n_fit`` is ``n_samples`` or the landmarks.
+        Leading ``K = n_clusters_`` eigenvectors, used by :meth:`transform`
+        and :meth:`predict`; ``n_fit`` is ``n_samples`` or the landmarks.
     degrees_ : ndarray of shape (n_fit,) or None
         Affinity degrees of the fitted samples (``spectrum="normalized"``).
     X_fit_ : ndarray of shape (n_fit, n_features) or None
@@ -137,7 +171,9 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
     landmark_indices_ : ndarray of shape (n_fit,) or None
         Rows of ``X`` used as landmarks, else ``None``.
     n_features_in_ : int
-        Features seen in :meth:`fit` (plain-matrix input).
+        Features seen in :meth:`fit`.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of the features, when ``X`` had string column names.
 
     See Also
     --------
@@ -154,7 +190,15 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
     >>> seg = AdaptiveSpectralSegmenter(random_state=0).fit(X)
     >>> seg.n_clusters_
     4
+    >>> bool((seg.predict(X) == seg.labels_).all()), seg.transform(X[:2]).shape
+    (True, (2, 4))
+    >>> y = np.repeat(np.arange(4), 25)
+    >>> seg.score(X, y)        # adjusted Rand index against y
+    1.0
     """
+
+    # Needs no fit on image records (ClaspPipeline.fit only checks its settings).
+    _training_free = True
 
     _parameter_constraints: dict = {
         "affinity": [StrOptions({"cosine", "local_scaling", "precomputed"})],
@@ -235,6 +279,7 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
                 self.local_scales_ = local_scales(self.X_fit_)
         self.degrees_ = emb.degrees
         self.eigenvectors_ = emb.eigenvectors[:, :emb.embedding.shape[1]]
+        self.cluster_centers_ = np.asarray(emb.centers, dtype=np.float64)
         self.landmark_indices_ = emb.landmarks
         return labels, info, emb
 
@@ -273,14 +318,15 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         return rec.replace(labels=labels.reshape(h, w),
                            proba=emb.proba.reshape(h, w, -1), info=info)
 
-    def _set_fitted(self, labels, infos, probas, many):
-        pick = (lambda key: [i[key] for i in infos]) if many else (lambda key: infos[0][key])
-        self.labels_ = labels if many else labels[0]
-        self.proba_ = probas if many else probas[0]
-        self.n_clusters_ = pick("n_clusters")
-        self.eigengap_k_ = pick("eigengap_k")
-        self.eigenvalues_ = pick("eigenvalues")
-        self.silhouette_scores_ = pick("silhouette_scores")
+    def _set_fitted(self, labels, info, proba):
+        """The attributes of a fit on a plain matrix (as SpectralClustering's)."""
+        self.labels_ = labels
+        self.proba_ = proba
+        self.n_clusters_ = int(info["n_clusters"])
+        self.eigengap_k_ = int(info["eigengap_k"])
+        self.eigenvalues_ = np.asarray(info["eigenvalues"])
+        self.silhouette_scores_ = {int(k): float(v)
+                                   for k, v in info["silhouette_scores"].items()}
 
     def _segment_records(self, X):
         records = check_records(X, step="AdaptiveSpectralSegmenter")
@@ -290,19 +336,64 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
                     f"AdaptiveSpectralSegmenter: record {rec.name!r} has neither "
                     f"features nor an affinity; put a patch embedder before it."
                 )
+        check_k_bounds(self.k_min, self.k_max)
         seed = self._image_seed()
         return [self._segment_record(r, seed) for r in records]
+
+    def _check_records_only(self, X):
+        """``fit`` on records: check them, learn nothing, forget a matrix fit."""
+        check_k_bounds(self.k_min, self.k_max)
+        records = check_records(X, step="AdaptiveSpectralSegmenter")
+        for rec in records:
+            if rec.affinity is None and rec.features is None:
+                raise ValueError(
+                    f"AdaptiveSpectralSegmenter: record {rec.name!r} has neither "
+                    f"features nor an affinity; put a patch embedder before it."
+                )
+            if rec.features is not None:
+                grid_feature_matrix(rec, step="AdaptiveSpectralSegmenter")
+            n = rec.n_patches
+            if rec.affinity is not None and rec.affinity.shape != (n, n):
+                raise ValueError(
+                    f"AdaptiveSpectralSegmenter: record {rec.name!r} has a "
+                    f"{rec.affinity.shape[0]} x {rec.affinity.shape[1]} affinity for "
+                    f"{n} patches; recompute it with CosineAffinity."
+                )
+        forget_fitted(self)
+        self._fitted_on_records = True
+
+    def _check_settings(self):
+        """What ``fit`` checks beyond the parameter constraints."""
+        check_k_bounds(self.k_min, self.k_max)
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "labels_") or getattr(self, "_fitted_on_records", False)
+
+    @property
+    def _n_features_out(self):
+        return self.eigenvectors_.shape[1]
+
+    def _check_matrix_fitted(self, method):
+        check_is_fitted(self)
+        if not hasattr(self, "eigenvectors_"):
+            raise ValueError(
+                f"AdaptiveSpectralSegmenter.{method}: this segmenter was fitted on "
+                f"image records, which leave nothing to {method} a matrix with; "
+                f"{method} records (no fit needed), or fit a matrix first."
+            )
 
     # -- API ---------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Segment ``X`` and store the labels and diagnostics.
+        """Cluster a matrix and store the result; on records, only check them.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, n_samples), \
                 or list of PatchGrid
-            Features, a precomputed affinity, or per-image records.
+            Features, a precomputed affinity, or per-image records. Records
+            are checked, not segmented: nothing is learned from images (see
+            :meth:`transform`).
         y : None
             Ignored.
 
@@ -310,16 +401,15 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         -------
         self : AdaptiveSpectralSegmenter
         """
-        self._fit(X)
+        if is_record_sequence(X):
+            self._check_records_only(X)
+            return self
+        self._fit_matrix(X)
         return self
 
-    def _fit(self, X):
+    def _fit_matrix(self, X):
         check_k_bounds(self.k_min, self.k_max)
-        if is_record_sequence(X):
-            out = self._segment_records(X)
-            self._set_fitted([r.labels for r in out], [r.info for r in out],
-                             [r.proba for r in out], True)
-            return out
+        self._fitted_on_records = False
         precomputed = self.affinity == "precomputed"
         X = validate_data(
             self, X, accept_sparse=["csr", "csc", "coo"] if precomputed else False,
@@ -328,11 +418,11 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         if precomputed and not sparse.issparse(X):
             X = check_symmetric(X, raise_warning=False)
         labels, info, emb = self._segment_array(X)
-        self._set_fitted([labels], [info], [emb.proba], False)
+        self._set_fitted(labels, info, emb.proba)
         return emb.embedding.astype(X.dtype, copy=False)
 
     def fit_predict(self, X, y=None):
-        """Segment ``X`` and return the labels.
+        """Cluster ``X`` and return the labels.
 
         Parameters
         ----------
@@ -344,11 +434,16 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         Returns
         -------
         labels : ndarray of shape (n_samples,), or list of ndarray of shape (h, w)
+            The labels of the samples, or each image's patch labels.
         """
+        if is_record_sequence(X):
+            self._validate_params()
+            self._check_records_only(X)
+            return [r.labels for r in self._segment_records(X)]
         return self.fit(X).labels_
 
     def fit_transform(self, X, y=None):
-        """Segment ``X``; return records with labels, or the spectral embedding.
+        """Cluster ``X``; return the spectral embedding, or the segmented records.
 
         Parameters
         ----------
@@ -359,12 +454,92 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        Xt : list of PatchGrid, or ndarray of shape (n_samples, K)
-            The segmented records, or the row-normalised spectral embedding
-            (``K = n_clusters_`` columns).
+        Xt : ndarray of shape (n_samples, K), or list of PatchGrid
+            The row-normalised spectral embedding (``K = n_clusters_``
+            columns), or the segmented records.
         """
         self._validate_params()
-        return self._fit(X)
+        if is_record_sequence(X):
+            check_untabled_output(self, "PatchGrid records")
+            self._check_records_only(X)
+            return self._segment_records(X)
+        return self._fit_matrix(X)
+
+    def predict(self, X):
+        """Label new samples, or segment each record's image.
+
+        Parameters
+        ----------
+        X : array-like or list of PatchGrid
+            A matrix as in :meth:`transform` (needs a fit on a matrix): each
+            sample takes the cluster whose k-means centre is nearest to it in
+            the spectral embedding (on the fitted samples this gives back
+            ``labels_``). Records: segmented afresh, no fit needed.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), or list of ndarray of shape (h, w)
+        """
+        if is_record_sequence(X):
+            self._validate_params()
+            return [r.labels for r in self._segment_records(X)]
+        self._check_matrix_fitted("predict")
+        E = np.asarray(self._extend(X), dtype=np.float64)
+        C = self.cluster_centers_
+        if C.shape[0] == 1:
+            return np.zeros(E.shape[0], dtype=np.int64)
+        d2 = (E * E).sum(1)[:, None] - 2.0 * E @ C.T + (C * C).sum(1)[None, :]
+        return np.argmin(d2, axis=1).astype(np.int64)
+
+    def score(self, X, y=None):
+        """Adjusted Rand index of :meth:`predict` on ``X`` against ``y``.
+
+        The default score of a search
+        (``GridSearchCV(AdaptiveSpectralSegmenter(), grid).fit(X, y)``
+        without ``scoring=``): :func:`~sklearn.metrics.adjusted_rand_score`
+        of ``y`` and ``predict(X)``, as ``scoring="adjusted_rand_score"``
+        gives.
+
+        There is no score without ``y``: no unsupervised score measured so
+        far ranks the settings as the ground truth does better than the
+        silhouette the segmenter maximises itself (``benchmarks/RESULTS.md``),
+        so none is offered as a default; pass ``scoring=`` to choose one
+        knowingly.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Samples (with ``affinity="precomputed"``, their affinity to the
+            fitted samples).
+        y : array-like of shape (n_samples,)
+            True labels.
+
+        Returns
+        -------
+        score : float
+            In ``[-1, 1]`` (1: the same partition); higher is better.
+
+        Raises
+        ------
+        ValueError
+            Without ``y``.
+        """
+        if is_record_sequence(X):
+            raise TypeError(
+                "AdaptiveSpectralSegmenter.score scores plain matrices; to score "
+                "image segmentations use the scorers of sklearn_clasp.metrics "
+                "(make_segmentation_scorer)."
+            )
+        if y is None:
+            raise ValueError(
+                "AdaptiveSpectralSegmenter.score needs the true labels y (it is the "
+                "adjusted Rand index of predict(X) against y). Without labels, pass "
+                "scoring= to the search: no unsupervised score has been found to "
+                "rank settings as the ground truth does better than the silhouette "
+                "the segmenter maximises itself (see benchmarks/RESULTS.md)."
+            )
+        labels = self.predict(X)
+        return float(adjusted_rand_score(np.asarray(y).ravel(), labels))
 
     def transform(self, X):
         """Segment each record of ``X``, or embed the matrix ``X`` spectrally.
@@ -372,27 +547,29 @@ class AdaptiveSpectralSegmenter(ClusterMixin, TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or list of PatchGrid
-            Records are segmented afresh (each image on its own). A plain
-            matrix (features, or with ``affinity="precomputed"`` its
-            ``(n_samples, n_fitted)`` affinity to the fitted samples) is
-            placed in the fitted spectral embedding by the Nystroem extension
-            ``v(x) = a(x) V / lambda``, row-normalised: on the fitted samples
-            this gives back exactly the embedding k-means clustered.
+            Records are segmented afresh (each image on its own, no fit
+            needed). A plain matrix (features, or with
+            ``affinity="precomputed"`` its ``(n_samples, n_fitted)`` affinity
+            to the fitted samples) is placed in the fitted spectral embedding
+            by the Nystroem extension ``v(x) = a(x) V / lambda``,
+            row-normalised: on the fitted samples this gives back exactly the
+            embedding k-means clustered.
 
         Returns
         -------
         Xt : list of PatchGrid, or ndarray of shape (n_samples, K)
             The segmented records, or the samples in the spectral embedding
-            (``K = n_clusters_`` columns).
+            (``K = n_clusters_`` columns; a data frame with
+            ``set_output(transform="pandas")``).
         """
-        check_is_fitted(self, "labels_")
         if is_record_sequence(X):
-            check_k_bounds(self.k_min, self.k_max)
+            self._validate_params()
+            check_untabled_output(self, "PatchGrid records")
             return self._segment_records(X)
-        if isinstance(self.labels_, list):
-            raise ValueError(
-                "this segmenter was fitted on image records; transform records too."
-            )
+        self._check_matrix_fitted("transform")
+        return self._extend(X)
+
+    def _extend(self, X):
         X = validate_data(
             self, X,
             accept_sparse=["csr", "csc", "coo"] if self.affinity == "precomputed" else False,
