@@ -858,10 +858,10 @@ def _evaluate_pairs(pairs, *, ignore_index, protocol):
         try:
             mask = read_mask(mask_path)
             truths = read_label_file(label_path)
-            scores = score_prediction(mask, truths, ignore_index=ignore_index)
+            scores = score_prediction(truths, mask, ignore_index=ignore_index)
             if accumulator is not None:
                 for truth in truths:
-                    accumulator.update(mask, truth)
+                    accumulator.add(truth, mask)
         except ValueError as exc:
             failures.append({"name": name, "source": str(label_path), "error": str(exc)})
             logger.debug("scoring %s failed", name, exc_info=True)
