@@ -82,7 +82,7 @@ def test_fitted_diagnostics():
     X, _ = make_planted_partition(4, n_samples=240, random_state=5)
     seg = AdaptiveSpectralSegmenter(k_max=10, random_state=0).fit(X)
     assert seg.eigengap_k_ == 4
-    assert seg.eigenvalues_.shape == (11,)
+    assert seg.eigenvalues_.shape == (16,)  # at least the entropy's window of 16
     assert np.all(np.diff(seg.eigenvalues_) <= 1e-12)  # descending
     assert set(seg.silhouette_scores_) == set(range(2, 7))  # [floor(2), ceil(6)]
     best = max(seg.silhouette_scores_, key=seg.silhouette_scores_.get)
@@ -831,3 +831,27 @@ def test_k_of_an_image_does_not_depend_on_k_max():
     ks = {AdaptiveSpectralSegmenter(k_max=km, random_state=0).transform(records)[0]
           .info["n_clusters"] for km in (15, 30, 64)}
     assert ks == {4}
+
+
+def test_the_one_segment_test_and_the_entropy_rule_do_not_move_with_k_max():
+    """The spectral entropy is measured on a fixed window of eigenvalues: a small k_max
+    must not make a structured image one segment (with 4 eigenvalues, exp(H) fell to 1)."""
+    from sklearn_clasp.datasets import make_shapes_image
+    from sklearn_clasp.pipeline import clasp_one, make_clasp_pipeline
+
+    image, _ = make_shapes_image(112, 140, n_shapes=3, noise=4, random_state=0)
+    effective, k0 = set(), set()
+    for k_max in (2, 3, 5, 15, 30):
+        pipe = make_clasp_pipeline("handcrafted", short_side=None, k_max=k_max,
+                                   refine="nearest", random_state=0)
+        pipe.set_params(segment__eigengap_rule="entropy")
+        _, record = clasp_one(pipe, image)
+        assert record.info["n_clusters"] >= 2
+        effective.add(round(record.info["single_segment_test"]["effective_number"], 3))
+        k0.add(min(record.info["eigengap_k"], 2))  # clipped to k_max, never below 2
+    assert len(effective) == 1
+    X, _ = make_planted_partition(3, n_samples=300, noise=0.6, random_state=2)
+    for k_max in (2, 3, 10):
+        seg = AdaptiveSpectralSegmenter(k_max=k_max, eigengap_rule="entropy",
+                                        random_state=0).fit(X)
+        assert seg.eigengap_k_ == min(3, k_max)

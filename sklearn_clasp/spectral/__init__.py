@@ -7,7 +7,7 @@ for the per-image records of the CLASP pipeline.
 
 For one affinity ``A`` of ``n`` patches:
 
-1. The ``k_max + 1`` leading eigenpairs of ``A`` (``spectrum="affinity"``, the
+1. The ``max(k_max + 1, 16)`` leading eigenpairs of ``A`` (``spectrum="affinity"``, the
    paper's) or of ``D^-1/2 A D^-1/2`` (``spectrum="normalized"``).
 2. A first estimate ``K0`` from the eigenvalues (``eigengap_rule``: the
    relative gap, the largest gap, the paper's elbow, or the entropy of the

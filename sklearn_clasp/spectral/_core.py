@@ -325,7 +325,9 @@ def _cluster(A, features, metric, *, spectrum, eigengap_rule, k_selection, k_min
     timings = info["timings"] = {}
     start = time.perf_counter()
     M = _normalize(A) if spectrum == "normalized" else A
-    vals, vecs = leading_eigenpairs(M, min(hi + 1, n), random_state=rng)
+    # at least the entropy's window, so that the spectrum it sees does not move with k_max
+    n_eig = min(max(hi + 1, _rules.ENTROPY_WINDOW), n)
+    vals, vecs = leading_eigenpairs(M, n_eig, random_state=rng)
     del M
     timings["eigen"] = time.perf_counter() - start
     info["eigenvalues"] = vals
@@ -347,7 +349,7 @@ def _cluster(A, features, metric, *, spectrum, eigengap_rule, k_selection, k_min
             info["single_segment_test"] = {"test": "cheeger", "second_eigenvalue": second,
                                            "threshold": single_segment_threshold}
         elif single_segment_test == "entropy":
-            effective = _rules.effective_number(vals)[0]
+            effective = _rules.effective_number(vals[:_rules.ENTROPY_WINDOW])[0]
             one = constant or math.floor(effective + 0.5) <= 1
             info["single_segment_test"] = {"test": "entropy", "effective_number": effective}
         else:

@@ -131,19 +131,20 @@ def eigengap_scores(eigenvalues, *, rule="relative", k_min=1, k_max=None):
         raise ValueError(
             f"unknown eigengap rule {rule!r}; use one of {', '.join(map(repr, EIGENGAP_RULES))}"
         )
-    lam = np.asarray(eigenvalues, dtype=np.float64).ravel()
-    if k_max is not None:
-        lam = lam[: max(1, int(k_max)) + 1]
+    full = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    lam = full[: max(1, int(k_max)) + 1] if k_max is not None else full
     gaps = lam[:-1] - lam[1:]
     m = gaps.size
     index = np.arange(1, m + 1, dtype=np.int64)
     if m == 0:
         return index, gaps, np.zeros(0, bool), 0, 1
     lo = int(min(max(k_min, 1), m))
-    if rule == "entropy":
-        k0, p = _entropy_k(lam)
+    if rule == "entropy":  # on the fixed window, then within the bounds
+        k0, p = _entropy_k(full[:ENTROPY_WINDOW])
+        shares = np.zeros(m)
+        shares[: min(m, p.size)] = p[:m]
         k0 = int(min(max(k0, lo), m))
-        return index, p, index >= lo, k0, k0
+        return index, shares, index >= lo, k0, k0
     if rule in ("largest", "relative"):
         if rule == "relative":
             resolved = _RESOLVED_EIGENVALUE * abs(lam[0])
@@ -168,6 +169,12 @@ def eigengap_scores(eigenvalues, *, rule="relative", k_min=1, k_max=None):
     dist /= math.hypot(y1 - y0, x1 - x0)
     best = int(np.argmax(np.round(dist, 12))) + 1
     return index, dist, eligible, best, best + 1
+
+
+#: How many leading eigenvalues the spectral entropy is measured on, whatever
+#: ``k_max`` (fewer when there are fewer samples): so that neither the entropy
+#: rule's ``K0`` nor the entropy one-segment test moves with ``k_max``.
+ENTROPY_WINDOW = 16
 
 
 def effective_number(eigenvalues):
