@@ -12,8 +12,14 @@ from sklearn.utils._param_validation import InvalidParameterError
 from threadpoolctl import threadpool_limits
 
 from sklearn_clasp import HandcraftedPatchEmbedder, make_clasp_pipeline
-from sklearn_clasp.collection import FAILURES_FILE, CollectionReport, segment_collection
+from sklearn_clasp.collection import (
+    FAILURES_FILE,
+    CollectionReport,
+    SettingsMismatchError,
+    segment_collection,
+)
 from sklearn_clasp.collection import store as store_module
+from sklearn_clasp.collection.store import LOCK_FILE
 from sklearn_clasp.datasets import make_shapes_image
 from sklearn_clasp.io import ImageInput, find_images, temporary_name
 from sklearn_clasp.pipeline import clasp_one, pipeline_settings, settings_hash
@@ -55,7 +61,8 @@ def _read_png(path):
 
 
 def _listing(folder):
-    return sorted(p.name for p in folder.iterdir())
+    """The files of a directory but its lock file (always there after a run)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
 
 
 def _expected_files(names, overlay=True):
@@ -275,13 +282,13 @@ def test_rerun_skips_complete_images(tmp_path, count_embedded):
     out = tmp_path / "out"
     segment_collection(tmp_path / "in", out, pipeline=_pipe())
     assert sum(count_embedded) == 4
-    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    before = {name: (out / name).stat().st_mtime_ns for name in _listing(out)}
     count_embedded.clear()
     report = segment_collection(tmp_path / "in", out, pipeline=_pipe())
     assert count_embedded == []
     assert (report.n_done, report.n_skipped) == (0, 4)
     assert all(r["n_clusters"] is not None for r in report.results)
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert {name: (out / name).stat().st_mtime_ns for name in _listing(out)} == before
 
 
 def test_changed_settings_or_bytes_or_overwrite_are_redone(tmp_path, count_embedded):
@@ -289,8 +296,8 @@ def test_changed_settings_or_bytes_or_overwrite_are_redone(tmp_path, count_embed
     out = tmp_path / "out"
     segment_collection(tmp_path / "in", out, pipeline=_pipe())
 
-    count_embedded.clear()  # other settings: everything is redone
-    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(k_max=3))
+    count_embedded.clear()  # other settings, with overwrite: everything is redone
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(k_max=3), overwrite=True)
     assert (report.n_done, sum(count_embedded)) == (3, 3)
     assert json.loads((out / "img0.json").read_text())["settings"]["segment__k_max"] == 3
 
@@ -312,6 +319,30 @@ def test_changed_settings_or_bytes_or_overwrite_are_redone(tmp_path, count_embed
     report = segment_collection(tmp_path / "in", out, pipeline=_pipe(k_max=3), overwrite=True)
     assert (report.n_done, sum(count_embedded)) == (3, 3)
     assert _listing(out) == _expected_files(["img0", "img1", "img2"])
+
+
+def test_other_settings_are_refused_naming_what_differs(tmp_path, count_embedded):
+    """A re-run with other settings must not silently replace the earlier results."""
+    _write_images(tmp_path / "in", n=3)
+    out = tmp_path / "out"
+    segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    stamps = {name: (out / name).stat().st_mtime_ns for name in _listing(out)}
+    count_embedded.clear()
+    for pipe, differs in [(_pipe(k_max=3), "segment__k_max: 15 there, 3 now"),
+                          (_pipe(random_state=1), "segment__random_state: 0 there, 1 now")]:
+        with pytest.raises(SettingsMismatchError) as err:
+            segment_collection(tmp_path / "in", out, pipeline=pipe)
+        message = str(err.value)
+        assert f"{str(out)!r} holds the outputs of 3 image(s) made with other settings" \
+            in message
+        assert differs in message
+        assert "overwrite=True (clasp: --overwrite)" in message
+    # also for new images added to the directory: one directory, one set of settings
+    _write_images(tmp_path / "more", n=1, prefix="new")
+    with pytest.raises(SettingsMismatchError):
+        segment_collection(tmp_path / "more", out, pipeline=_pipe(k_max=3))
+    assert count_embedded == []  # refused before any image was read
+    assert {name: (out / name).stat().st_mtime_ns for name in _listing(out)} == stamps
 
 
 def test_outputs_inside_an_input_directory_are_not_taken_as_inputs(tmp_path):
@@ -486,7 +517,8 @@ def test_image_that_kills_its_worker_fails_alone(tmp_path):
     assert _listing(tmp_path / "out") == sorted(
         _expected_files(["img0", "img1", "img3"]) + [FAILURES_FILE])
     # the pool works again afterwards (another refiner class: other settings, all redone)
-    again = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe(), n_jobs=2)
+    again = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe(), n_jobs=2,
+                               overwrite=True)
     assert again.n_done == 4
 
 

@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from sklearn_clasp import make_clasp_pipeline
 from sklearn_clasp.cli import main
+from sklearn_clasp.collection.store import LOCK_FILE
 from sklearn_clasp.io import find_mask_files, read_label_file
 from sklearn_clasp.metrics import score_prediction
 from sklearn_clasp.data import SAMPLE_IMAGE_NAMES, sample_image_paths
@@ -87,7 +88,7 @@ def test_segment_writes_masks_overlays_json_and_a_summary(image_dir, tmp_path, c
                    "--beta", "0.5", "--random-state", "3", "--refine-n-iter", "5", *FAST])
     assert status == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["a.json", "a_mask.png", "a_overlay.png",
+    assert names == [LOCK_FILE, "a.json", "a_mask.png", "a_overlay.png",
                      "b.json", "b_mask.png", "b_overlay.png"]
     for stem, (h, w) in [("a", (112, 140)), ("b", (101, 129))]:
         mask = _read(out / f"{stem}_mask.png")
@@ -137,11 +138,16 @@ def test_rerun_skips_done_images_and_overwrite_redoes_them(image_dir, tmp_path, 
     assert main(argv) == 0
     assert "0 segmented, 1 skipped" in capsys.readouterr().out
     assert (out / "a.json").stat().st_mtime_ns == first
-    # other settings: not skipped
-    assert main([*argv, "--k-max", "5"]) == 0
-    assert "1 segmented, 0 skipped" in capsys.readouterr().out
+    # other settings: refused, naming the setting, unless --overwrite
+    assert main([*argv, "--k-max", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "made with other settings (segment__k_max: 15 there, 5 now" in err
+    assert "or --overwrite to redo the images" in err and "overwrite=True" not in err
+    assert (out / "a.json").stat().st_mtime_ns == first
     assert main([*argv, "--k-max", "5", "--overwrite"]) == 0
     assert "1 segmented, 0 skipped" in capsys.readouterr().out
+    assert main([*argv, "--k-max", "5"]) == 0
+    assert "0 segmented, 1 skipped" in capsys.readouterr().out
 
 
 def test_no_overlay_and_quiet(image_dir, tmp_path, capsys):
@@ -415,14 +421,15 @@ def test_max_image_pixels_refuses_big_images_and_can_lift_pillows_limit(image_di
     assert "140 x 112 pixels (15680 pixels) is more than the limit of 1000" in \
         capsys.readouterr().err
     # lifted above Pillow's own limit for this command only: the file is then read (and
-    # found to hold no pixel data), and Pillow's process-wide limit is put back
+    # found to hold far too little data for its header), and Pillow's limit is put back
     from PIL import Image as PILImage
 
     before = PILImage.MAX_IMAGE_PIXELS
     assert main(["segment", str(image_dir / "bomb.png"), "--out", str(tmp_path / "o3"),
                  *FAST, "--max-image-pixels", "200000000", "--max-attempts", "1",
                  "-q"]) == 1
-    assert "could not decode the image" in capsys.readouterr().err
+    assert "the image data is incomplete: the header says 13500 x 13500 pixels" in \
+        capsys.readouterr().err
     assert PILImage.MAX_IMAGE_PIXELS == before
 
 

@@ -19,7 +19,7 @@ from sklearn_clasp import HandcraftedPatchEmbedder, make_clasp_pipeline  # noqa:
 from sklearn_clasp import __version__  # noqa: E402
 from sklearn_clasp.collection import FAILURES_FILE, segment_collection  # noqa: E402
 from sklearn_clasp.collection.engine import Job, RunContext, segment_task  # noqa: E402
-from sklearn_clasp.collection.store import OutputStore  # noqa: E402
+from sklearn_clasp.collection.store import LOCK_FILE, OutputStore  # noqa: E402
 from sklearn_clasp.datasets import make_shapes_image  # noqa: E402
 from sklearn_clasp.io import find_images  # noqa: E402
 from sklearn_clasp.pipeline import pipeline_settings, settings_hash  # noqa: E402
@@ -106,7 +106,8 @@ def _read_png(path):
 
 
 def _listing(folder):
-    return sorted(p.name for p in folder.iterdir())
+    """The files of a directory but its lock file (always there after a run)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
 
 
 def _expected_files(names):

@@ -15,6 +15,7 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from sklearn_clasp.cli import main
+from sklearn_clasp.collection.store import LOCK_FILE
 from sklearn_clasp.datasets import make_shapes_image
 from _procs import no_process_left
 
@@ -55,7 +56,7 @@ def _check_complete(out):
         assert len(np.unique(mask)) == record["n_segments"]
         with Image.open(out / f"{name}_overlay.png") as im:
             im.load()
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [LOCK_FILE]
     return names
 
 
@@ -103,7 +104,7 @@ def test_interrupted_run_keeps_complete_outputs_and_the_rerun_finishes(images, t
             in summary)
     assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
     assert _check_complete(out) == [f"img{i:02d}" for i in range(N_IMAGES)]
-    assert sorted(p.name for p in out.iterdir()) == sorted(
+    assert sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) == sorted(
         f"img{i:02d}{s}" for i in range(N_IMAGES) for s in (".json", "_mask.png",
                                                              "_overlay.png"))
 

@@ -5,6 +5,7 @@ front; a full disk leaves no partial file."""
 import errno
 import json
 import os
+import uuid
 import re
 
 import numpy as np
@@ -15,10 +16,12 @@ from threadpoolctl import threadpool_limits
 from sklearn_clasp import HandcraftedPatchEmbedder, make_clasp_pipeline
 from sklearn_clasp import visualize
 from sklearn_clasp.cli import main
-from sklearn_clasp.collection import FAILURES_FILE, segment_collection
+from sklearn_clasp.collection import FAILURES_FILE, RunStoppedError, segment_collection
 from sklearn_clasp.collection import store as store_module
+from sklearn_clasp.collection.store import LOCK_FILE
 from sklearn_clasp.io import ImageInput, atomic_write, find_images
 from sklearn_clasp.datasets import make_shapes_image
+from sklearn_clasp.refine import CRFRefiner
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -51,7 +54,9 @@ def _outputs_inside(out, name):
 
 
 def _hidden(folder):
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    """Hidden files but the lock file (always there after a run)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")
+                  and p.name != LOCK_FILE)
 
 
 @pytest.fixture
@@ -300,8 +305,11 @@ def test_output_directory_through_a_symlink_is_the_users_choice(tmp_path):
 # --------------------------------------------------------------------------
 
 
-def test_disk_full_fails_the_image_with_no_partial_file(tmp_path, monkeypatch):
-    for i in range(3):
+def test_a_full_disk_stops_the_run_at_once_with_one_message(tmp_path, monkeypatch, embedded,
+                                                           caplog):
+    """A full disk fails every later image the same way: the run stops at the first, with
+    one message, no partial file and no failure recorded; the re-run finishes."""
+    for i in range(4):
         _image(tmp_path / "in" / f"img{i}.png", seed=i)
     real_save = store_module.save_png
 
@@ -314,22 +322,61 @@ def test_disk_full_fails_the_image_with_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store_module, "save_png", filling_save)
     out = tmp_path / "out"
-    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=2)
-    assert (report.n_done, report.n_failed) == (2, 1)
-    (failure,) = report.failures
-    assert failure["name"] == "img1" and failure["attempts"] == 1
-    error = failure["error"]
-    assert error.startswith("OSError: [Errno 28] could not write img1_mask.png in ")
-    assert "the disk (or quota) is full" in error and "No partial file was left" in error
-    assert "\n" not in error
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"img{i}{s}" for i in (0, 2) for s in (".json", "_mask.png", "_overlay.png")]
-        + [FAILURES_FILE])
+    with pytest.raises(RunStoppedError) as err:  # one image loaded at a time
+        segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=2,
+                           chunk_size=1)
+    reason = err.value.reason
+    assert reason.startswith("the output disk is full, the run stopped: could not write "
+                             "img1_mask.png in ")
+    assert "No space left on device" in reason and "No partial file was left" in reason
+    assert "\n" not in reason
+    report = err.value.report
+    assert [r["status"] for r in report.results] == ["done", "stopped", "stopped", "stopped"]
+    assert (report.n_done, report.n_failed, report.n_stopped) == (1, 0, 3)
+    assert report.stopped == reason and "3 not done" in report.summary()
+    assert len(embedded) == 2  # img2 and img3 were not even read
+    assert sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) == [
+        "img0.json", "img0_mask.png", "img0_overlay.png"]  # no failures.jsonl, no partial file
+    assert not any(r.levelname == "WARNING" and "failed" in r.message for r in caplog.records)
 
-    # space freed: the re-run does the missing image only
+    # space freed: the re-run does the missing images only
     monkeypatch.setattr(store_module, "save_png", real_save)
     again = segment_collection(tmp_path / "in", out, pipeline=_pipe())
-    assert [r["status"] for r in again.results] == ["skipped", "done", "skipped"]
+    assert [r["status"] for r in again.results] == ["skipped", "done", "done", "done"]
+
+
+def test_a_full_disk_stops_a_two_worker_run_too(tmp_path):
+    """The workers write: the first full-disk result stops the submission of more."""
+    for i in range(12):
+        _image(tmp_path / "in" / f"img{i:02d}.png", seed=i)
+    out = tmp_path / "out"
+    pipe = _pipe()
+    pipe.steps[-1] = ("refine", _QuotaAfter(method="nearest", limit=2, marker=str(tmp_path)))
+    with pytest.raises(RunStoppedError) as err:
+        segment_collection(tmp_path / "in", out, pipeline=pipe, n_jobs=2, chunk_size=2)
+    statuses = [r["status"] for r in err.value.report.results]
+    assert "failed" not in statuses
+    assert statuses.count("done") >= 2 and statuses[-1] == "stopped"
+    assert "quota" in err.value.reason.lower()
+    done = sorted(p.stem for p in out.glob("*.json"))
+    assert len(done) == statuses.count("done")
+
+
+class _QuotaAfter(CRFRefiner):
+    """A refiner whose image fails with EDQUOT once ``limit`` images were refined (a marker
+    file per image: the workers are other processes)."""
+
+    def __init__(self, method="nearest", limit=2, marker=None):
+        super().__init__(method=method)
+        self.limit = limit
+        self.marker = marker
+
+    def transform(self, X):
+        seen = len([p for p in os.listdir(self.marker) if p.startswith("refined-")])
+        if seen >= self.limit:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        open(os.path.join(self.marker, f"refined-{uuid.uuid4().hex}"), "w").close()
+        return super().transform(X)
 
 
 def test_disk_full_while_writing_the_record_leaves_it_unvouched(tmp_path, monkeypatch):
@@ -346,8 +393,8 @@ def test_disk_full_while_writing_the_record_leaves_it_unvouched(tmp_path, monkey
 
     monkeypatch.setattr(store_module, "atomic_write", full_on_json)
     out = tmp_path / "out"
-    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=1)
-    assert report.n_failed == 1 and "quota" in report.failures[0]["error"]
+    with pytest.raises(RunStoppedError, match="quota"):
+        segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=1)
     assert not (out / "a.json").exists() and _hidden(out) == []
     monkeypatch.setattr(store_module, "atomic_write", real_write)
     assert segment_collection(tmp_path / "in", out, pipeline=_pipe()).n_done == 1
