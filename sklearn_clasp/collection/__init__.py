@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -521,17 +522,48 @@ def _collection(inputs, out_dir):
     return find_images(inputs, exclude=out_dir)
 
 
+class _AboveTheBar(logging.Handler):
+    """A console log handler that clears the progress bars of its stream, writes, redraws."""
+
+    def __init__(self, handler, bar_class):
+        super().__init__(handler.level)
+        self.handler = handler
+        self.bar_class = bar_class
+
+    def emit(self, record):
+        with self.bar_class.external_write_mode(file=self.handler.stream):
+            self.handler.handle(record)  # its own format, filters and lock
+
+
+def _is_console(handler):
+    return (isinstance(handler, logging.StreamHandler)
+            and not isinstance(handler, logging.FileHandler)
+            and getattr(handler, "stream", None) in (sys.stderr, sys.stdout))
+
+
 @contextlib.contextmanager
 def _logging_through(bar_class, enabled):
-    """While a progress bar is shown, log records are written above it, not into it."""
+    """While a progress bar is shown, log lines go above it, not into it.
+
+    The console handlers of the root, package and Dask loggers are wrapped
+    meanwhile (their formats and filters kept); no handler is added.
+    """
     if not enabled:
         yield
         return
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    loggers = [logging.root, logging.getLogger("sklearn_clasp"), logging.getLogger("distributed")]
-    with logging_redirect_tqdm(loggers=loggers, tqdm_class=bar_class):
+    wrapped = []
+    for name in (None, "sklearn_clasp", "distributed"):
+        log = logging.getLogger(name)
+        for i, handler in enumerate(log.handlers):
+            if _is_console(handler):
+                log.handlers[i] = _AboveTheBar(handler, bar_class)
+                wrapped.append((log, handler, log.handlers[i]))
+    try:
         yield
+    finally:
+        for log, handler, wrapper in wrapped:
+            if wrapper in log.handlers:
+                log.handlers[log.handlers.index(wrapper)] = handler
 
 
 def _run(jobs, store, pipeline, ctx, index, *, client, scheduler, security, n_jobs, chunk_size,
