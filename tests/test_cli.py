@@ -5,10 +5,12 @@ with random weights or with its weights missing (the download is stubbed).
 """
 
 import csv
+import errno
 import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 from pathlib import Path
 
@@ -910,3 +912,128 @@ def test_report_writes_the_page_of_a_run(image_dir, tmp_path, capsys):
     assert (tmp_path / "elsewhere.html").is_file()
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# bounds, addresses, output directories: exit 2 at once, one line
+# --------------------------------------------------------------------------
+
+
+def _one_error_line(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("clasp segment: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("option, value, allowed", [
+    ("--n-jobs", "100000", "an int in the range [1, "),
+    ("--n-jobs", "-100000", "an int in the range [-"),
+    ("--max-attempts", "11", "an int in the range [1, 10]"),
+    ("--chunk-size", "1000", "an int in the range [1, 256]"),
+])
+def test_work_bounds_hold_on_the_command_line_and_in_config_files(image_dir, tmp_path, capsys,
+                                                                  option, value, allowed):
+    """The options are made from segment_collection's constraints: the bounds come along."""
+    out = tmp_path / "out"
+    assert main(["segment", str(image_dir), "--out", str(out), *FAST, option, value]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{option} '{value}': must be " in line and allowed in line
+    key = option[2:].replace("-", "_")
+    config = tmp_path / "hostile.toml"
+    config.write_text(f"{key} = {value}\n")
+    assert main(["segment", str(image_dir), "--out", str(out), *FAST, "--config",
+                 str(config)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"config file {config}: {key} {value}: must be " in line and allowed in line
+    assert not out.exists()
+
+
+def test_bad_scheduler_addresses_fail_at_once_with_exit_2(image_dir, tmp_path, capsys):
+    """nonsense://x was a ValueError traceback (exit 1); 127.0.0.1:99999 waited out the
+    30 s connect timeout; a refused port retried until the timeout too."""
+    pytest.importorskip("distributed")
+    import socket
+
+    with socket.socket() as sock:  # a free port with nothing listening on it
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]
+    for address, message in [
+        ("nonsense://x", "--scheduler 'nonsense://x': unknown scheme 'nonsense'; expected "
+                         "one of "),
+        ("127.0.0.1:99999", "--scheduler '127.0.0.1:99999': the port must be in 1..65535"),
+        (f"tcp://127.0.0.1:{free}", f"cannot connect to the Dask scheduler: nothing listens "
+                                    f"at 127.0.0.1:{free} (connection refused)"),
+    ]:
+        start = time.monotonic()
+        status = main(["segment", str(image_dir), "--out", str(tmp_path / "out"), *FAST,
+                       "--scheduler", address])
+        assert (status, time.monotonic() - start < 5) == (2, True), address
+        assert message in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_directories_that_are_empty_or_hold_the_inputs_exit_2(image_dir, tmp_path,
+                                                                    monkeypatch, capsys):
+    """`--out .`, `--out INPUT` and `--out ""` dropped every input and exited 0 with
+    '0 images'."""
+    monkeypatch.chdir(tmp_path)
+    for out in (".", str(image_dir), "images"):
+        assert main(["segment", "images", "--out", out, *FAST]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert "'images' lies inside" in line
+        assert "(2 image file(s)): an output directory is never read as input" in line
+    assert main(["segment", "images", "--out", "", *FAST]) == 2
+    assert "--out-dir '': the output directory is empty" in _one_error_line(
+        capsys.readouterr().err)
+    config = tmp_path / "c.toml"
+    config.write_text('out_dir = ""\n')
+    assert main(["segment", "images", "--config", str(config), *FAST]) == 2
+    assert "out_dir is empty" in _one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "images"]
+    assert sorted(p.name for p in image_dir.iterdir()) == ["a.png", "b.jpg", "notes.txt"]
+
+
+def test_a_full_disk_exits_4_with_one_line(image_dir, tmp_path, monkeypatch, capsys):
+    from sklearn_clasp.collection import store as store_module
+
+    def full(path, array, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", os.fspath(path))
+
+    monkeypatch.setattr(store_module, "save_png", full)
+    out = tmp_path / "out"
+    assert main(["segment", str(image_dir), "--out", str(out), *FAST]) == 4
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert line.startswith("clasp segment: error: the output disk is full, the run stopped: "
+                           "could not write a_mask.png in ")
+    assert "2 image(s): 0 segmented, 0 skipped (already done), 0 failed, 2 not done" in \
+        captured.out
+    assert not (out / "failures.jsonl").exists()
+
+
+def test_a_reader_that_goes_away_is_no_traceback(image_dir, tmp_path):
+    """`clasp segment ... | head -1`: BrokenPipeError and exit 1."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "sklearn_clasp", "segment", str(image_dir),
+                             "--out", str(tmp_path / "out"), *FAST],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the summary is printed
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr and \
+        "Exception ignored" not in stderr, stderr
+    assert len(list((tmp_path / "out").glob("*.json"))) == 2
+
+
+def test_explain_names_the_image_once(image_dir, tmp_path, capsys):
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    for image, status in [(tmp_path / "bad.png", 1), (tmp_path / "nope.png", 2),
+                          (image_dir / "a.png", 0)]:
+        out = tmp_path / f"{image.stem}_fig.png"
+        assert main(["explain", str(image), "--out", str(out), "--dpi", "30", *FAST]) == status
+        captured = capsys.readouterr()
+        assert (captured.out + captured.err).count(str(image)) == (1 if status else 0), \
+            captured
+        if status == 0:
+            assert captured.out.count(str(out)) == 1

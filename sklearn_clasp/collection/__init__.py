@@ -459,6 +459,7 @@ def segment_collection(
                      max_image_pixels=max_image_pixels, overwrite=overwrite,
                      version=__version__)
     with OutputLock(out_dir, store.run_id):
+        RecordIndex.discard(store, others=True)  # left by runs that were killed
         index = RecordIndex.scan(out_dir)
         check_settings(index, ctx.digest, ctx.settings, out_dir, overwrite=overwrite)
         jobs = [Job(index=i, name=im.name, path=os.path.abspath(im.path))

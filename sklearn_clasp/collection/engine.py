@@ -175,6 +175,28 @@ def _check_visible(what, path, exists):
     )
 
 
+_WORKER_INDEX = "_sklearn_clasp_indexes"
+
+
+def _worker_index(store):
+    """The record index of this run, read once per Dask worker from the output directory."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not on a worker
+        return RecordIndex.load(store)
+    lock = worker.__dict__.setdefault(_WORKER_LOCK, threading.Lock())
+    with lock:
+        cache = worker.__dict__.setdefault(_WORKER_INDEX, {})
+        index = cache.get(store.run_id)
+        if index is None:
+            while len(cache) >= 2:  # the two latest runs
+                cache.pop(next(iter(cache)))
+            index = cache[store.run_id] = RecordIndex.load(store)
+    return index
+
+
 def _load_and_embed(job, pipeline, store, ctx, index):
     """On a Dask worker: hash, resume check, load, embed. A record, or a finished result."""
     # the directory the client locked for this run, not another one at the same path
@@ -182,8 +204,8 @@ def _load_and_embed(job, pipeline, store, ctx, index):
     # lexists: a broken link or a link loop is there; hashing it says what is wrong
     _check_visible("image", job.path, os.path.lexists(job.path))
     job.sha256 = file_sha256(job.path)
-    if index is not None:
-        job.name = index.resolve(store, job.name, job.path, job.sha256)
+    index = index if index is not None else _worker_index(store)
+    job.name = index.resolve(store, job.name, job.path, job.sha256)
     done = store.completed(job.name, job.sha256, ctx.digest)
     if done is not None and (done.get("run_id") == store.run_id or not ctx.overwrite):
         # complete already: from an earlier run, or from this task's earlier attempt
@@ -213,7 +235,8 @@ def segment_task(job, record, pipeline, store, ctx, index=None):
     ctx : RunContext
     index : RecordIndex, default=None
         With ``record=None``: the records of the output directory, to find the
-        image's outputs by its bytes (see :meth:`RecordIndex.resolve`).
+        image's outputs by its bytes (see :meth:`RecordIndex.resolve`);
+        ``None`` reads the one the run left in the output directory.
 
     Returns
     -------
@@ -226,6 +249,10 @@ def segment_task(job, record, pipeline, store, ctx, index=None):
             record = _load_and_embed(job, pipeline, store, ctx, index)
             if isinstance(record, dict):
                 return record
+        elif job.attempts > 1:  # started again: its dead worker may have written it all
+            done = store.completed(job.name, job.sha256, ctx.digest)
+            if done is not None and done.get("run_id") == store.run_id:
+                return from_record(job, done, "done")
         mask, rec = clasp_one(pipeline, record, source=job.path)
         timings = {**job.timings, **rec.info["stage_timings"]}
         meta = image_record(rec, mask, name=job.name, source=job.path,
@@ -539,10 +566,12 @@ class _Dask:
                 raise self._lost()
 
     def unexpected(self, job, exc):
-        """A future that ended without a result: cancelled because the scheduler is gone."""
+        """A future that ended without a result (a task never raises): the connection."""
         import asyncio
 
-        if isinstance(exc, asyncio.CancelledError) or self.client.status != "running":
+        # CommClosedError is an OSError; a cancelled future: scheduler-connection-lost
+        if (isinstance(exc, (asyncio.CancelledError, OSError, TimeoutError))
+                or self.client.status != "running"):
             raise self._lost(exc)
         return failed(job, exc)
 
@@ -763,13 +792,16 @@ def run_dask(jobs, store, pipeline, ctx, *, client, max_attempts, emit, index=No
     backend = _Dask(client)
     runner = _Runner(backend, emit, max_attempts=max_attempts,
                      max_in_flight=max(8, 2 * sum(client.nthreads().values())) + 1)
-    shared = None
+    # the records, read once per worker from the output directory rather than sent per task
     try:
-        # the records, once per worker rather than once per task
-        shared = client.scatter(index if index is not None else RecordIndex(),
-                                broadcast=True, hash=False)
+        (index if index is not None else RecordIndex()).save(store)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        return f"the output disk is full, the run stopped: {exc.strerror or exc}"
+    try:
         for job in jobs:
-            if not runner.submit(job, segment_task, job, None, template, store, ctx, shared,
+            if not runner.submit(job, segment_task, job, None, template, store, ctx,
                                  key=f"clasp-segment-{job.name}-{store.run_id}"):
                 break
         runner.finish()
@@ -785,7 +817,5 @@ def run_dask(jobs, store, pipeline, ctx, *, client, max_attempts, emit, index=No
             with contextlib.suppress(Exception):  # the client may be closed already
                 if client.status == "running":
                     client.cancel(futures)
-        if shared is not None:
-            with contextlib.suppress(Exception):
-                shared.release()
+        RecordIndex.discard(store)
     return runner.stopped

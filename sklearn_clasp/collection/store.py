@@ -418,6 +418,14 @@ class OutputLock:
 # --------------------------------------------------------------------------
 
 
+_INDEX_PREFIX = ".clasp-index-"
+
+
+def index_path(store):
+    """The hidden file in which a run leaves its record index for the Dask workers."""
+    return store.out_dir / f"{_INDEX_PREFIX}{store.run_id}.json"
+
+
 def _real(path):
     return os.path.realpath(os.fspath(path)) if path else None
 
@@ -466,6 +474,43 @@ class RecordIndex:
                                                  example)
         return cls({k: tuple(v) for k, v in by_sha.items()},
                    {k: tuple(v) for k, v in by_source.items()}, settings)
+
+    def save(self, store):
+        """Write what the Dask workers need (by checksum, planned names) for this run.
+
+        A hidden file in the output directory, read once per worker and run
+        (see :meth:`load`); removed by :meth:`discard`. Data scattered to the
+        workers would not survive the death of every worker that holds it.
+        """
+        data = {"run_id": store.run_id,
+                "by_sha": {sha: [list(e) for e in entries] for sha, entries in
+                           self.by_sha.items()},
+                "planned": sorted(self.planned)}
+        text = json.dumps(data)
+        atomic_write(index_path(store), lambda p: p.write_text(text, encoding="utf-8"),
+                     tag=store.run_id)
+
+    @classmethod
+    def load(cls, store):
+        """The index :meth:`save` wrote for this run (empty if it is not there)."""
+        data = read_json(index_path(store))
+        if data is None or data.get("run_id") != store.run_id:
+            return cls()
+        by_sha = {sha: tuple((e[0], e[1]) for e in entries if isinstance(e, list)
+                             and len(e) == 2)
+                  for sha, entries in (data.get("by_sha") or {}).items()}
+        return cls(by_sha=by_sha, planned=frozenset(data.get("planned") or ()))
+
+    @staticmethod
+    def discard(store, *, others=False):
+        """Remove this run's index file (``others``: those of runs that ended)."""
+        with contextlib.suppress(OSError), os.scandir(store.out_dir) as entries:
+            for entry in entries:
+                if not (entry.name.startswith(_INDEX_PREFIX) and entry.name.endswith(".json")):
+                    continue
+                if (entry.name == index_path(store).name) != others:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def home(self, path, own):
         """The name of the record made from this very file, if there is one."""
