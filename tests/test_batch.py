@@ -786,3 +786,37 @@ def test_an_image_started_again_after_its_worker_died_is_not_redone(tmp_path):
     assert (again["status"], again["n_clusters"]) == ("done", json.loads(
         (out / "img0.json").read_text())["n_clusters"])
     assert {name: (out / name).stat().st_mtime_ns for name in _listing(out)} == stamps
+
+
+class _DiesOnce(CRFRefiner):
+    """Kills its worker process the first time it refines 'img2' (a marker file: the
+    workers are other processes)."""
+
+    def __init__(self, method="nearest", marker_dir=None):
+        super().__init__(method=method)
+        self.marker_dir = marker_dir
+
+    def transform(self, X):
+        if any((rec.source or "").endswith("img2.png") for rec in X):
+            try:
+                os.close(os.open(os.path.join(self.marker_dir, "died"),
+                                 os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                os._exit(1)
+        return super().transform(X)
+
+
+def test_a_worker_killed_early_costs_nothing_and_the_run_goes_on(tmp_path):
+    """More images were submitted to the broken pool after the death: a traceback."""
+    _write_images(tmp_path / "in", n=12)
+    pipe = _pipe()
+    pipe.steps[-1] = ("refine", _DiesOnce(marker_dir=str(tmp_path)))
+    report = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=pipe, n_jobs=2,
+                                chunk_size=2)
+    assert (tmp_path / "died").exists()
+    assert (report.n_done, report.n_failed) == (12, 0)
+    assert _listing(tmp_path / "out") == _expected_files([f"img{i}" for i in range(12)])
+    attempts = {r["name"]: r["attempts"] for r in report.results}
+    assert attempts["img2"] == 2 and min(attempts.values()) == 1

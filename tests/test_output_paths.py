@@ -428,3 +428,49 @@ def test_overlays_of_huge_images_are_drawn_downscaled(tmp_path, monkeypatch):
         assert im.size == (8, 11)
     with Image.open(tmp_path / "x_mask.png") as im:
         assert im.size == (30, 40)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (root only), unmounted at the end."""
+    import shutil
+    import subprocess
+
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("mount")):
+        pytest.skip("needs root to mount a small tmpfs")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_really_full_disk_stops_clasp_with_exit_4_and_the_rerun_finishes(tmp_path,
+                                                                          small_disk, capsys):
+    import subprocess
+
+    for i in range(16):
+        _image(tmp_path / "in" / f"img{i:02d}.png", seed=i, size=(112, 140))
+    out = small_disk / "out"
+    argv = ["segment", str(tmp_path / "in"), "--out", str(out), "--embedder", "handcrafted",
+            "--embed-short-side", "none", "--refine", "nearest"]
+    assert main(argv) == 4
+    captured = capsys.readouterr()
+    (line,) = [x for x in captured.err.splitlines() if x.strip()]
+    assert line.startswith("clasp segment: error: the output disk is full, the run stopped: "
+                           "could not write ")
+    assert "(No space left on device)" in line
+    assert "not done" in captured.out and "failed" not in captured.out.split("\n", 1)[1]
+    done = sorted(p.stem for p in out.glob("*.json") if not p.name.startswith("."))
+    assert 0 < len(done) < 16
+    assert _hidden(out) == [] and not (out / FAILURES_FILE).exists()
+    stamps = {name: (out / f"{name}.json").stat().st_mtime_ns for name in done}
+    # space freed: the same command finishes the rest and redoes nothing
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
+    assert main(argv) == 0
+    assert f"{16 - len(done)} segmented, {len(done)} skipped" in capsys.readouterr().out
+    assert {name: (out / f"{name}.json").stat().st_mtime_ns for name in done} == stamps

@@ -605,8 +605,8 @@ def _run(jobs, store, pipeline, ctx, index, *, client, scheduler, security, n_jo
                                     chunk_size=chunk_size or min(MAX_CHUNK_SIZE,
                                                                  max(8, 2 * n_workers)),
                                     max_attempts=max_attempts, emit=emit, index=index)
+            store.remove_temporaries()  # no worker of the run is left: any is garbage
             if stopped is not None:
-                store.remove_temporaries()
                 logger.info("stopped with %d of %d image(s) accounted for: %s",
                                sum(r["status"] != "stopped" for r in results.values()),
                                len(jobs), stopped)

@@ -361,11 +361,12 @@ class _Processes:
 
     names_culprit = False  # a dead worker breaks the pool: every task in flight fails
 
-    def __init__(self, n_workers):
+    def __init__(self, n_workers, on_restart=None):
         from joblib.externals.loky.process_executor import BrokenProcessPool
 
         self.n_workers = n_workers
         self.died = (BrokenProcessPool,)  # TerminatedWorkerError is one
+        self._on_restart = on_restart  # called with no worker alive (temporaries removed)
         self._pool = self._make()
 
     def _make(self):
@@ -406,7 +407,9 @@ class _Processes:
         self._pool.shutdown(wait=True, kill_workers=True)
 
     def restart(self):
-        self._shutdown()
+        self._shutdown()  # kills the other workers too, maybe in the middle of a write
+        if self._on_restart is not None:
+            self._on_restart()
         self._pool = self._make()
 
     def close(self):
@@ -621,14 +624,32 @@ class _Runner:
         """Start a task (unless the run stopped); then wait while too many are in flight."""
         if self.stopped is not None:
             return False
-        self.in_flight[self.backend.submit(fn, *args, key=key)] = (job, fn, args, key)
+        try:
+            future = self.backend.submit(fn, *args, key=key)
+        except self.backend.died:  # a worker died since: a broken pool takes no task
+            self._restart()
+            future = self.backend.submit(fn, *args, key=key)
+        self.in_flight[future] = (job, fn, args, key)
         while len(self.in_flight) >= self.max_in_flight:
             self._collect()
         return True
 
+    def _restart(self):
+        """A dead worker broke the pool: its unfinished tasks become suspects; a new pool."""
+        for future, entry in list(self.in_flight.items()):
+            if future.done() and future.exception() is None:
+                self.emit(future.result())  # finished before the death
+            else:
+                self.suspects.append(entry)
+        self.in_flight.clear()
+        self.backend.restart()
+
     def _collect(self):
         for future in self.backend.wait_first(self.in_flight):
-            job, fn, args, key = self.in_flight.pop(future)
+            entry = self.in_flight.pop(future, None)
+            if entry is None:  # accounted for by a restart meanwhile
+                continue
+            job, fn, args, key = entry
             try:
                 outcome = future.result()
             except self.backend.died as exc:
@@ -655,6 +676,7 @@ class _Runner:
                 f"exhaust a worker's memory or crash native code. Check the worker logs.")))
             return
         self.suspects.append((job, fn, args, key))
+        self._restart()  # every other task in flight dies with the pool: suspects too
 
     def finish(self):
         """Wait for every task; re-run alone those whose worker died."""
@@ -665,7 +687,6 @@ class _Runner:
                 self.emit(result(job, "stopped"))
             self.suspects = []
         if self.suspects:
-            self.backend.restart()
             logger.warning("a worker process died; running the %d image(s) it may have been "
                            "working on one at a time", len(self.suspects))
         suspects, self.suspects = self.suspects, []
@@ -733,7 +754,8 @@ def run_local(jobs, store, pipeline, ctx, *, n_workers, chunk_size, max_attempts
         images not done then have no result.
     """
     index = index if index is not None else RecordIndex()
-    backend = _InProcess() if n_workers == 1 else _Processes(n_workers)
+    backend = (_InProcess() if n_workers == 1
+               else _Processes(n_workers, on_restart=store.remove_temporaries))
     tail = clone(pipeline)  # parameters only: the workers get the images embedded
     embed = None
     claimed = set()  # names taken by images of this run found by their bytes
