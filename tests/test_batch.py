@@ -548,6 +548,15 @@ def test_a_killed_writer_leaves_no_temporary_file_after_an_interruption(tmp_path
     assert _listing(out) == sorted([".someone-else.tmp", "stranger"]
                                    + _expected_files(["img0"]))
 
+    # a run SIGKILLed mid-write cannot clean up: the next run (holding the lock) does
+    killed = temporary_name(out / "img1_mask.png", "0123456789abcdef")
+    killed.write_bytes(b"half")
+    monkeypatch.setattr(store_module, "atomic_write", real_write)
+    assert segment_collection(tmp_path / "in", out, pipeline=_pipe()).n_done == 2
+    assert not killed.exists()
+    assert _listing(out) == sorted([".someone-else.tmp", "stranger"]
+                                   + _expected_files(["img0", "img1", "img2"]))
+
 
 def test_images_over_the_pixel_limit_fail_alone(tmp_path):
     _write_images(tmp_path / "in", n=3)  # 56x70, 84x98, 112x140

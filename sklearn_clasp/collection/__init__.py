@@ -460,6 +460,7 @@ def segment_collection(
                      version=__version__)
     with OutputLock(out_dir, store.run_id):
         RecordIndex.discard(store, others=True)  # left by runs that were killed
+        store.remove_stale_temporaries()
         index = RecordIndex.scan(out_dir)
         check_settings(index, ctx.digest, ctx.settings, out_dir, overwrite=overwrite)
         jobs = [Job(index=i, name=im.name, path=os.path.abspath(im.path))

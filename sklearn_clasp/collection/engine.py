@@ -423,9 +423,11 @@ def check_scheduler_address(address):
     """A Dask scheduler address, checked at once; raises with the reason.
 
     The scheme must be one Dask knows and a ``tcp://`` or ``tls://`` port in
-    1..65535; then, for ``tcp://`` and ``tls://``, the host must resolve and
-    something must listen on the port (refused at once, instead of retrying
-    for the whole connect timeout).
+    1..65535; then the host must resolve and, for ``tcp://``, something must
+    listen on the port (refused at once, instead of retrying for the whole
+    connect timeout; the scheduler logs the probe's connection at INFO
+    level). A ``tls://`` port is not probed: the scheduler would log a failed
+    TLS handshake.
 
     Parameters
     ----------
@@ -471,8 +473,11 @@ def check_scheduler_address(address):
         raise ValueError(f"scheduler {address!r}: the port must be in 1..65535 (a Dask "
                          f"scheduler listens on 8786 by default)")
     try:
-        with socket.create_connection((host, port), timeout=_connect_timeout()):
-            pass
+        if scheme == "tls":
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        else:
+            with socket.create_connection((host, port), timeout=_connect_timeout()):
+                pass
     except ConnectionRefusedError:
         raise ConnectionError(f"nothing listens at {host}:{port} (connection refused)") \
             from None

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import time
 import uuid
@@ -70,6 +71,8 @@ OVERLAY_MAX_PIXELS = 1 << 22
 # (palette PNGs, that compress well at any level) and overlays a little larger.
 _PNG_LEVEL = 1
 
+# A temporary file of atomic_write tagged with a run id: .<file>.<random>.<run id>.tmp
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.([0-9a-f]{16})\.tmp")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -309,6 +312,23 @@ class OutputStore:
                 fh.write(json.dumps(jsonable(line)) + "\n")
         except OSError as exc:
             logger.warning("could not append to %s: %s", path, exc)
+
+    def remove_stale_temporaries(self):
+        """Remove the temporary files of runs that were killed (called holding the lock).
+
+        Only names of :func:`~sklearn_clasp.io.temporary_name`'s form with a run
+        id of this package (``.<file>.<12 hex>.<16 hex>.tmp``) are touched.
+        """
+        removed = 0
+        with contextlib.suppress(OSError), os.scandir(self.out_dir) as entries:
+            for entry in entries:
+                found = _TEMPORARY.fullmatch(entry.name)
+                if found and found.group(1) != self.run_id:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                        removed += 1
+        if removed:
+            logger.info("removed %d temporary file(s) left by runs that were killed", removed)
 
     def remove_temporaries(self):
         """Remove the temporary files this run left (its workers stopped mid-write)."""
