@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
 import random
@@ -154,7 +153,7 @@ class Disk:
         self.real = False
         if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("mount"):
             done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs",
-                                   str(self.mount)], capture_output=True)
+                                   str(self.mount)], capture_output=True, check=False)
             self.real = done.returncode == 0
         self.filler = self.mount / "filler.bin"
 
@@ -183,7 +182,7 @@ class Disk:
 
     def close(self):
         if self.real:
-            subprocess.run(["umount", "-l", str(self.mount)], capture_output=True)
+            subprocess.run(["umount", "-l", str(self.mount)], capture_output=True, check=False)
 
 
 def soak(n_images, n_kills, seed, work, disk_mb=64):
@@ -230,7 +229,7 @@ def soak(n_images, n_kills, seed, work, disk_mb=64):
                     if action == "kill run":
                         break
                 time.sleep(0.02)
-            stdout, stderr = proc.communicate()
+            _, stderr = proc.communicate()
             (work / f"run-{len(runs) + 1:02d}.err").write_text(stderr)
             if "fill disk" in faults:
                 disk.free()

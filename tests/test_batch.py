@@ -646,11 +646,9 @@ def test_a_held_output_directory_is_refused_at_once(tmp_path, count_embedded):
     _write_images(tmp_path / "in", n=2)
     out = tmp_path / "out"
     out.mkdir()
-    with OutputLock(out, "someone-else"):
-        with pytest.raises(OutputDirectoryInUseError, match=r"another run is writing into the "
-                                                            r"output directory .* \(run_id "
-                                                            r"someone-else, pid \d+"):
-            segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    held = r"another run is writing into the output directory .* \(run_id someone-else, pid \d+"
+    with OutputLock(out, "someone-else"), pytest.raises(OutputDirectoryInUseError, match=held):
+        segment_collection(tmp_path / "in", out, pipeline=_pipe())
     assert count_embedded == [] and _listing(out) == []
     assert segment_collection(tmp_path / "in", out, pipeline=_pipe()).n_done == 2
     assert (out / LOCK_FILE).read_text() == ""  # released: the holder is gone

@@ -959,11 +959,11 @@ def test_bad_scheduler_addresses_fail_at_once_with_exit_2(image_dir, tmp_path, c
         sock.bind(("127.0.0.1", 0))
         free = sock.getsockname()[1]
     for address, message in [
-        ("nonsense://x", "--scheduler 'nonsense://x': unknown scheme 'nonsense'; expected "
-                         "one of "),
+        ("nonsense://x", ("--scheduler 'nonsense://x': unknown scheme 'nonsense'; expected "
+                          "one of ")),
         ("127.0.0.1:99999", "--scheduler '127.0.0.1:99999': the port must be in 1..65535"),
-        (f"tcp://127.0.0.1:{free}", f"cannot connect to the Dask scheduler: nothing listens "
-                                    f"at 127.0.0.1:{free} (connection refused)"),
+        (f"tcp://127.0.0.1:{free}", (f"cannot connect to the Dask scheduler: nothing listens "
+                                     f"at 127.0.0.1:{free} (connection refused)")),
     ]:
         start = time.monotonic()
         status = main(["segment", str(image_dir), "--out", str(tmp_path / "out"), *FAST,

@@ -284,8 +284,9 @@ def segment_collection(
     and path as well as by its name, so the same file reached through another
     input path (``photos``, then ``photos/cats``), or moved, is not done
     again under another name, and the results of another file that had the
-    same name are never overwritten (see :meth:`~sklearn_clasp.collection.store.RecordIndex.resolve`).
-    An interruption (``KeyboardInterrupt``)
+    same name are never overwritten (see
+    :meth:`~sklearn_clasp.collection.store.RecordIndex.resolve`). An
+    interruption (``KeyboardInterrupt``)
     stops the workers, removes this run's temporary files and is raised again;
     only complete files are left. An image that fails (unreadable or damaged
     file, an image over ``max_image_pixels``, an error in a step) is tried
@@ -421,7 +422,7 @@ def segment_collection(
     ...                            random_state=0)
     >>> report = segment_collection(root / "shapes.png", root / "out", pipeline=pipe)
     >>> report.n_done, sorted(p.name for p in (root / "out").iterdir())
-    (1, ['shapes.json', 'shapes_mask.png', 'shapes_overlay.png'])
+    (1, ['.clasp.lock', 'shapes.json', 'shapes_mask.png', 'shapes_overlay.png'])
     >>> segment_collection(root / "shapes.png", root / "out", pipeline=pipe).n_skipped
     1
     """

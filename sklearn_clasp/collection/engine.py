@@ -370,10 +370,10 @@ class _Processes:
         self._pool = self._make()
 
     def _make(self):
+        from multiprocessing import resource_tracker as stdlib_resource_tracker
+
         from joblib.externals.loky import ProcessPoolExecutor
         from joblib.externals.loky.backend import resource_tracker
-
-        from multiprocessing import resource_tracker as stdlib_resource_tracker
 
         with _children_immune_to_group_signals() as block:
             resource_tracker.ensure_running()
@@ -423,11 +423,11 @@ def check_scheduler_address(address):
     """A Dask scheduler address, checked at once; raises with the reason.
 
     The scheme must be one Dask knows and a ``tcp://`` or ``tls://`` port in
-    1..65535; then the host must resolve and, for ``tcp://``, something must
+    1..65535; then, for ``tcp://``, the host must resolve and something must
     listen on the port (refused at once, instead of retrying for the whole
     connect timeout; the scheduler logs the probe's connection at INFO
-    level). A ``tls://`` port is not probed: the scheduler would log a failed
-    TLS handshake.
+    level). A ``tls://`` address is left to the client's own connect: a probe
+    would make the scheduler log a failed TLS handshake.
 
     Parameters
     ----------
@@ -472,12 +472,11 @@ def check_scheduler_address(address):
     if not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError(f"scheduler {address!r}: the port must be in 1..65535 (a Dask "
                          f"scheduler listens on 8786 by default)")
+    if scheme == "tls":
+        return f"{scheme}://{location}"
     try:
-        if scheme == "tls":
-            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        else:
-            with socket.create_connection((host, port), timeout=_connect_timeout()):
-                pass
+        with socket.create_connection((host, port), timeout=_connect_timeout()):
+            pass
     except ConnectionRefusedError:
         raise ConnectionError(f"nothing listens at {host}:{port} (connection refused)") \
             from None

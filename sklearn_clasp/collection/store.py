@@ -401,9 +401,9 @@ class OutputLock:
                     who = ", ".join(f"{k} {holder[k]}" for k in ("run_id", "pid", "host",
                                                                  "started") if holder.get(k))
                     raise OutputDirectoryInUseError(
-                        errno.EBUSY, f"another run is writing into the output directory "
+                        errno.EBUSY, "another run is writing into the output directory "
                         f"{str(self.out_dir)!r}" + (f" ({who})" if who else "") + "; wait "
-                        f"for it to finish, or choose another output directory") from None
+                        "for it to finish, or choose another output directory") from None
                 except OSError as exc:  # a file system without locks
                     logger.warning("cannot lock the output directory %s (%s); make sure no "
                                    "other run writes into it meanwhile", self.out_dir,
@@ -586,8 +586,8 @@ def _differences(old, new, limit=6):
     """``"key: old -> new"`` for the settings that differ."""
     old, new = old or {}, new or {}
     keys = sorted(k for k in set(old) | set(new) if old.get(k, "?") != new.get(k, "?"))
-    shown = [f"{k}: {old[k] if k in old else '(absent)'} there, "
-             f"{new[k] if k in new else '(absent)'} now" for k in keys[:limit]]
+    shown = [f"{k}: {old.get(k, '(absent)')} there, {new.get(k, '(absent)')} now"
+             for k in keys[:limit]]
     if len(keys) > limit:
         shown.append(f"... ({len(keys)} in all)")
     return "; ".join(shown) or "the settings hashes differ"
@@ -609,7 +609,7 @@ def check_settings(index, digest, settings, out_dir, *, overwrite):
         logger.warning("%d record(s) in %s were made with other settings; the images of "
                        "this run replace theirs (overwrite)", n, out_dir)
         return
-    (count, old, example), *rest = sorted(other.values(), key=lambda v: -v[0])
+    (_, old, example), *rest = sorted(other.values(), key=lambda v: -v[0])
     raise SettingsMismatchError(
         f"the output directory {str(out_dir)!r} holds the outputs of {n} image(s) made with "
         f"other settings ({_differences(old, settings)}"
