@@ -298,14 +298,28 @@ def _describe_default(value):
     return str(value)
 
 
+def _upper_bound(constraints):
+    """The largest integer an option's constraints allow, if they bound it."""
+    from numbers import Integral
+
+    from sklearn.utils._param_validation import Interval
+
+    rights = [c.right for c in constraints if isinstance(c, Interval) and c.type is Integral]
+    if not rights or any(r is None for r in rights):
+        return None
+    return max(rights)
+
+
 def _add_setting(group, setting, *, default_text=None):
     bool_like = _allows(setting.constraints, "bool")
     default = default_text if default_text is not None else _describe_default(setting.default)
     text = setting.help.rstrip(".")
+    top = _upper_bound(setting.constraints)
+    bound = f", at most {top}" if top is not None else ""
     group.add_argument(setting.flag, dest=setting.name, metavar=_metavar(setting),
                        default=None, nargs="?" if bool_like else None,
                        const="true" if bool_like else None,
-                       help=f"{text} (default: {default})".replace("%", "%%"))
+                       help=f"{text} (default: {default}{bound})".replace("%", "%%"))
 
 
 #: Aliases on the command line: option -> (setting, help). Also accepted in config files.

@@ -352,14 +352,14 @@ def segment_collection(
         Show a progress bar (tqdm, on stderr) with images per second.
     max_attempts : int, default=3
         Starts of an image whose worker process died, before it is recorded as
-        failed; at most :data:`MAX_ATTEMPTS`. On Dask the scheduler
+        failed. At most :data:`MAX_ATTEMPTS`. On Dask the scheduler
         reschedules such an image itself, up to its
         ``distributed.scheduler.allowed-failures`` setting.
     write_overlay : bool, default=True
         Write ``<name>_overlay.png``.
     chunk_size : int, default=None
         Images loaded and embedded at a time (memory is bounded by about this
-        many images); at most :data:`MAX_CHUNK_SIZE`. ``None`` means
+        many images). At most :data:`MAX_CHUNK_SIZE`; ``None`` means
         ``max(8, 2 * n_jobs)``.
     max_image_pixels : int or None, default=DEFAULT_MAX_IMAGE_PIXELS
         Largest image (width x height, read from the file's header before
