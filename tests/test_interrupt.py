@@ -235,16 +235,27 @@ def _lock_holder(out):
         return None
 
 
+HOLDER = """
+import sys, time
+from pathlib import Path
+from sklearn_clasp.collection.store import OutputLock, OutputStore
+out = Path(sys.argv[1])
+out.mkdir(parents=True, exist_ok=True)
+OutputLock(out, OutputStore.new_run_id()).acquire()  # as segment_collection holds it
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
 def test_a_second_run_on_the_same_out_fails_at_once_and_sigkill_releases_the_lock(
         images, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["segment", str(images), "--out", str(out), *OPTIONS]
-    first = _start(argv, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], env=env,
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while _lock_holder(out) is None and time.monotonic() < deadline:
-            assert first.poll() is None
-            time.sleep(0.02)
+        assert first.stdout.readline().strip() == "held"
         holder = _lock_holder(out)
         assert holder["pid"] == first.pid
         # a second run, other settings or not: refused at once, naming the holder
@@ -256,12 +267,28 @@ def test_a_second_run_on_the_same_out_fails_at_once_and_sigkill_releases_the_loc
             assert f"run_id {holder['run_id']}, pid {first.pid}" in err
             assert "wait for it to finish, or choose another output directory" in err
         assert time.monotonic() - start < 10
+        assert list(out.glob("*.json")) == []
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # no clean-up at all
         first.communicate()
     assert _lock_holder(out)["pid"] == first.pid  # the file still names the dead holder
     assert main(argv) == 0  # but the kernel released its lock
     assert _check_complete(out) == [f"img{i:02d}" for i in range(N_IMAGES)]
+
+
+def test_a_real_run_holds_the_lock_until_it_ends(images, tmp_path):
+    out = tmp_path / "out"
+    proc = _start(["segment", str(images), "--out", str(out), *OPTIONS], tmp_path)
+    seen = set()
+    while proc.poll() is None:
+        holder = _lock_holder(out)
+        if holder is not None:
+            seen.add(holder["pid"])
+        time.sleep(0.01)
+    _finish(proc)
+    assert proc.returncode == 0
+    assert seen == {proc.pid}  # held by the run while it ran
+    assert _lock_holder(out) is None  # and emptied at its end
 
 
 def _log_lines_start_lines(stderr):
