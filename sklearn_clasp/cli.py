@@ -28,12 +28,16 @@ command-line options override it. The short names of
 :data:`sklearn_clasp.pipeline.ALIASES` (``--k-max``, ``--embedder``...) are
 aliases, the same on the command line and in config files.
 
-Exit status: 0 success, 1 some images failed, 2 usage error (bad option,
-unreadable config file, no images, an output directory that cannot be
-written), 3 the embedder could not be loaded (e.g. DINOv2 weights missing
-offline), 130 interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM); an
-interrupted run keeps only complete outputs, and running it again finishes
-the rest. Library code logs; only this module prints.
+Exit status: 0 success, 1 some images failed, 2 usage error (bad option or
+value, a value beyond its bound, unreadable config file, no images, an
+output directory that cannot be written, is in use by another run, holds
+other settings or is not seen by the Dask workers, a bad or unreachable
+scheduler address), 3 the embedder could not be loaded (e.g. DINOv2 weights
+missing offline), 4 the run stopped early (a full output disk, the Dask
+scheduler lost), 130 interrupted (Ctrl-C, SIGINT), 129 (SIGHUP), 143
+terminated (SIGTERM); a stopped or interrupted run keeps only complete
+outputs, and running it again finishes the rest. Library code logs; only
+this module prints.
 """
 
 from __future__ import annotations
@@ -65,13 +69,14 @@ __all__ = [
     "EXIT_SOME_FAILED",
     "EXIT_USAGE",
     "EXIT_EMBEDDER",
+    "EXIT_STOPPED",
 ]
 
 logger = logging.getLogger("sklearn_clasp.cli")
 
 #: Exit statuses (an interruption by signal N exits with 128 + N: 130 for SIGINT,
 #: 143 for SIGTERM).
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_EMBEDDER = 0, 1, 2, 3
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_EMBEDDER, EXIT_STOPPED = 0, 1, 2, 3, 4
 
 PROG = "clasp"
 COMMANDS = {
@@ -96,6 +101,10 @@ class UsageError(Exception):
 
 class EmbedderError(Exception):
     """The embedder could not be loaded (exit 3)."""
+
+
+class StoppedError(Exception):
+    """The run stopped early: a full output disk, a lost Dask scheduler (exit 4)."""
 
 
 # --------------------------------------------------------------------------
@@ -289,14 +298,28 @@ def _describe_default(value):
     return str(value)
 
 
+def _upper_bound(constraints):
+    """The largest integer an option's constraints allow, if they bound it."""
+    from numbers import Integral
+
+    from sklearn.utils._param_validation import Interval
+
+    rights = [c.right for c in constraints if isinstance(c, Interval) and c.type is Integral]
+    if not rights or any(r is None for r in rights):
+        return None
+    return max(rights)
+
+
 def _add_setting(group, setting, *, default_text=None):
     bool_like = _allows(setting.constraints, "bool")
     default = default_text if default_text is not None else _describe_default(setting.default)
     text = setting.help.rstrip(".")
+    top = _upper_bound(setting.constraints)
+    bound = f", at most {top}" if top is not None else ""
     group.add_argument(setting.flag, dest=setting.name, metavar=_metavar(setting),
                        default=None, nargs="?" if bool_like else None,
                        const="true" if bool_like else None,
-                       help=f"{text} (default: {default})".replace("%", "%%"))
+                       help=f"{text} (default: {default}{bound})".replace("%", "%%"))
 
 
 #: Aliases on the command line: option -> (setting, help). Also accepted in config files.
@@ -408,8 +431,9 @@ def build_parser(command=None):
                     "--out-dir and prints a summary. Runs resume: images whose outputs "
                     "match the input and the settings are skipped.",
         epilog="Exit status: 0 all images done or skipped, 1 some images failed, 2 usage "
-               "error, 3 the embedder could not be loaded, 130/143 interrupted (SIGINT/"
-               "SIGTERM): the outputs written are complete and a re-run finishes the rest.",
+               "error, 3 the embedder could not be loaded, 4 the run stopped early (a full "
+               "disk, the Dask scheduler lost), 130/143 interrupted (SIGINT/SIGTERM): the "
+               "outputs written are complete and a re-run finishes the rest.",
     )
     seg.add_argument("inputs", nargs="*", metavar="INPUT",
                      help="image files, directories or glob patterns (quote them)")
@@ -604,6 +628,8 @@ def load_config(path, *, run=True):
         options[key] = check_value(value, specs[key], where=where)
     base = path.resolve().parent
     for key in _PATH_KEYS:
+        if isinstance(options.get(key), (str, Path)) and not str(options[key]).strip():
+            raise UsageError(f"config file {path}: {key} is empty; give a path")
         if isinstance(options.get(key), (str, Path)) and options[key] != "random":
             options[key] = str(base / Path(options[key]).expanduser())
     if "inputs" in options:
@@ -697,11 +723,12 @@ def _show_progress(run, quiet):
         return False
 
 
-def _find_inputs(inputs):
+def _find_inputs(inputs, out_dir=None):
+    """The images of the inputs, the output directory's tree left out (a UsageError if none)."""
     from .io import find_images
 
     try:
-        found = find_images(inputs)
+        found = find_images(inputs, exclude=out_dir)
     except FileNotFoundError as exc:
         raise UsageError(f"no images found: {exc}") from None
     if not found:
@@ -754,12 +781,38 @@ def _pillow_limit(max_pixels):
         Image.MAX_IMAGE_PIXELS = old
 
 
+def _check_scheduler(address):
+    """A usable ``--scheduler`` address, or a UsageError at once (no connect timeout)."""
+    from .collection.engine import check_scheduler_address
+
+    try:
+        return check_scheduler_address(address)
+    except ImportError:
+        raise UsageError("--scheduler needs the Dask extra: pip install "
+                         "'sklearn-clasp[dask]'") from None
+    except ValueError as exc:
+        raise UsageError(f"--{exc}") from None
+    except ConnectionError as exc:
+        raise UsageError(f"--scheduler {address}: cannot connect to the Dask scheduler: "
+                         f"{exc}. Check the address and that the scheduler is running") \
+            from None
+
+
 def _segment(images, out_dir, run, pipeline, quiet):
     """Run segment_collection with the run options; returns the report."""
-    from .collection import segment_collection
+    from .collection import (
+        OutputDirectoryInUseError,
+        OutputNotSharedError,
+        RunStoppedError,
+        SettingsMismatchError,
+        segment_collection,
+    )
     from .collection.store import OutputStore
 
     security = _dask_security(run)
+    if run.get("scheduler") is not None:
+        run = {**run, "scheduler": _check_scheduler(run["scheduler"])}
+        _hold_dask_logs()
     try:  # before any work: the output directory must be writable (exit 2)
         OutputStore(Path(out_dir), run_id="check").prepare(who="--out-dir")
     except OSError as exc:
@@ -777,6 +830,15 @@ def _segment(images, out_dir, run, pipeline, quiet):
                                       progress=_show_progress(run, quiet), **kwargs)
         except ConnectionError as exc:  # --scheduler unreachable or TLS refused
             raise UsageError(str(exc)) from None
+        except (OutputDirectoryInUseError, OutputNotSharedError) as exc:
+            raise UsageError(f"--out-dir: {exc.strerror or exc}") from None
+        except SettingsMismatchError as exc:
+            text = str(exc).replace("overwrite=True (clasp: --overwrite)", "--overwrite")
+            raise UsageError(f"--out-dir: {text}") from None
+        except RunStoppedError as exc:
+            if not quiet:
+                _echo(exc.report.summary())
+            raise StoppedError(exc.reason) from None
 
 
 def run_segment(args):
@@ -785,6 +847,10 @@ def run_segment(args):
     if run.get("out_dir") is None:
         raise UsageError("the output directory is required: --out-dir DIR (or --out DIR, or "
                          "out_dir = \"DIR\" in the config file)")
+    if not str(run["out_dir"]).strip():
+        raise UsageError("--out-dir '': the output directory is empty; give one ('.' for the "
+                         "current directory)")
+    out_dir = os.path.abspath(run["out_dir"])
     pipeline = build_pipeline(settings)
     inputs = run.get("inputs") or []
     if not inputs:
@@ -792,7 +858,7 @@ def run_segment(args):
 
         inputs = [str(p) for p in sample_image_paths()]
         logger.info("no INPUT given: segmenting the bundled sample images")
-    report = _segment(_find_inputs(inputs), run["out_dir"], run, pipeline, args.quiet)
+    report = _segment(_find_inputs(inputs, out_dir), out_dir, run, pipeline, args.quiet)
     if args.quiet:
         for failure in report.failures:
             _echo(f"error: {_failure_line(failure)}", sys.stderr)
@@ -954,11 +1020,13 @@ def run_evaluate(args):
             if not args.images.is_dir():
                 raise UsageError(f"--images {args.images}: no such directory")
             pipeline = build_pipeline(settings)
-            images = _find_inputs([str(args.images)])
             out = run.get("out_dir")
             if out is None:
                 out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="clasp-")))
-            out = Path(out)
+            elif not str(out).strip():
+                raise UsageError("--out-dir '': the output directory is empty; give one")
+            out = Path(os.path.abspath(out))
+            images = _find_inputs([str(args.images)], out)
             report = _segment(images, out, run, pipeline, args.quiet)
             masks = {}
             for result in report.results:
@@ -1133,9 +1201,18 @@ class _EscapingFormatter(logging.Formatter):
         return super().format(record).encode(encoding, "backslashreplace").decode(encoding)
 
 
+def _only_critical(record):
+    return record.levelno >= logging.CRITICAL
+
+
 @contextlib.contextmanager
 def _logging_to_stderr(level):
-    """Send the package's log records to stderr at ``level`` while the command runs."""
+    """Send the package's log records to stderr at ``level`` while the command runs.
+
+    Dask's own log handlers print tracebacks of what this command reports in
+    one line (a lost scheduler, a refused connection): below ``-v`` they are
+    held back meanwhile.
+    """
     log = logging.getLogger("sklearn_clasp")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
@@ -1143,10 +1220,37 @@ def _logging_to_stderr(level):
     log.addHandler(handler)
     log.setLevel(level)
     try:
-        yield
+        with _dask_logs_held_back(level > logging.DEBUG):
+            yield
     finally:
         log.removeHandler(handler)
         log.setLevel(old_level)
+
+
+_HOLD_DASK_LOGS = []
+
+
+@contextlib.contextmanager
+def _dask_logs_held_back(enabled):
+    """Meanwhile, :func:`_hold_dask_logs` filters Dask's log handlers (once imported)."""
+    _HOLD_DASK_LOGS.append([] if enabled else None)
+    try:
+        yield
+    finally:
+        for h in _HOLD_DASK_LOGS.pop() or ():
+            h.removeFilter(_only_critical)
+
+
+def _hold_dask_logs():
+    """Hold back Dask's log records but critical ones (call after importing Dask)."""
+    held = _HOLD_DASK_LOGS[-1] if _HOLD_DASK_LOGS else None
+    if held is None:
+        return
+    for name in ("distributed", "distributed.client", "distributed.worker", "tornado"):
+        for h in logging.getLogger(name).handlers:
+            if h not in held:
+                h.addFilter(_only_critical)
+                held.append(h)
 
 
 def main(argv=None):
@@ -1161,10 +1265,13 @@ def main(argv=None):
     -------
     status : int
         0 success (all images done or skipped), 1 some images failed, 2 usage
-        error (bad options, unreadable config, no images found, an output
-        directory that cannot be written), 3 the embedder could not be loaded,
-        128 + N interrupted by signal N (130: SIGINT, Ctrl-C; 143: SIGTERM,
-        which is handled like SIGINT while the command runs).
+        error (bad options or values beyond their bounds, unreadable config,
+        no images found, an output directory that cannot be written, is in use
+        or holds other settings, a bad or unreachable scheduler), 3 the
+        embedder could not be loaded, 4 the run stopped early (a full disk,
+        the Dask scheduler lost), 128 + N interrupted by signal N (130:
+        SIGINT, Ctrl-C; 143: SIGTERM, which is handled like SIGINT while the
+        command runs).
 
     Examples
     --------
@@ -1191,12 +1298,16 @@ def main(argv=None):
             warnings.simplefilter("ignore")
         try:
             status = args.func(args)
+            sys.stdout.flush()  # here, so that a reader gone away is a BrokenPipeError below
         except UsageError as exc:
             _echo(f"{PROG} {args.command}: error: {exc}", sys.stderr)
             return EXIT_USAGE
         except EmbedderError as exc:
             _echo(f"{PROG} {args.command}: error: {exc}", sys.stderr)
             return EXIT_EMBEDDER
+        except StoppedError as exc:
+            _echo(f"{PROG} {args.command}: error: {exc}", sys.stderr)
+            return EXIT_STOPPED
         except BrokenPipeError:  # the reader went away (clasp segment ... | head)
             with contextlib.suppress(OSError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -271,6 +271,111 @@ def _decode_rgb(im, label):
     return rgb
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour type -> samples per pixel
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+# Adam7 passes: (x0, y0, dx, dy)
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+# Deflate cannot shrink data by more than about 1032:1 (a 258-byte match in 2 bits).
+_DEFLATE_MAX_RATIO = 1032
+_INFLATE_BLOCK = 1 << 20
+
+
+def _png_raw_size(width, height, bit_depth, color_type, interlace):
+    """Bytes of filtered scanlines a PNG of this header must decompress to."""
+    bits = bit_depth * _PNG_SAMPLES.get(color_type, 4)
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        w = (width - x0 + dx - 1) // dx if width > x0 else 0
+        h = (height - y0 + dy - 1) // dy if height > y0 else 0
+        if w and h:
+            total += h * (1 + (w * bits + 7) // 8)  # a filter byte per row
+    return total
+
+
+def _png_image_data(fh):
+    """``(IHDR fields, [(offset, length), ...] of the IDAT chunks)`` of a PNG, or None.
+
+    Reads only the chunk headers (the data is skipped); lengths are cut to what
+    the file holds.
+    """
+    import struct
+
+    size = os.fstat(fh.fileno()).st_size
+    fh.seek(0)
+    if fh.read(8) != _PNG_SIGNATURE:
+        return None
+    header, idat, position = None, [], 8
+    while position + 8 <= size:
+        fh.seek(position)
+        length, kind = struct.unpack(">I4s", fh.read(8))
+        start = position + 8
+        if kind == b"IHDR" and length >= 13:
+            header = struct.unpack(">IIBBBBB", fh.read(13))
+        elif kind == b"IDAT":
+            idat.append((start, max(0, min(length, size - start))))
+        elif idat or kind == b"IEND":
+            break  # the IDAT chunks are consecutive: the image data is over
+        position = start + length + 4  # data, CRC
+    return (header, idat) if header is not None else None
+
+
+def _check_png_data(fh, label, *, inflate=False):
+    """Refuse a PNG whose compressed image data holds less than its header says.
+
+    Pillow decodes such a file without a word, the missing rows black. A bound
+    that costs nothing (deflate shrinks data by at most about 1032:1) refuses
+    a small file that claims a huge image before it is decoded; with
+    ``inflate``, the data is also inflated (streamed, nothing kept) and its
+    length compared with the header's.
+    """
+    import zlib
+
+    position = fh.tell()
+    try:
+        found = _png_image_data(fh)
+        if found is None:
+            return
+        (width, height, bit_depth, color_type, _, _, interlace), chunks = found
+        expected = _png_raw_size(width, height, bit_depth, color_type, interlace)
+        stored = sum(n for _, n in chunks)
+        what = (f"{label}: the image data is incomplete: the header says {width} x "
+                f"{height} pixels")
+        fix = ("the file is damaged or truncated (a truncated download or copy?). "
+               "Re-create it or leave it out.")
+        if (stored + 64) * _DEFLATE_MAX_RATIO < expected:
+            raise ValueError(
+                f"{what}, which needs at least {expected // _DEFLATE_MAX_RATIO} bytes of "
+                f"compressed data, but the file holds {stored}; {fix}")
+        if not inflate:
+            return
+        inflate, produced = zlib.decompressobj(), 0
+        for offset, length in chunks:
+            fh.seek(offset)
+            while length > 0 and produced < expected and not inflate.eof:
+                block = fh.read(min(length, 1 << 16))
+                if not block:
+                    break
+                length -= len(block)
+                while block and produced < expected:
+                    produced += len(inflate.decompress(block, _INFLATE_BLOCK))
+                    block = inflate.unconsumed_tail
+            if produced >= expected or inflate.eof:
+                break
+        if produced < expected:
+            raise ValueError(
+                f"{what}, but its compressed data holds only {100 * produced / expected:.1f}% "
+                f"of them; {fix}")
+    except (zlib.error, OSError, ValueError) as exc:
+        if str(exc).startswith(label):
+            raise
+        return  # damaged in another way: decoding says how
+    finally:
+        fh.seek(position)
+
+
 def load_image(image, *, name=None, max_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image from a path, or convert an array, to RGB ``uint8``.
 
@@ -291,7 +396,12 @@ def load_image(image, *, name=None, max_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> np.n
 
     Before decoding, the size in the file's header is checked against
     ``max_pixels``, so a decompression bomb (a small file that decodes to a
-    huge image) is refused without allocating its pixels. Decoding takes
+    huge image) is refused without allocating its pixels. A PNG whose
+    compressed data holds fewer pixels than its header says (which Pillow
+    would decode with the missing rows black) is refused too: before
+    decoding when the file is far too small for its header, else after
+    decoding, by inflating the data again (without keeping it) when the last
+    row came out zero or the file is interlaced. Decoding takes
     about 7 bytes a pixel at its peak (Pillow's decoded image and the result;
     the result alone is 3 bytes a pixel): about 760 MB for a 12000 x 9000
     photo. Pillow's own process-wide limit (``2 * PIL.Image.MAX_IMAGE_PIXELS``)
@@ -386,6 +496,9 @@ def load_image(image, *, name=None, max_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> np.n
             if max_pixels is not None and width * height > max_pixels:
                 raise _too_large(label, f"{width} x {height} pixels ({width * height} "
                                         f"pixels)", max_pixels)
+            png = im.format == "PNG"
+            if png:
+                _check_png_data(fh, label)  # before decoding: a size bound
             try:
                 rgb = _decode_rgb(im, label)
             except MemoryError:
@@ -394,6 +507,10 @@ def load_image(image, *, name=None, max_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> np.n
                     f"(about {7 * width * height / 1e9:.1f} GB at the peak). Lower "
                     f"max_pixels to refuse such images, or downscale the file first."
                 ) from None
+            if png and (im.info.get("interlace") or not any(
+                    im.crop((0, height - 1, width, height)).tobytes())):
+                # data that ends early leaves the last rows zero (interlaced: any pass)
+                _check_png_data(fh, label, inflate=True)
             orientation = _exif_orientation(im, label)
     if orientation != 1:
         logger.debug("%s: EXIF orientation %d applied", label, orientation)
@@ -788,11 +905,12 @@ def _is_image_file(path):
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def _walk(root, recursive):
+def _walk(root, recursive, excluded=None):
     """Image files under a directory (hidden files and folders skipped), sorted.
 
     A directory that cannot be listed is an error when it is ``root`` and a
-    logged warning below it (its images are left out).
+    logged warning below it (its images are left out). The tree of
+    ``excluded`` (a real path) is not entered.
     """
     found = []
 
@@ -807,6 +925,8 @@ def _walk(root, recursive):
 
     for folder, dirs, files in os.walk(root, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        if excluded is not None:
+            dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(folder, d)) != excluded]
         for f in sorted(files):
             path = Path(folder, f)
             if _is_image_file(path):
@@ -814,12 +934,13 @@ def _walk(root, recursive):
     return found
 
 
-def _expand(item, recursive):
+def _expand(item, recursive, excluded=None):
     """``[(path, name parts), ...]`` for one input."""
     text = os.path.expanduser(os.fspath(item))
     path = Path(text)
     if path.is_dir():
-        return [(p, p.relative_to(path).with_suffix("").parts) for p in _walk(path, recursive)]
+        return [(p, p.relative_to(path).with_suffix("").parts)
+                for p in _walk(path, recursive, excluded)]
     if path.is_file() or (os.path.lexists(path) and not _GLOB_CHARS & set(text)):
         # a file named explicitly, or something else there (a broken link, a link loop,
         # a pipe): taken, so that loading it reports exactly what is wrong
@@ -830,14 +951,14 @@ def _expand(item, recursive):
             m = Path(match)
             if m.is_dir():
                 out.extend((p, p.relative_to(m).with_suffix("").parts)
-                           for p in _walk(m, recursive))
+                           for p in _walk(m, recursive, excluded))
             elif m.is_file() and _is_image_file(m):
                 out.append((m, (m.stem,)))
         return out
     return []
 
 
-def find_images(inputs, *, recursive=True):
+def find_images(inputs, *, recursive=True, exclude=None):
     """Expand files, directories and glob patterns into a list of images.
 
     Directories are searched for files whose suffix is one of
@@ -856,12 +977,20 @@ def find_images(inputs, *, recursive=True):
     the output directory. Names that would collide (also when only their case
     differs) each get a short hash of the file's resolved path appended.
 
+    The tree of ``exclude`` is left out before any name is made, so that an
+    output directory inside the inputs changes neither the collection nor its
+    names.
+
     Parameters
     ----------
     inputs : str, path-like, or iterable of str or path-like
         Image files, directories and glob patterns.
     recursive : bool, default=True
         Search sub-directories, and let ``**`` in glob patterns span them.
+    exclude : str or path-like, default=None
+        A directory whose files (links resolved) are never taken, and that is
+        not searched: :func:`~sklearn_clasp.collection.segment_collection`
+        passes its output directory.
 
     Returns
     -------
@@ -872,8 +1001,9 @@ def find_images(inputs, *, recursive=True):
     ------
     FileNotFoundError
         If an input matches no image (a missing file, a directory without
-        image files, a pattern that matches nothing); the message lists every
-        such input.
+        image files, a pattern that matches nothing, or only files inside
+        ``exclude``); the message lists every such input, and says when its
+        images were left out because they lie inside ``exclude``.
     PermissionError
         If a directory given as an input cannot be listed.
 
@@ -899,12 +1029,22 @@ def find_images(inputs, *, recursive=True):
     if not inputs:
         raise ValueError("find_images: no inputs given; pass image files, directories or "
                          "glob patterns.")
-    found, missing, seen = [], [], set()
+    excluded = None if exclude is None else os.path.realpath(os.fspath(exclude))
+    found, missing, inside, seen = [], [], [], set()
     for item in inputs:
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(f"find_images: inputs must be paths or glob patterns; got "
                             f"{type(item).__name__} ({item!r}).")
-        matches = _expand(item, recursive)
+        matches = _expand(item, recursive, excluded)
+        if excluded is not None:
+            kept = [(p, parts) for p, parts in matches if not is_inside(p, excluded)]
+            if matches and not kept:
+                inside.append((os.fspath(item), len(matches)))
+                continue
+            matches = kept
+            if not matches and _inside_tree(item, excluded):
+                inside.append((os.fspath(item), 0))
+                continue
         if not matches:
             missing.append(os.fspath(item))
         for path, parts in matches:
@@ -912,12 +1052,21 @@ def find_images(inputs, *, recursive=True):
             if key not in seen:
                 seen.add(key)
                 found.append((path, _safe_name(parts), key))
-    if missing:
-        raise FileNotFoundError(
-            f"find_images: no image matches {', '.join(repr(m) for m in missing)}. Check "
-            f"the path exists; directories and glob patterns only match files ending in "
-            f"{', '.join(IMAGE_SUFFIXES)}."
-        )
+    if missing or inside:
+        problems = []
+        if missing:
+            problems.append(
+                f"no image matches {', '.join(repr(m) for m in missing)}. Check the path "
+                f"exists; directories and glob patterns only match files ending in "
+                f"{', '.join(IMAGE_SUFFIXES)}")
+        if inside:
+            problems.append(
+                f"{', '.join(repr(m) for m, _ in inside)} "
+                f"{'lies' if len(inside) == 1 else 'lie'} inside {os.fspath(exclude)!r} and "
+                f"{'is' if len(inside) == 1 else 'are'} left out "
+                f"({sum(n for _, n in inside)} image file(s)): an output directory is "
+                f"never read as input. Give inputs outside it, or another output directory")
+        raise FileNotFoundError(f"find_images: {'; '.join(problems)}.")
     groups = Counter(name.casefold() for _, name, _ in found)
     images = [
         ImageInput(path, f"{name}-{_short_hash(key)}" if groups[name.casefold()] > 1 else name)
@@ -971,6 +1120,19 @@ def is_inside(path, folder):
         return True
     except ValueError:
         return False
+
+
+def _inside_tree(item, folder):
+    """Whether an input (a path, or the fixed part of a glob pattern) lies in ``folder``."""
+    text = os.path.expanduser(os.fspath(item))
+    if _GLOB_CHARS & set(text):
+        fixed = []
+        for part in Path(text).parts:
+            if _GLOB_CHARS & set(part):
+                break
+            fixed.append(part)
+        text = os.path.join(*fixed) if fixed else "."
+    return is_inside(text, folder)
 
 # --------------------------------------------------------------------------
 # label files

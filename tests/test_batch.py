@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,18 @@ from sklearn.utils._param_validation import InvalidParameterError
 from threadpoolctl import threadpool_limits
 
 from sklearn_clasp import HandcraftedPatchEmbedder, make_clasp_pipeline
-from sklearn_clasp.collection import FAILURES_FILE, CollectionReport, segment_collection
+from sklearn_clasp.collection import (
+    FAILURES_FILE,
+    MAX_ATTEMPTS,
+    MAX_CHUNK_SIZE,
+    MAX_N_JOBS,
+    CollectionReport,
+    OutputDirectoryInUseError,
+    SettingsMismatchError,
+    segment_collection,
+)
 from sklearn_clasp.collection import store as store_module
+from sklearn_clasp.collection.store import LOCK_FILE, OutputLock
 from sklearn_clasp.datasets import make_shapes_image
 from sklearn_clasp.io import ImageInput, find_images, temporary_name
 from sklearn_clasp.pipeline import clasp_one, pipeline_settings, settings_hash
@@ -55,7 +66,8 @@ def _read_png(path):
 
 
 def _listing(folder):
-    return sorted(p.name for p in folder.iterdir())
+    """The files of a directory but its lock file (always there after a run)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
 
 
 def _expected_files(names, overlay=True):
@@ -275,13 +287,13 @@ def test_rerun_skips_complete_images(tmp_path, count_embedded):
     out = tmp_path / "out"
     segment_collection(tmp_path / "in", out, pipeline=_pipe())
     assert sum(count_embedded) == 4
-    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    before = {name: (out / name).stat().st_mtime_ns for name in _listing(out)}
     count_embedded.clear()
     report = segment_collection(tmp_path / "in", out, pipeline=_pipe())
     assert count_embedded == []
     assert (report.n_done, report.n_skipped) == (0, 4)
     assert all(r["n_clusters"] is not None for r in report.results)
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert {name: (out / name).stat().st_mtime_ns for name in _listing(out)} == before
 
 
 def test_changed_settings_or_bytes_or_overwrite_are_redone(tmp_path, count_embedded):
@@ -289,8 +301,8 @@ def test_changed_settings_or_bytes_or_overwrite_are_redone(tmp_path, count_embed
     out = tmp_path / "out"
     segment_collection(tmp_path / "in", out, pipeline=_pipe())
 
-    count_embedded.clear()  # other settings: everything is redone
-    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(k_max=3))
+    count_embedded.clear()  # other settings, with overwrite: everything is redone
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(k_max=3), overwrite=True)
     assert (report.n_done, sum(count_embedded)) == (3, 3)
     assert json.loads((out / "img0.json").read_text())["settings"]["segment__k_max"] == 3
 
@@ -312,6 +324,30 @@ def test_changed_settings_or_bytes_or_overwrite_are_redone(tmp_path, count_embed
     report = segment_collection(tmp_path / "in", out, pipeline=_pipe(k_max=3), overwrite=True)
     assert (report.n_done, sum(count_embedded)) == (3, 3)
     assert _listing(out) == _expected_files(["img0", "img1", "img2"])
+
+
+def test_other_settings_are_refused_naming_what_differs(tmp_path, count_embedded):
+    """A re-run with other settings must not silently replace the earlier results."""
+    _write_images(tmp_path / "in", n=3)
+    out = tmp_path / "out"
+    segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    stamps = {name: (out / name).stat().st_mtime_ns for name in _listing(out)}
+    count_embedded.clear()
+    for pipe, differs in [(_pipe(k_max=3), "segment__k_max: 15 there, 3 now"),
+                          (_pipe(random_state=1), "segment__random_state: 0 there, 1 now")]:
+        with pytest.raises(SettingsMismatchError) as err:
+            segment_collection(tmp_path / "in", out, pipeline=pipe)
+        message = str(err.value)
+        assert f"{str(out)!r} holds the outputs of 3 image(s) made with other settings" \
+            in message
+        assert differs in message
+        assert "overwrite=True (clasp: --overwrite)" in message
+    # also for new images added to the directory: one directory, one set of settings
+    _write_images(tmp_path / "more", n=1, prefix="new")
+    with pytest.raises(SettingsMismatchError):
+        segment_collection(tmp_path / "more", out, pipeline=_pipe(k_max=3))
+    assert count_embedded == []  # refused before any image was read
+    assert {name: (out / name).stat().st_mtime_ns for name in _listing(out)} == stamps
 
 
 def test_outputs_inside_an_input_directory_are_not_taken_as_inputs(tmp_path):
@@ -486,7 +522,8 @@ def test_image_that_kills_its_worker_fails_alone(tmp_path):
     assert _listing(tmp_path / "out") == sorted(
         _expected_files(["img0", "img1", "img3"]) + [FAILURES_FILE])
     # the pool works again afterwards (another refiner class: other settings, all redone)
-    again = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe(), n_jobs=2)
+    again = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe(), n_jobs=2,
+                               overwrite=True)
     assert again.n_done == 4
 
 
@@ -510,6 +547,15 @@ def test_a_killed_writer_leaves_no_temporary_file_after_an_interruption(tmp_path
         segment_collection(tmp_path / "in", out, pipeline=_pipe())
     assert _listing(out) == sorted([".someone-else.tmp", "stranger"]
                                    + _expected_files(["img0"]))
+
+    # a run SIGKILLed mid-write cannot clean up: the next run (holding the lock) does
+    killed = temporary_name(out / "img1_mask.png", "0123456789abcdef")
+    killed.write_bytes(b"half")
+    monkeypatch.setattr(store_module, "atomic_write", real_write)
+    assert segment_collection(tmp_path / "in", out, pipeline=_pipe()).n_done == 2
+    assert not killed.exists()
+    assert _listing(out) == sorted([".someone-else.tmp", "stranger"]
+                                   + _expected_files(["img0", "img1", "img2"]))
 
 
 def test_images_over_the_pixel_limit_fail_alone(tmp_path):
@@ -558,3 +604,226 @@ def test_directories_that_cannot_be_listed(tmp_path, monkeypatch, caplog):
     with pytest.raises(PermissionError, match="cannot list the directory .*locked.* Make it "
                                               "readable"):
         find_images(folder / "locked")
+
+
+# --------------------------------------------------------------------------
+# bounds on the work
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, value", [
+    ("n_jobs", MAX_N_JOBS + 1), ("n_jobs", 100_000), ("n_jobs", -MAX_N_JOBS - 1),
+    ("n_jobs", 0), ("max_attempts", MAX_ATTEMPTS + 1), ("max_attempts", 0),
+    ("chunk_size", MAX_CHUNK_SIZE + 1), ("chunk_size", 0),
+])
+def test_work_parameters_are_bounded(tmp_path, name, value):
+    """n_jobs=100000 spawned 338 processes for one image."""
+    _write_images(tmp_path / "in", n=1)
+    with pytest.raises(InvalidParameterError, match=name):
+        segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe(),
+                           **{name: value})
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_the_bounds_are_the_machine_and_documented_caps():
+    import joblib
+
+    assert MAX_N_JOBS == joblib.cpu_count() >= 1
+    assert (MAX_ATTEMPTS, MAX_CHUNK_SIZE) == (10, 256)
+    constraints = segment_collection._skl_parameter_constraints  # what the CLI is made of
+    assert [(c.left, c.right) for c in constraints["n_jobs"][:2]] == [
+        (-MAX_N_JOBS, -1), (1, MAX_N_JOBS)]
+    assert constraints["max_attempts"][0].right == MAX_ATTEMPTS
+    assert constraints["chunk_size"][1].right == MAX_CHUNK_SIZE
+
+
+# --------------------------------------------------------------------------
+# one run at a time, outputs found by their bytes
+# --------------------------------------------------------------------------
+
+
+def test_a_held_output_directory_is_refused_at_once(tmp_path, count_embedded):
+    _write_images(tmp_path / "in", n=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    held = r"another run is writing into the output directory .* \(run_id someone-else, pid \d+"
+    with OutputLock(out, "someone-else"), pytest.raises(OutputDirectoryInUseError, match=held):
+        segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    assert count_embedded == [] and _listing(out) == []
+    assert segment_collection(tmp_path / "in", out, pipeline=_pipe()).n_done == 2
+    assert (out / LOCK_FILE).read_text() == ""  # released: the holder is gone
+
+
+def _edge(tmp_path):
+    """edge/x.png, edge/a/x.png (other bytes), edge/a/y.png"""
+    edge = tmp_path / "edge"
+    paths = _write_images(edge / "a", n=2)
+    paths[0].rename(edge / "a" / "x.png")
+    paths[1].rename(edge / "a" / "y.png")
+    image, _ = make_shapes_image(70, 84, n_shapes=3, noise=3.0, random_state=7)
+    Image.fromarray(image).save(edge / "x.png")
+    return edge
+
+
+def test_an_image_reached_through_another_input_path_is_not_done_again(tmp_path,
+                                                                       count_embedded):
+    """`clasp segment edge` names edge/a/x.png a__x; `clasp segment edge/a` names it x."""
+    edge = _edge(tmp_path)
+    out = tmp_path / "out"
+    first = segment_collection(edge, out, pipeline=_pipe())
+    assert sorted(r["name"] for r in first.results) == ["a__x", "a__y", "x"]
+    listing = _listing(out)
+    stamps = {name: (out / name).stat().st_mtime_ns for name in listing}
+    count_embedded.clear()
+
+    again = segment_collection(edge / "a", out, pipeline=_pipe())
+    assert [(r["name"], r["status"]) for r in again.results] == [("a__x", "skipped"),
+                                                                 ("a__y", "skipped")]
+    assert count_embedded == []
+    assert _listing(out) == listing  # no x_mask.png written over edge/x.png's outputs
+    assert {name: (out / name).stat().st_mtime_ns for name in listing} == stamps
+    assert json.loads((out / "x.json").read_text())["source"] == str(edge / "x.png")
+
+
+def test_the_other_way_round_no_input_overwrites_another_files_outputs(tmp_path):
+    edge = _edge(tmp_path)
+    out = tmp_path / "out"
+    segment_collection(edge / "a", out, pipeline=_pipe())  # edge/a/x.png -> x
+    report = segment_collection(edge, out, pipeline=_pipe())
+    names = {Path(r["source"]).relative_to(edge).as_posix(): (r["name"], r["status"])
+             for r in report.results}
+    assert names["a/x.png"] == ("x", "skipped") and names["a/y.png"] == ("y", "skipped")
+    other, status = names["x.png"]  # edge/x.png: another file named x, done under a new name
+    assert status == "done" and other.startswith("x-") and other != "x"
+    assert json.loads((out / "x.json").read_text())["source"] == str(edge / "a" / "x.png")
+    assert json.loads((out / f"{other}.json").read_text())["source"] == str(edge / "x.png")
+    # and a re-run of either finds everything where it is
+    assert segment_collection(edge, out, pipeline=_pipe()).n_skipped == 3
+    assert segment_collection(edge / "a", out, pipeline=_pipe()).n_skipped == 2
+
+
+def test_a_moved_collection_is_recognised_by_its_bytes(tmp_path, count_embedded):
+    _write_images(tmp_path / "photos" / "cats", n=2)
+    out = tmp_path / "out"
+    segment_collection(tmp_path / "photos", out, pipeline=_pipe())  # cats__img0, cats__img1
+    (tmp_path / "photos" / "cats").rename(tmp_path / "pets")
+    count_embedded.clear()
+    report = segment_collection(tmp_path / "pets", out, pipeline=_pipe())  # img0, img1
+    assert [(r["name"], r["status"]) for r in report.results] == [
+        ("cats__img0", "skipped"), ("cats__img1", "skipped")]
+    assert count_embedded == []
+    assert _listing(out) == _expected_files(["cats__img0", "cats__img1"])
+    # overwrite redoes them in place: still no duplicate
+    again = segment_collection(tmp_path / "pets", out, pipeline=_pipe(), overwrite=True)
+    assert again.n_done == 2 and _listing(out) == _expected_files(["cats__img0", "cats__img1"])
+    assert json.loads((out / "cats__img0.json").read_text())["source"] == str(
+        tmp_path / "pets" / "img0.png")
+
+
+def test_an_edited_image_is_redone_in_place(tmp_path):
+    paths = _write_images(tmp_path / "in", n=2)
+    out = tmp_path / "out"
+    segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    image, _ = make_shapes_image(56, 70, n_shapes=3, random_state=11)
+    Image.fromarray(image).save(paths[0])
+    report = segment_collection(tmp_path / "in", out, pipeline=_pipe())
+    assert [(r["name"], r["status"]) for r in report.results] == [("img0", "done"),
+                                                                 ("img1", "skipped")]
+    assert _listing(out) == _expected_files(["img0", "img1"])
+
+
+# --------------------------------------------------------------------------
+# inputs inside the output directory
+# --------------------------------------------------------------------------
+
+
+def test_inputs_that_are_all_inside_the_output_directory_are_an_error_saying_why(tmp_path):
+    """`clasp segment inB --out inB` ran 0 images and exited 0."""
+    _write_images(tmp_path / "inB", n=2)
+    for out in (tmp_path / "inB", tmp_path):
+        with pytest.raises(FileNotFoundError, match=r"'[^']*inB' lies inside '[^']*' and is "
+                                                    r"left out \(2 image file\(s\)\): an "
+                                                    r"output directory is never read as "
+                                                    r"input"):
+            segment_collection(tmp_path / "inB", out, pipeline=_pipe())
+    given = find_images(tmp_path / "inB")
+    with pytest.raises(FileNotFoundError, match="all 2 image.* lie inside the output"):
+        segment_collection(given, tmp_path / "inB", pipeline=_pipe())
+    with pytest.raises(ValueError, match="out_dir is empty"):
+        segment_collection(tmp_path / "inB", "", pipeline=_pipe())
+    assert sorted(p.name for p in (tmp_path / "inB").iterdir()) == ["img0.png", "img1.png"]
+
+
+def test_the_output_tree_is_left_out_before_names_are_made(tmp_path, count_embedded):
+    """With --out inside the inputs and a recursive glob, the masks named like the inputs
+    turned every name into name-<hash>: the resume redid everything beside the old files."""
+    _write_images(tmp_path / "in", n=2)
+    out = tmp_path / "in" / "segmented"
+    pattern = str(tmp_path / "in" / "**" / "*.png")
+    first = segment_collection(pattern, out, pipeline=_pipe())
+    assert [r["name"] for r in first.results] == ["img0", "img1"]
+    count_embedded.clear()
+    again = segment_collection(pattern, out, pipeline=_pipe())
+    assert [(r["name"], r["status"]) for r in again.results] == [("img0", "skipped"),
+                                                                 ("img1", "skipped")]
+    assert count_embedded == [] and _listing(out) == _expected_files(["img0", "img1"])
+    assert [n for _, n in find_images(pattern, exclude=out)] == ["img0", "img1"]
+
+
+def test_an_image_started_again_after_its_worker_died_is_not_redone(tmp_path):
+    """A worker killed after writing an image, before its result came back: the image is
+    started again and must find its outputs, not segment and write them a second time."""
+    from sklearn_clasp import __version__
+    from sklearn_clasp.collection.engine import Job, RunContext, segment_task
+    from sklearn_clasp.collection.store import OutputStore
+    from sklearn_clasp.io import file_sha256, load_image
+
+    (path,) = _write_images(tmp_path / "in", n=1)
+    out = tmp_path / "out"
+    pipe = _pipe()
+    store = OutputStore(out, "run-1").prepare()
+    ctx = RunContext(digest=settings_hash(pipe), settings=pipeline_settings(pipe),
+                     max_image_pixels=None, overwrite=False, version=__version__)
+    (record,) = pipe[0].fit(None).transform([load_image(path)])
+    job = Job(index=0, name="img0", path=str(path), sha256=file_sha256(path))
+    assert segment_task(job, record, pipe, store, ctx)["status"] == "done"
+    stamps = {name: (out / name).stat().st_mtime_ns for name in _listing(out)}
+    job.attempts = 2
+    again = segment_task(job, record, pipe, store, ctx)
+    assert (again["status"], again["n_clusters"]) == ("done", json.loads(
+        (out / "img0.json").read_text())["n_clusters"])
+    assert {name: (out / name).stat().st_mtime_ns for name in _listing(out)} == stamps
+
+
+class _DiesOnce(CRFRefiner):
+    """Kills its worker process the first time it refines 'img2' (a marker file: the
+    workers are other processes)."""
+
+    def __init__(self, method="nearest", marker_dir=None):
+        super().__init__(method=method)
+        self.marker_dir = marker_dir
+
+    def transform(self, X):
+        if any((rec.source or "").endswith("img2.png") for rec in X):
+            try:
+                os.close(os.open(os.path.join(self.marker_dir, "died"),
+                                 os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                os._exit(1)
+        return super().transform(X)
+
+
+def test_a_worker_killed_early_costs_nothing_and_the_run_goes_on(tmp_path):
+    """More images were submitted to the broken pool after the death: a traceback."""
+    _write_images(tmp_path / "in", n=12)
+    pipe = _pipe()
+    pipe.steps[-1] = ("refine", _DiesOnce(marker_dir=str(tmp_path)))
+    report = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=pipe, n_jobs=2,
+                                chunk_size=2)
+    assert (tmp_path / "died").exists()
+    assert (report.n_done, report.n_failed) == (12, 0)
+    assert _listing(tmp_path / "out") == _expected_files([f"img{i}" for i in range(12)])
+    attempts = {r["name"]: r["attempts"] for r in report.results}
+    assert attempts["img2"] == 2 and min(attempts.values()) == 1

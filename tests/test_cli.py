@@ -5,10 +5,12 @@ with random weights or with its weights missing (the download is stubbed).
 """
 
 import csv
+import errno
 import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from sklearn_clasp import make_clasp_pipeline
 from sklearn_clasp.cli import main
+from sklearn_clasp.collection.store import LOCK_FILE
 from sklearn_clasp.io import find_mask_files, read_label_file
 from sklearn_clasp.metrics import score_prediction
 from sklearn_clasp.data import SAMPLE_IMAGE_NAMES, sample_image_paths
@@ -87,7 +90,7 @@ def test_segment_writes_masks_overlays_json_and_a_summary(image_dir, tmp_path, c
                    "--beta", "0.5", "--random-state", "3", "--refine-n-iter", "5", *FAST])
     assert status == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["a.json", "a_mask.png", "a_overlay.png",
+    assert names == [LOCK_FILE, "a.json", "a_mask.png", "a_overlay.png",
                      "b.json", "b_mask.png", "b_overlay.png"]
     for stem, (h, w) in [("a", (112, 140)), ("b", (101, 129))]:
         mask = _read(out / f"{stem}_mask.png")
@@ -137,11 +140,16 @@ def test_rerun_skips_done_images_and_overwrite_redoes_them(image_dir, tmp_path, 
     assert main(argv) == 0
     assert "0 segmented, 1 skipped" in capsys.readouterr().out
     assert (out / "a.json").stat().st_mtime_ns == first
-    # other settings: not skipped
-    assert main([*argv, "--k-max", "5"]) == 0
-    assert "1 segmented, 0 skipped" in capsys.readouterr().out
+    # other settings: refused, naming the setting, unless --overwrite
+    assert main([*argv, "--k-max", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "made with other settings (segment__k_max: 15 there, 5 now" in err
+    assert "or --overwrite to redo the images" in err and "overwrite=True" not in err
+    assert (out / "a.json").stat().st_mtime_ns == first
     assert main([*argv, "--k-max", "5", "--overwrite"]) == 0
     assert "1 segmented, 0 skipped" in capsys.readouterr().out
+    assert main([*argv, "--k-max", "5"]) == 0
+    assert "0 segmented, 1 skipped" in capsys.readouterr().out
 
 
 def test_no_overlay_and_quiet(image_dir, tmp_path, capsys):
@@ -415,14 +423,15 @@ def test_max_image_pixels_refuses_big_images_and_can_lift_pillows_limit(image_di
     assert "140 x 112 pixels (15680 pixels) is more than the limit of 1000" in \
         capsys.readouterr().err
     # lifted above Pillow's own limit for this command only: the file is then read (and
-    # found to hold no pixel data), and Pillow's process-wide limit is put back
+    # found to hold far too little data for its header), and Pillow's limit is put back
     from PIL import Image as PILImage
 
     before = PILImage.MAX_IMAGE_PIXELS
     assert main(["segment", str(image_dir / "bomb.png"), "--out", str(tmp_path / "o3"),
                  *FAST, "--max-image-pixels", "200000000", "--max-attempts", "1",
                  "-q"]) == 1
-    assert "could not decode the image" in capsys.readouterr().err
+    assert "the image data is incomplete: the header says 13500 x 13500 pixels" in \
+        capsys.readouterr().err
     assert PILImage.MAX_IMAGE_PIXELS == before
 
 
@@ -904,3 +913,128 @@ def test_report_writes_the_page_of_a_run(image_dir, tmp_path, capsys):
     assert (tmp_path / "elsewhere.html").is_file()
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# bounds, addresses, output directories: exit 2 at once, one line
+# --------------------------------------------------------------------------
+
+
+def _one_error_line(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("clasp segment: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("option, value, allowed", [
+    ("--n-jobs", "100000", "an int in the range [1, "),
+    ("--n-jobs", "-100000", "an int in the range [-"),
+    ("--max-attempts", "11", "an int in the range [1, 10]"),
+    ("--chunk-size", "1000", "an int in the range [1, 256]"),
+])
+def test_work_bounds_hold_on_the_command_line_and_in_config_files(image_dir, tmp_path, capsys,
+                                                                  option, value, allowed):
+    """The options are made from segment_collection's constraints: the bounds come along."""
+    out = tmp_path / "out"
+    assert main(["segment", str(image_dir), "--out", str(out), *FAST, option, value]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{option} '{value}': must be " in line and allowed in line
+    key = option[2:].replace("-", "_")
+    config = tmp_path / "hostile.toml"
+    config.write_text(f"{key} = {value}\n")
+    assert main(["segment", str(image_dir), "--out", str(out), *FAST, "--config",
+                 str(config)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"config file {config}: {key} {value}: must be " in line and allowed in line
+    assert not out.exists()
+
+
+def test_bad_scheduler_addresses_fail_at_once_with_exit_2(image_dir, tmp_path, capsys):
+    """nonsense://x was a ValueError traceback (exit 1); 127.0.0.1:99999 waited out the
+    30 s connect timeout; a refused port retried until the timeout too."""
+    pytest.importorskip("distributed")
+    import socket
+
+    with socket.socket() as sock:  # a free port with nothing listening on it
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]
+    for address, message in [
+        ("nonsense://x", ("--scheduler 'nonsense://x': unknown scheme 'nonsense'; expected "
+                          "one of ")),
+        ("127.0.0.1:99999", "--scheduler '127.0.0.1:99999': the port must be in 1..65535"),
+        (f"tcp://127.0.0.1:{free}", (f"cannot connect to the Dask scheduler: nothing listens "
+                                     f"at 127.0.0.1:{free} (connection refused)")),
+    ]:
+        start = time.monotonic()
+        status = main(["segment", str(image_dir), "--out", str(tmp_path / "out"), *FAST,
+                       "--scheduler", address])
+        assert (status, time.monotonic() - start < 5) == (2, True), address
+        assert message in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_directories_that_are_empty_or_hold_the_inputs_exit_2(image_dir, tmp_path,
+                                                                    monkeypatch, capsys):
+    """`--out .`, `--out INPUT` and `--out ""` dropped every input and exited 0 with
+    '0 images'."""
+    monkeypatch.chdir(tmp_path)
+    for out in (".", str(image_dir), "images"):
+        assert main(["segment", "images", "--out", out, *FAST]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert "'images' lies inside" in line
+        assert "(2 image file(s)): an output directory is never read as input" in line
+    assert main(["segment", "images", "--out", "", *FAST]) == 2
+    assert "--out-dir '': the output directory is empty" in _one_error_line(
+        capsys.readouterr().err)
+    config = tmp_path / "c.toml"
+    config.write_text('out_dir = ""\n')
+    assert main(["segment", "images", "--config", str(config), *FAST]) == 2
+    assert "out_dir is empty" in _one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "images"]
+    assert sorted(p.name for p in image_dir.iterdir()) == ["a.png", "b.jpg", "notes.txt"]
+
+
+def test_a_full_disk_exits_4_with_one_line(image_dir, tmp_path, monkeypatch, capsys):
+    from sklearn_clasp.collection import store as store_module
+
+    def full(path, array, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", os.fspath(path))
+
+    monkeypatch.setattr(store_module, "save_png", full)
+    out = tmp_path / "out"
+    assert main(["segment", str(image_dir), "--out", str(out), *FAST]) == 4
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert line.startswith("clasp segment: error: the output disk is full, the run stopped: "
+                           "could not write a_mask.png in ")
+    assert "2 image(s): 0 segmented, 0 skipped (already done), 0 failed, 2 not done" in \
+        captured.out
+    assert not (out / "failures.jsonl").exists()
+
+
+def test_a_reader_that_goes_away_is_no_traceback(image_dir, tmp_path):
+    """`clasp segment ... | head -1`: BrokenPipeError and exit 1."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "sklearn_clasp", "segment", str(image_dir),
+                             "--out", str(tmp_path / "out"), *FAST],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the summary is printed
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr and \
+        "Exception ignored" not in stderr, stderr
+    assert len(list((tmp_path / "out").glob("*.json"))) == 2
+
+
+def test_explain_names_the_image_once(image_dir, tmp_path, capsys):
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    for image, status in [(tmp_path / "bad.png", 1), (tmp_path / "nope.png", 2),
+                          (image_dir / "a.png", 0)]:
+        out = tmp_path / f"{image.stem}_fig.png"
+        assert main(["explain", str(image), "--out", str(out), "--dpi", "30", *FAST]) == status
+        captured = capsys.readouterr()
+        assert (captured.out + captured.err).count(str(image)) == (1 if status else 0), \
+            captured
+        if status == 0:
+            assert captured.out.count(str(out)) == 1

@@ -177,7 +177,8 @@ def test_mixed_good_and_broken_files_through_clasp_segment(tmp_path):
     assert len(logged) == n_bad
     assert all(entry["error"] and "\n" not in entry["error"] for entry in logged)
 
-    # nothing else: no outputs for the bad files, no temporary files
+    # nothing else: no outputs for the bad files, no temporary files (the lock file stays)
     expected = {f"{r['name']}{s}" for r in records.values()
-                for s in (".json", "_mask.png", "_overlay.png")} | {"failures.jsonl"}
+                for s in (".json", "_mask.png", "_overlay.png")} | {"failures.jsonl",
+                                                                     ".clasp.lock"}
     assert {p.name for p in out.iterdir()} == expected

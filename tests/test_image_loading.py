@@ -259,7 +259,8 @@ def test_beyond_pillows_own_limit_the_message_says_to_raise_it(tmp_path):
 def test_a_malformed_file_cannot_allocate_beyond_the_limit(tmp_path):
     """A header within the limit but no pixel data: a clear error, memory bounded."""
     lying = png_claiming(tmp_path / "lying.png", 2000, 1000)
-    with pytest.raises(ValueError, match="lying.png: could not decode the image .*truncated"):
+    with pytest.raises(ValueError, match="lying.png: the image data is incomplete: .*the file "
+                                         "is damaged or truncated"):
         load_image(lying)
 
 
@@ -320,6 +321,81 @@ def test_broken_files_raise_clear_errors(tmp_path, name, content, error, message
     with pytest.raises(error, match=message) as err:
         load_image(path)
     assert str(err.value).startswith(str(path))
+
+
+def _png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _adam7_rows(image, passes=7):
+    """The filtered scanlines (filter 0) of an RGB image, interlaced with Adam7."""
+    out = b""
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4),
+                           (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))[:passes]:
+        sub = image[y0::dy, x0::dx]
+        if sub.size:
+            out += b"".join(b"\0" + row.tobytes() for row in sub)
+    return out
+
+
+def png_from_rows(width, height, rows, *, interlace=0):
+    """An RGB PNG of this header whose zlib stream is complete and holds ``rows``."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, interlace)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b""))
+
+
+def test_png_whose_data_ends_early_is_refused_at_once_from_its_size(tmp_path):
+    """A tiny PNG claiming 13000 x 13000 pixels: Pillow decodes it as black (3.3 GB, half a
+    minute through a run); it is refused before any pixel is allocated."""
+    path = tmp_path / "bomb.png"
+    row = b"\0" * (1 + 3 * 13000)
+    path.write_bytes(png_from_rows(13000, 13000, row * 2))  # 2 of 13000 rows
+    assert path.stat().st_size < 1000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"bomb.png: the image data is incomplete: the "
+                                             r"header says 13000 x 13000 pixels, which needs "
+                                             r"at least \d+ bytes of compressed data, but "
+                                             r"the file holds \d+; the file is damaged or "
+                                             r"truncated"):
+            load_image(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10e6
+
+
+@pytest.mark.parametrize("interlace", [0, 1], ids=["plain", "adam7"])
+def test_png_whose_complete_stream_holds_too_few_rows_is_refused(tmp_path, interlace):
+    """Enough data for the size bound, but a zlib stream that ends at a row boundary (a
+    pass boundary when interlaced: the odd rows, the last pass, missing)."""
+    image = _rgb(300, 400, seed=3)
+    if interlace:
+        rows, cut = _adam7_rows(image), _adam7_rows(image, passes=6)
+    else:
+        rows = b"".join(b"\0" + r.tobytes() for r in image)
+        cut = rows[: len(rows) // 2]
+    whole, short = tmp_path / "whole.png", tmp_path / "short.png"
+    whole.write_bytes(png_from_rows(400, 300, rows, interlace=interlace))
+    short.write_bytes(png_from_rows(400, 300, cut, interlace=interlace))
+    np.testing.assert_array_equal(load_image(whole), image)  # the same writer, complete
+    with Image.open(short) as im:
+        im.load()  # Pillow takes it as it is
+    with pytest.raises(ValueError, match=r"short.png: the image data is incomplete: the "
+                                         r"header says 400 x 300 pixels, but its compressed "
+                                         r"data holds only 50\.0% of them; the file is damaged "
+                                         r"or truncated"):
+        load_image(short)
+
+
+def test_a_valid_png_with_black_last_rows_is_read(tmp_path):
+    image = _rgb(50, 60, seed=4)
+    image[-10:] = 0
+    path = tmp_path / "black-bottom.png"
+    Image.fromarray(image).save(path)
+    np.testing.assert_array_equal(load_image(path), image)
 
 
 def test_postscript_is_never_handed_to_ghostscript(tmp_path):

@@ -1,8 +1,10 @@
 """Interrupting ``clasp segment`` (SIGINT, SIGTERM) leaves only complete outputs and
 no process behind; the re-run finishes the rest without redoing or duplicating work."""
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from sklearn_clasp.cli import main
+from sklearn_clasp.collection.store import LOCK_FILE
 from sklearn_clasp.datasets import make_shapes_image
 from _procs import no_process_left
 
@@ -55,7 +58,7 @@ def _check_complete(out):
         assert len(np.unique(mask)) == record["n_segments"]
         with Image.open(out / f"{name}_overlay.png") as im:
             im.load()
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [LOCK_FILE]
     return names
 
 
@@ -103,7 +106,7 @@ def test_interrupted_run_keeps_complete_outputs_and_the_rerun_finishes(images, t
             in summary)
     assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
     assert _check_complete(out) == [f"img{i:02d}" for i in range(N_IMAGES)]
-    assert sorted(p.name for p in out.iterdir()) == sorted(
+    assert sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) == sorted(
         f"img{i:02d}{s}" for i in range(N_IMAGES) for s in (".json", "_mask.png",
                                                              "_overlay.png"))
 
@@ -146,3 +149,167 @@ class _Fixed:
 
     def __getattr__(self, name):
         return getattr(self._parser, name)
+
+
+# --------------------------------------------------------------------------
+# process-level faults: signals to the group, SIGKILL, a second run, the progress bar
+# --------------------------------------------------------------------------
+
+
+def _start(argv, cwd, **kwargs):
+    """``python -m sklearn_clasp ARGV`` in a new session (its own process group)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "sklearn_clasp", *argv], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kwargs)
+
+
+def _wait_for_records(proc, out, n, timeout=120):
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.is_dir() and len(list(out.glob("*.json"))) >= n:
+            return
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+
+
+def _finish(proc, timeout=60):
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_sighup_to_the_process_group_prints_no_traceback(images, tmp_path):
+    """A closed terminal signals every process of the group: the workers and loky's
+    resource tracker must not die of it (the tracker's relaunch printed 14-32 KeyError
+    tracebacks); the run stops them itself."""
+    out = tmp_path / "out"
+    proc = _start(["segment", str(images), "--out", str(out), "--n-jobs", "2", *OPTIONS],
+                  tmp_path)
+    _wait_for_records(proc, out, 2)
+    os.killpg(proc.pid, signal.SIGHUP)
+    _, stderr = _finish(proc)
+    assert proc.returncode == 128 + signal.SIGHUP, stderr
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert "interrupted (SIGHUP)" in stderr
+    assert no_process_left(proc.pid) == []
+    _check_complete(out)
+
+
+def _loky_semaphores(pid):
+    return sorted(p for p in os.listdir("/dev/shm") if p.startswith(f"sem.loky-{pid}-"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm") or not os.path.isdir("/proc/self"),
+                    reason="needs /proc and /dev/shm")
+def test_sigkill_of_the_run_takes_its_workers_and_their_resources_along(images, tmp_path):
+    """Workers and resource trackers of a SIGKILLed run stayed alive for over an hour,
+    with their semaphores in /dev/shm."""
+    out = tmp_path / "out"
+    proc = _start(["segment", str(images), "--out", str(out), "--n-jobs", "2", *OPTIONS],
+                  tmp_path)
+    _wait_for_records(proc, out, 2)
+    assert len(_loky_semaphores(proc.pid)) > 0  # the workers' queues are there
+    proc.kill()  # the main process only, as the out-of-memory killer would
+    proc.communicate(timeout=30)
+    try:
+        assert no_process_left(proc.pid, grace=15.0) == []
+        deadline = time.monotonic() + 15
+        while _loky_semaphores(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _loky_semaphores(proc.pid) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # what outlived it: its group
+            os.killpg(proc.pid, signal.SIGKILL)
+    _check_complete(out)
+
+
+def _lock_holder(out):
+    try:
+        return json.loads((out / LOCK_FILE).read_text() or "null")
+    except (OSError, ValueError):
+        return None
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from sklearn_clasp.collection.store import OutputLock, OutputStore
+out = Path(sys.argv[1])
+out.mkdir(parents=True, exist_ok=True)
+OutputLock(out, OutputStore.new_run_id()).acquire()  # as segment_collection holds it
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_run_on_the_same_out_fails_at_once_and_sigkill_releases_the_lock(
+        images, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["segment", str(images), "--out", str(out), *OPTIONS]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], env=env,
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        holder = _lock_holder(out)
+        assert holder["pid"] == first.pid
+        # a second run, other settings or not: refused at once, naming the holder
+        start = time.monotonic()
+        for extra in ([], ["--k-max", "3"]):
+            assert main([*argv, *extra]) == 2
+            err = capsys.readouterr().err
+            assert "another run is writing into the output directory" in err
+            assert f"run_id {holder['run_id']}, pid {first.pid}" in err
+            assert "wait for it to finish, or choose another output directory" in err
+        assert time.monotonic() - start < 10
+        assert list(out.glob("*.json")) == []
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # no clean-up at all
+        first.communicate()
+    assert _lock_holder(out)["pid"] == first.pid  # the file still names the dead holder
+    assert main(argv) == 0  # but the kernel released its lock
+    assert _check_complete(out) == [f"img{i:02d}" for i in range(N_IMAGES)]
+
+
+def test_a_real_run_holds_the_lock_until_it_ends(images, tmp_path):
+    out = tmp_path / "out"
+    proc = _start(["segment", str(images), "--out", str(out), *OPTIONS], tmp_path)
+    seen = set()
+    while proc.poll() is None:
+        holder = _lock_holder(out)
+        if holder is not None:
+            seen.add(holder["pid"])
+        time.sleep(0.01)
+    _finish(proc)
+    assert proc.returncode == 0
+    assert seen == {proc.pid}  # held by the run while it ran
+    assert _lock_holder(out) is None  # and emptied at its end
+
+
+def _log_lines_start_lines(stderr):
+    """Every log line starts a line: nothing of a progress bar before it."""
+    pieces = [p for p in re.split(r"[\r\n]", stderr) if p.strip()]
+    logged = [p for p in pieces if re.search(r"(WARNING|ERROR) sklearn_clasp", p)]
+    assert logged, stderr
+    return [p for p in logged if not p.startswith(("WARNING sklearn_clasp",
+                                                   "ERROR sklearn_clasp"))]
+
+
+def test_log_lines_are_written_above_the_progress_bar_also_after_ctrl_c(images, tmp_path):
+    (images / "a-broken.png").write_bytes(b"not a picture")  # a warning while the bar runs
+    out = tmp_path / "out"
+    proc = _start(["segment", str(images), "--out", str(out), "--progress", "true",
+                   *OPTIONS], tmp_path)
+    _wait_for_records(proc, out, 2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = _finish(proc)
+    assert proc.returncode == 130, stderr
+    assert "a-broken (" in stderr and "interrupted with" in stderr  # both logged
+    assert "img/s" in stderr  # the bar was shown
+    assert _log_lines_start_lines(stderr) == []
+    assert stderr.rstrip().splitlines()[-1].startswith("clasp segment: interrupted (SIGINT)")

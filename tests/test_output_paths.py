@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import re
+import uuid
 
 import numpy as np
 import pytest
@@ -15,10 +16,12 @@ from threadpoolctl import threadpool_limits
 from sklearn_clasp import HandcraftedPatchEmbedder, make_clasp_pipeline
 from sklearn_clasp import visualize
 from sklearn_clasp.cli import main
-from sklearn_clasp.collection import FAILURES_FILE, segment_collection
+from sklearn_clasp.collection import FAILURES_FILE, RunStoppedError, segment_collection
 from sklearn_clasp.collection import store as store_module
+from sklearn_clasp.collection.store import LOCK_FILE
 from sklearn_clasp.io import ImageInput, atomic_write, find_images
 from sklearn_clasp.datasets import make_shapes_image
+from sklearn_clasp.refine import CRFRefiner
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -51,7 +54,9 @@ def _outputs_inside(out, name):
 
 
 def _hidden(folder):
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    """Hidden files but the lock file (always there after a run)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")
+                  and p.name != LOCK_FILE)
 
 
 @pytest.fixture
@@ -300,8 +305,11 @@ def test_output_directory_through_a_symlink_is_the_users_choice(tmp_path):
 # --------------------------------------------------------------------------
 
 
-def test_disk_full_fails_the_image_with_no_partial_file(tmp_path, monkeypatch):
-    for i in range(3):
+def test_a_full_disk_stops_the_run_at_once_with_one_message(tmp_path, monkeypatch, embedded,
+                                                           caplog):
+    """A full disk fails every later image the same way: the run stops at the first, with
+    one message, no partial file and no failure recorded; the re-run finishes."""
+    for i in range(4):
         _image(tmp_path / "in" / f"img{i}.png", seed=i)
     real_save = store_module.save_png
 
@@ -314,22 +322,61 @@ def test_disk_full_fails_the_image_with_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store_module, "save_png", filling_save)
     out = tmp_path / "out"
-    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=2)
-    assert (report.n_done, report.n_failed) == (2, 1)
-    (failure,) = report.failures
-    assert failure["name"] == "img1" and failure["attempts"] == 1
-    error = failure["error"]
-    assert error.startswith("OSError: [Errno 28] could not write img1_mask.png in ")
-    assert "the disk (or quota) is full" in error and "No partial file was left" in error
-    assert "\n" not in error
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"img{i}{s}" for i in (0, 2) for s in (".json", "_mask.png", "_overlay.png")]
-        + [FAILURES_FILE])
+    with pytest.raises(RunStoppedError) as err:  # one image loaded at a time
+        segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=2,
+                           chunk_size=1)
+    reason = err.value.reason
+    assert reason.startswith("the output disk is full, the run stopped: could not write "
+                             "img1_mask.png in ")
+    assert "No space left on device" in reason and "No partial file was left" in reason
+    assert "\n" not in reason
+    report = err.value.report
+    assert [r["status"] for r in report.results] == ["done", "stopped", "stopped", "stopped"]
+    assert (report.n_done, report.n_failed, report.n_stopped) == (1, 0, 3)
+    assert report.stopped == reason and "3 not done" in report.summary()
+    assert len(embedded) == 2  # img2 and img3 were not even read
+    assert sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) == [
+        "img0.json", "img0_mask.png", "img0_overlay.png"]  # no failures.jsonl, no partial file
+    assert not any(r.levelname == "WARNING" and "failed" in r.message for r in caplog.records)
 
-    # space freed: the re-run does the missing image only
+    # space freed: the re-run does the missing images only
     monkeypatch.setattr(store_module, "save_png", real_save)
     again = segment_collection(tmp_path / "in", out, pipeline=_pipe())
-    assert [r["status"] for r in again.results] == ["skipped", "done", "skipped"]
+    assert [r["status"] for r in again.results] == ["skipped", "done", "done", "done"]
+
+
+def test_a_full_disk_stops_a_two_worker_run_too(tmp_path):
+    """The workers write: the first full-disk result stops the submission of more."""
+    for i in range(12):
+        _image(tmp_path / "in" / f"img{i:02d}.png", seed=i)
+    out = tmp_path / "out"
+    pipe = _pipe()
+    pipe.steps[-1] = ("refine", _QuotaAfter(method="nearest", limit=2, marker=str(tmp_path)))
+    with pytest.raises(RunStoppedError) as err:
+        segment_collection(tmp_path / "in", out, pipeline=pipe, n_jobs=2, chunk_size=2)
+    statuses = [r["status"] for r in err.value.report.results]
+    assert "failed" not in statuses
+    assert statuses.count("done") >= 2 and statuses[-1] == "stopped"
+    assert "quota" in err.value.reason.lower()
+    done = sorted(p.stem for p in out.glob("*.json"))
+    assert len(done) == statuses.count("done")
+
+
+class _QuotaAfter(CRFRefiner):
+    """A refiner whose image fails with EDQUOT once ``limit`` images were refined (a marker
+    file per image: the workers are other processes)."""
+
+    def __init__(self, method="nearest", limit=2, marker=None):
+        super().__init__(method=method)
+        self.limit = limit
+        self.marker = marker
+
+    def transform(self, X):
+        seen = len([p for p in os.listdir(self.marker) if p.startswith("refined-")])
+        if seen >= self.limit:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        open(os.path.join(self.marker, f"refined-{uuid.uuid4().hex}"), "w").close()
+        return super().transform(X)
 
 
 def test_disk_full_while_writing_the_record_leaves_it_unvouched(tmp_path, monkeypatch):
@@ -346,8 +393,8 @@ def test_disk_full_while_writing_the_record_leaves_it_unvouched(tmp_path, monkey
 
     monkeypatch.setattr(store_module, "atomic_write", full_on_json)
     out = tmp_path / "out"
-    report = segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=1)
-    assert report.n_failed == 1 and "quota" in report.failures[0]["error"]
+    with pytest.raises(RunStoppedError, match="quota"):
+        segment_collection(tmp_path / "in", out, pipeline=_pipe(), max_attempts=1)
     assert not (out / "a.json").exists() and _hidden(out) == []
     monkeypatch.setattr(store_module, "atomic_write", real_write)
     assert segment_collection(tmp_path / "in", out, pipeline=_pipe()).n_done == 1
@@ -381,3 +428,49 @@ def test_overlays_of_huge_images_are_drawn_downscaled(tmp_path, monkeypatch):
         assert im.size == (8, 11)
     with Image.open(tmp_path / "x_mask.png") as im:
         assert im.size == (30, 40)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (root only), unmounted at the end."""
+    import shutil
+    import subprocess
+
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("mount")):
+        pytest.skip("needs root to mount a small tmpfs")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                      capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+
+
+def test_a_really_full_disk_stops_clasp_with_exit_4_and_the_rerun_finishes(tmp_path,
+                                                                          small_disk, capsys):
+    import subprocess
+
+    for i in range(16):
+        _image(tmp_path / "in" / f"img{i:02d}.png", seed=i, size=(112, 140))
+    out = small_disk / "out"
+    argv = ["segment", str(tmp_path / "in"), "--out", str(out), "--embedder", "handcrafted",
+            "--embed-short-side", "none", "--refine", "nearest"]
+    assert main(argv) == 4
+    captured = capsys.readouterr()
+    (line,) = [x for x in captured.err.splitlines() if x.strip()]
+    assert line.startswith("clasp segment: error: the output disk is full, the run stopped: "
+                           "could not write ")
+    assert "(No space left on device)" in line
+    assert "not done" in captured.out and "failed" not in captured.out.split("\n", 1)[1]
+    done = sorted(p.stem for p in out.glob("*.json") if not p.name.startswith("."))
+    assert 0 < len(done) < 16
+    assert _hidden(out) == [] and not (out / FAILURES_FILE).exists()
+    stamps = {name: (out / f"{name}.json").stat().st_mtime_ns for name in done}
+    # space freed: the same command finishes the rest and redoes nothing
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
+    assert main(argv) == 0
+    assert f"{16 - len(done)} segmented, {len(done)} skipped" in capsys.readouterr().out
+    assert {name: (out / f"{name}.json").stat().st_mtime_ns for name in done} == stamps

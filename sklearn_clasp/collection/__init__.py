@@ -6,7 +6,9 @@ files and writes, for each image ``<name>``, into one output directory (see
 mask, full size, a palette PNG), ``<name>_overlay.png`` and, last,
 ``<name>.json`` (the record). A re-run skips the images whose record matches
 the input bytes and the settings; one failing image is recorded (in the
-report and in ``failures.jsonl``) and does not stop the others.
+report and in ``failures.jsonl``) and does not stop the others. One run at a
+time writes into a directory (an operating-system lock), and a directory
+holds the outputs of one set of settings.
 
 The package has three parts: the output store
 (:mod:`~sklearn_clasp.collection.store`), the run engine
@@ -18,14 +20,17 @@ found and named by :func:`sklearn_clasp.io.find_images`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
 
+from joblib import cpu_count
 from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import Interval, validate_params
 
@@ -37,12 +42,70 @@ from ..io import (
     is_inside,
 )
 from ..pipeline import pipeline_settings, settings_hash
-from .engine import Job, RunContext, run_dask, run_local
-from .store import FAILURES_FILE, OutputStore
+from .engine import (
+    Job,
+    OutputNotSharedError,
+    RunContext,
+    check_scheduler_address,
+    check_workers_see,
+    run_dask,
+    run_local,
+)
+from .store import (
+    FAILURES_FILE,
+    OutputDirectoryInUseError,
+    OutputLock,
+    OutputStore,
+    RecordIndex,
+    SettingsMismatchError,
+    check_settings,
+    plan_names,
+)
 
-__all__ = ["FAILURES_FILE", "CollectionReport", "segment_collection"]
+__all__ = [
+    "FAILURES_FILE",
+    "MAX_ATTEMPTS",
+    "MAX_CHUNK_SIZE",
+    "MAX_N_JOBS",
+    "CollectionReport",
+    "OutputDirectoryInUseError",
+    "OutputNotSharedError",
+    "RunStoppedError",
+    "SettingsMismatchError",
+    "segment_collection",
+]
 
 logger = logging.getLogger(__name__)
+
+#: Most local worker processes: the processors this process may use (CPU affinity and
+#: container quotas counted). The work is CPU-bound: more workers only add memory.
+MAX_N_JOBS = max(1, cpu_count())
+#: Most starts of an image whose worker process died.
+MAX_ATTEMPTS = 10
+#: Most images loaded and embedded at a time (each up to ``max_image_pixels`` pixels).
+MAX_CHUNK_SIZE = 256
+
+
+class RunStoppedError(RuntimeError):
+    """The run stopped before the end because it could not go on.
+
+    Raised by :func:`segment_collection` when the output disk (or quota) is
+    full, or when the Dask client lost its scheduler: every later image would
+    fail the same way. Every output written is complete and kept; running
+    again finishes the rest.
+
+    Attributes
+    ----------
+    reason : str
+        One line: what happened and what to do.
+    report : CollectionReport
+        What was done; the images not done have the status ``"stopped"``.
+    """
+
+    def __init__(self, reason, report):
+        super().__init__(reason)
+        self.reason = reason
+        self.report = report
 
 
 @dataclass
@@ -64,6 +127,9 @@ class CollectionReport:
         :func:`~sklearn_clasp.pipeline.settings_hash` of the pipeline.
     run_id : str, default=None
         Identifier of the run, also stored in the records it wrote.
+    stopped : str, default=None
+        Why the run stopped before the end (see :class:`RunStoppedError`);
+        its images not done have the status ``"stopped"``.
 
     Examples
     --------
@@ -81,6 +147,7 @@ class CollectionReport:
     wall_seconds: float = 0.0
     settings_hash: str | None = None
     run_id: str | None = None
+    stopped: str | None = None
 
     def _count(self, status):
         return sum(r["status"] == status for r in self.results)
@@ -106,6 +173,11 @@ class CollectionReport:
         return self._count("failed")
 
     @property
+    def n_stopped(self):
+        """Images not done because the run stopped early."""
+        return self._count("stopped")
+
+    @property
     def seconds(self):
         """Wall-clock time of the run, in seconds."""
         return self.wall_seconds
@@ -119,7 +191,8 @@ class CollectionReport:
     def segments_histogram(self):
         """``{K: number of images}`` over the done and skipped images, sorted by K."""
         counts = Counter(r["n_clusters"] for r in self.results
-                         if r["status"] != "failed" and r.get("n_clusters") is not None)
+                         if r["status"] in ("done", "skipped")
+                         and r.get("n_clusters") is not None)
         return dict(sorted(counts.items()))
 
     def summary(self):
@@ -127,9 +200,13 @@ class CollectionReport:
         rate = self.n_done / self.seconds if self.seconds > 0 else 0.0
         lines = [
             f"{self.n_images} image(s): {self.n_done} segmented, {self.n_skipped} skipped "
-            f"(already done), {self.n_failed} failed; {self.seconds:.1f} s"
+            f"(already done), {self.n_failed} failed"
+            + (f", {self.n_stopped} not done" if self.n_stopped else "")
+            + f"; {self.seconds:.1f} s"
             + (f" ({rate:.2f} images/s)" if self.n_done else "")
         ]
+        if self.stopped:
+            lines.append(f"stopped early: {self.stopped}")
         hist = self.segments_histogram
         if hist:
             lines.append("segments per image:")
@@ -152,16 +229,16 @@ class CollectionReport:
         "inputs": "no_validation",
         "out_dir": [str, os.PathLike],
         "pipeline": [None, Pipeline],
-        "n_jobs": [Interval(Integral, None, -1, closed="right"),
-                   Interval(Integral, 1, None, closed="left"), None],
+        "n_jobs": [Interval(Integral, -MAX_N_JOBS, -1, closed="both"),
+                   Interval(Integral, 1, MAX_N_JOBS, closed="both"), None],
         "client": "no_validation",
         "scheduler": [None, str],
         "security": "no_validation",
         "overwrite": ["boolean"],
         "progress": ["boolean"],
-        "max_attempts": [Interval(Integral, 1, None, closed="left")],
+        "max_attempts": [Interval(Integral, 1, MAX_ATTEMPTS, closed="both")],
         "write_overlay": ["boolean"],
-        "chunk_size": [None, Interval(Integral, 1, None, closed="left")],
+        "chunk_size": [None, Interval(Integral, 1, MAX_CHUNK_SIZE, closed="both")],
         "max_image_pixels": [None, Interval(Integral, 1, None, closed="left")],
     },
     prefer_skip_nested_validation=True,
@@ -203,15 +280,29 @@ def segment_collection(
     An image whose record exists with the same ``input_sha256`` and
     ``settings_hash`` and whose mask (and overlay, if asked for) exists is
     skipped, so an interrupted run resumes where it stopped: the JSON records
-    are the index of finished inputs. An interruption (``KeyboardInterrupt``)
+    are the index of finished inputs. They are matched by the input's bytes
+    and path as well as by its name, so the same file reached through another
+    input path (``photos``, then ``photos/cats``), or moved, is not done
+    again under another name, and the results of another file that had the
+    same name are never overwritten (see
+    :meth:`~sklearn_clasp.collection.store.RecordIndex.resolve`). An
+    interruption (``KeyboardInterrupt``)
     stops the workers, removes this run's temporary files and is raised again;
     only complete files are left. An image that fails (unreadable or damaged
-    file, an image over ``max_image_pixels``, an error in a step, a full disk)
-    is tried once and recorded as failed in the report and in
+    file, an image over ``max_image_pixels``, an error in a step) is tried
+    once and recorded as failed in the report and in
     ``out_dir/failures.jsonl`` with a one-line reason; the others go on. Only
     an image whose worker process died (a crash in native code, the
     out-of-memory killer) is tried again, alone, up to ``max_attempts``
-    times.
+    times. A full output disk, or a lost Dask scheduler, stops the run with
+    :class:`RunStoppedError`: what was written is kept.
+
+    One run at a time writes into ``out_dir``: it holds an operating-system
+    lock on ``out_dir/.clasp.lock`` (released however the process ends) and a
+    second run fails at once with :class:`OutputDirectoryInUseError`. The
+    directory holds the outputs of one set of settings: records made with
+    other settings there are refused (:class:`SettingsMismatchError`, naming
+    the settings that differ) unless ``overwrite``.
 
     Each image is segmented on its own, with the later steps fitted afresh on
     it, so the results do not depend on ``n_jobs``, on the batching or on the
@@ -222,12 +313,15 @@ def segment_collection(
     inputs : str, path-like, list of those, or list of ImageInput
         Image files, directories (searched recursively) and glob patterns, as
         for :func:`~sklearn_clasp.io.find_images`, or its output. Images inside ``out_dir``
-        are left out. The names of given ``ImageInput`` items must be safe
+        are left out (before the names are made); inputs that hold nothing
+        else are an error. The names of given ``ImageInput`` items must be safe
         (``[A-Za-z0-9._-]``, no leading dot) and unique, as
         :func:`~sklearn_clasp.io.find_images` makes them.
     out_dir : str or path-like
-        Output directory, created if missing. It must be writable: this is
-        checked before any image is read.
+        Output directory, created if missing, made absolute here (also for
+        the Dask workers, which must see it at that path: checked before any
+        image is read). It must be writable: this is checked before any image
+        is read.
     pipeline : Pipeline, default=None
         A CLASP pipeline (:func:`~sklearn_clasp.pipeline.make_clasp_pipeline`);
         ``None`` means ``make_clasp_pipeline("dinov2")``. It is not modified:
@@ -236,8 +330,10 @@ def segment_collection(
     n_jobs : int, default=1
         Local worker processes (loky) for the clustering, the CRF and the
         writing, while this process loads and embeds the images in batches.
-        ``1`` runs everything here; ``-1`` uses all processors. The workers
-        are started for the call and stopped at its end. Ignored with Dask.
+        ``1`` runs everything here; ``-1`` uses all processors (``-2`` all
+        but one...). At most :data:`MAX_N_JOBS`, the processors this process
+        may use. The workers are started for the call and stopped at its
+        end, and die with this process if it is killed. Ignored with Dask.
     client : distributed.Client, default=None
         Run on this Dask cluster: each image is sent as a path, each worker
         builds the embedder once, segments the image and writes its outputs.
@@ -249,18 +345,22 @@ def segment_collection(
     security : distributed.security.Security, default=None
         TLS settings for connecting to ``scheduler``.
     overwrite : bool, default=False
-        Redo every image, even when its outputs are complete.
+        Redo every image, even when its outputs are complete, and accept an
+        output directory that holds outputs made with other settings (the
+        images of this run replace theirs).
     progress : bool, default=False
         Show a progress bar (tqdm, on stderr) with images per second.
     max_attempts : int, default=3
         Starts of an image whose worker process died, before it is recorded as
-        failed. On Dask the scheduler reschedules such an image itself, up to
-        its ``distributed.scheduler.allowed-failures`` setting.
+        failed. At most :data:`MAX_ATTEMPTS`. On Dask the scheduler
+        reschedules such an image itself, up to its
+        ``distributed.scheduler.allowed-failures`` setting.
     write_overlay : bool, default=True
         Write ``<name>_overlay.png``.
     chunk_size : int, default=None
         Images loaded and embedded at a time (memory is bounded by about this
-        many images); ``None`` means ``max(8, 2 * n_jobs)``.
+        many images). At most :data:`MAX_CHUNK_SIZE`; ``None`` means
+        ``max(8, 2 * n_jobs)``.
     max_image_pixels : int or None, default=DEFAULT_MAX_IMAGE_PIXELS
         Largest image (width x height, read from the file's header before
         decoding) that is segmented; a larger one fails with
@@ -277,16 +377,28 @@ def segment_collection(
     Raises
     ------
     FileNotFoundError
-        If an input matches no image.
+        If an input matches no image, or only images inside ``out_dir``.
     OSError
         If ``out_dir`` cannot be created or written to (before any work), or
         is not a directory (:class:`NotADirectoryError`).
+    OutputDirectoryInUseError
+        If another run holds ``out_dir`` (an :class:`OSError`).
+    OutputNotSharedError
+        If Dask workers do not see ``out_dir`` at its path (an
+        :class:`OSError`).
+    SettingsMismatchError
+        If ``out_dir`` holds outputs made with other settings and not
+        ``overwrite`` (a :class:`ValueError`).
     ConnectionError
-        If no client can be made for ``scheduler`` (unreachable, or the TLS
-        handshake is refused); no image has been read.
+        If no client can be made for ``scheduler`` (unreachable, refused, or
+        the TLS handshake is refused); no image has been read.
     ValueError
-        If both ``client`` and ``scheduler`` are given, ``security`` without
-        ``scheduler``, or ``ImageInput`` items with unsafe or duplicate names.
+        If ``out_dir`` is empty, both ``client`` and ``scheduler`` are given,
+        ``security`` without ``scheduler``, ``scheduler`` is not an address,
+        or ``ImageInput`` items have unsafe or duplicate names.
+    RunStoppedError
+        If the run could not go on (a full disk, a lost scheduler); its
+        ``report`` says what was done.
     KeyboardInterrupt
         When interrupted, after stopping the work and removing this run's
         temporary files.
@@ -310,7 +422,7 @@ def segment_collection(
     ...                            random_state=0)
     >>> report = segment_collection(root / "shapes.png", root / "out", pipeline=pipe)
     >>> report.n_done, sorted(p.name for p in (root / "out").iterdir())
-    (1, ['shapes.json', 'shapes_mask.png', 'shapes_overlay.png'])
+    (1, ['.clasp.lock', 'shapes.json', 'shapes_mask.png', 'shapes_overlay.png'])
     >>> segment_collection(root / "shapes.png", root / "out", pipeline=pipe).n_skipped
     1
     """
@@ -320,6 +432,11 @@ def segment_collection(
     if security is not None and scheduler is None:
         raise ValueError("segment_collection: security= applies to scheduler=; to use TLS with "
                          "a client, create it with Client(address, security=security).")
+    if not os.fspath(out_dir).strip():
+        raise ValueError("segment_collection: out_dir is empty; give the output directory "
+                         "('.' for the current one).")
+    if scheduler is not None:
+        scheduler = _checked_scheduler(scheduler)
     if pipeline is None:
         from ..pipeline import make_clasp_pipeline
 
@@ -334,28 +451,127 @@ def segment_collection(
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"segment_collection: out_dir {str(out_dir)!r} exists and is "
                                  f"not a directory; choose another output directory.")
-    if isinstance(inputs, (list, tuple)) and inputs and all(
-            isinstance(x, ImageInput) for x in inputs):
-        images = list(inputs)
-        check_image_inputs(images)
-    else:
-        images = find_images(inputs)
+    images = _collection(inputs, out_dir)
     store = OutputStore(out_dir, run_id=OutputStore.new_run_id(),
                         write_overlay=write_overlay).prepare()
-    kept = [im for im in images if not is_inside(im.path, out_dir)]
-    if len(kept) < len(images):
-        logger.info("left out %d image(s) inside the output directory %s",
-                    len(images) - len(kept), out_dir)
-    jobs = [Job(index=i, name=im.name, path=os.path.abspath(im.path))
-            for i, im in enumerate(kept)]
     from .. import __version__
 
     ctx = RunContext(digest=settings_hash(pipeline), settings=pipeline_settings(pipeline),
                      max_image_pixels=max_image_pixels, overwrite=overwrite,
                      version=__version__)
-    logger.info("segmenting %d image(s) into %s (settings %s, run %s)", len(jobs), out_dir,
-                ctx.digest[:12], store.run_id)
+    with OutputLock(out_dir, store.run_id):
+        RecordIndex.discard(store, others=True)  # left by runs that were killed
+        store.remove_stale_temporaries()
+        index = RecordIndex.scan(out_dir)
+        check_settings(index, ctx.digest, ctx.settings, out_dir, overwrite=overwrite)
+        jobs = [Job(index=i, name=im.name, path=os.path.abspath(im.path))
+                for i, im in enumerate(images)]
+        index = plan_names(jobs, index)
+        logger.info("segmenting %d image(s) into %s (settings %s, run %s)", len(jobs),
+                    out_dir, ctx.digest[:12], store.run_id)
+        results, stopped = _run(jobs, store, pipeline, ctx, index, client=client,
+                                scheduler=scheduler, security=security, n_jobs=n_jobs,
+                                chunk_size=chunk_size, max_attempts=max_attempts,
+                                progress=progress)
+    ordered = []
+    for job in jobs:
+        r = dict(results.get(job.index) or {
+            "name": job.name, "source": str(job.path), "status": "stopped",
+            "n_clusters": None, "seconds": 0.0, "error": None, "error_type": None,
+            "errno": None, "attempts": 0})
+        r.pop("index", None)
+        ordered.append(r)
+    report = CollectionReport(ordered, out_dir=out_dir,
+                              wall_seconds=time.perf_counter() - wall_start,
+                              settings_hash=ctx.digest, run_id=store.run_id, stopped=stopped)
+    logger.info("%d done, %d skipped, %d failed in %.1f s", report.n_done, report.n_skipped,
+                report.n_failed, report.seconds)
+    if stopped is not None:
+        raise RunStoppedError(stopped, report)
+    return report
 
+
+def _checked_scheduler(scheduler):
+    """The scheduler address, checked before any work (see check_scheduler_address)."""
+    try:
+        return check_scheduler_address(scheduler)
+    except ImportError:
+        raise ImportError("segment_collection: scheduler= needs Dask: pip install "
+                          "'sklearn-clasp[dask]'") from None
+    except ValueError as exc:
+        raise ValueError(f"segment_collection: {exc}") from None
+    except ConnectionError as exc:
+        raise ConnectionError(
+            f"segment_collection: cannot connect to the Dask scheduler at {scheduler!r}: "
+            f"{exc}. Check the address and that the scheduler is running.") from None
+
+
+def _collection(inputs, out_dir):
+    """The images to segment: found (the output tree left out), or given and checked."""
+    if isinstance(inputs, (list, tuple)) and inputs and all(
+            isinstance(x, ImageInput) for x in inputs):
+        images = list(inputs)
+        check_image_inputs(images)
+        kept = [im for im in images if not is_inside(im.path, out_dir)]
+        if not kept:
+            raise FileNotFoundError(
+                f"segment_collection: all {len(images)} image(s) given lie inside the output "
+                f"directory {str(out_dir)!r}, which is never read as input; give inputs "
+                f"outside it, or another output directory.")
+        if len(kept) < len(images):
+            logger.warning("left out %d image(s) inside the output directory %s (never read "
+                           "as input)", len(images) - len(kept), out_dir)
+        return kept
+    return find_images(inputs, exclude=out_dir)
+
+
+class _AboveTheBar(logging.Handler):
+    """A console log handler that clears the progress bars of its stream, writes, redraws."""
+
+    def __init__(self, handler, bar_class):
+        super().__init__(handler.level)
+        self.handler = handler
+        self.bar_class = bar_class
+
+    def emit(self, record):
+        with self.bar_class.external_write_mode(file=self.handler.stream):
+            self.handler.handle(record)  # its own format, filters and lock
+
+
+def _is_console(handler):
+    return (isinstance(handler, logging.StreamHandler)
+            and not isinstance(handler, logging.FileHandler)
+            and getattr(handler, "stream", None) in (sys.stderr, sys.stdout))
+
+
+@contextlib.contextmanager
+def _logging_through(bar_class, enabled):
+    """While a progress bar is shown, log lines go above it, not into it.
+
+    The console handlers of the root, package and Dask loggers are wrapped
+    meanwhile (their formats and filters kept); no handler is added.
+    """
+    if not enabled:
+        yield
+        return
+    wrapped = []
+    for name in (None, "sklearn_clasp", "distributed"):
+        log = logging.getLogger(name)
+        for i, handler in enumerate(log.handlers):
+            if _is_console(handler):
+                log.handlers[i] = _AboveTheBar(handler, bar_class)
+                wrapped.append((log, handler, log.handlers[i]))
+    try:
+        yield
+    finally:
+        for log, handler, wrapper in wrapped:
+            if wrapper in log.handlers:
+                log.handlers[log.handlers.index(wrapper)] = handler
+
+
+def _run(jobs, store, pipeline, ctx, index, *, client, scheduler, security, n_jobs, chunk_size,
+         max_attempts, progress):
+    """Run the jobs on the chosen backend; ``(results by index, stop reason or None)``."""
     from tqdm.auto import tqdm
 
     results, n_failed = {}, [0]
@@ -364,6 +580,8 @@ def segment_collection(
 
     def emit(result):
         results[result["index"]] = result
+        if result["status"] == "stopped":
+            return
         if result["status"] == "failed":
             logger.warning("%s (%s) failed: %s", result["name"], result["source"],
                            result["error"])
@@ -373,48 +591,52 @@ def segment_collection(
         bar.update(1)
 
     own_client = None
+    with _logging_through(tqdm, progress):
+        try:
+            if scheduler is not None:
+                client = own_client = _connect(scheduler, security)
+            if client is not None:
+                check_workers_see(client, store)
+                stopped = run_dask(jobs, store, pipeline, ctx, client=client,
+                                   max_attempts=max_attempts, emit=emit, index=index)
+            else:
+                from joblib import effective_n_jobs
+
+                n_workers = effective_n_jobs(n_jobs)
+                stopped = run_local(jobs, store, pipeline, ctx, n_workers=n_workers,
+                                    chunk_size=chunk_size or min(MAX_CHUNK_SIZE,
+                                                                 max(8, 2 * n_workers)),
+                                    max_attempts=max_attempts, emit=emit, index=index)
+            store.remove_temporaries()  # no worker of the run is left: any is garbage
+            if stopped is not None:
+                logger.info("stopped with %d of %d image(s) accounted for: %s",
+                               sum(r["status"] != "stopped" for r in results.values()),
+                               len(jobs), stopped)
+        except KeyboardInterrupt:
+            # the workers are stopped by now; one killed mid-write leaves its temporary file
+            store.remove_temporaries()
+            logger.warning("interrupted with %d of %d image(s) accounted for; every output "
+                           "written is complete: run again to resume", len(results), len(jobs))
+            raise
+        finally:
+            bar.close()
+            if own_client is not None:
+                with contextlib.suppress(Exception):  # the scheduler may be gone
+                    own_client.close(timeout=2)
+    return results, stopped
+
+
+def _connect(scheduler, security):
+    """A client for this call; ConnectionError if none can be made."""
+    from distributed import Client
+
     try:
-        if scheduler is not None:
-            from distributed import Client
-
-            try:
-                client = own_client = Client(scheduler, security=security)
-            except OSError as exc:  # refused, timed out, TLS handshake failed
-                raise ConnectionError(
-                    f"segment_collection: cannot connect to the Dask scheduler at "
-                    f"{scheduler!r} ({type(exc).__name__}: {exc}). Check the address and "
-                    f"that the scheduler is running; a tls:// scheduler also needs "
-                    f"security= with the cluster's CA and a client certificate "
-                    f"(clasp: --tls-ca-file, --tls-cert, --tls-key)."
-                ) from exc
-        if client is not None:
-            run_dask(jobs, store, pipeline, ctx, client=client, max_attempts=max_attempts,
-                     emit=emit)
-        else:
-            from joblib import effective_n_jobs
-
-            n_workers = effective_n_jobs(n_jobs)
-            run_local(jobs, store, pipeline, ctx, n_workers=n_workers,
-                      chunk_size=chunk_size or max(8, 2 * n_workers),
-                      max_attempts=max_attempts, emit=emit)
-    except KeyboardInterrupt:
-        # the workers are stopped by now; one killed mid-write leaves its temporary file
-        store.remove_temporaries()
-        logger.warning("interrupted with %d of %d image(s) accounted for; every output "
-                       "written is complete: run again to resume", len(results), len(jobs))
-        raise
-    finally:
-        bar.close()
-        if own_client is not None:
-            own_client.close()
-    ordered = []
-    for i in range(len(jobs)):
-        r = dict(results[i])
-        r.pop("index", None)
-        ordered.append(r)
-    report = CollectionReport(ordered, out_dir=out_dir,
-                              wall_seconds=time.perf_counter() - wall_start,
-                              settings_hash=ctx.digest, run_id=store.run_id)
-    logger.info("%d done, %d skipped, %d failed in %.1f s", report.n_done, report.n_skipped,
-                report.n_failed, report.seconds)
-    return report
+        return Client(scheduler, security=security)
+    except OSError as exc:  # refused, timed out, TLS handshake failed
+        raise ConnectionError(
+            f"segment_collection: cannot connect to the Dask scheduler at "
+            f"{scheduler!r} ({type(exc).__name__}: {exc}). Check the address and that the "
+            f"scheduler is running; a tls:// scheduler also needs security= with the "
+            f"cluster's CA and a client certificate (clasp: --tls-ca-file, --tls-cert, "
+            f"--tls-key)."
+        ) from exc
