@@ -317,8 +317,8 @@ def test_help_lists_options_by_stage_with_the_estimators_defaults(capsys):
     assert order == sorted(order)
     assert "--segment-k-max N Largest K" in text
     seg, ref = AdaptiveSpectralSegmenter(), CRFRefiner()
-    assert f"(default: {seg.k_max})" in text[text.rindex("--segment-k-max N"):][:300]
-    assert f"(default: {ref.n_iter})" in text[text.rindex("--refine-n-iter N"):][:300]
+    assert f"(default: {seg.k_max}" in text[text.rindex("--segment-k-max N"):][:300]
+    assert f"(default: {ref.n_iter}" in text[text.rindex("--refine-n-iter N"):][:300]
     assert "--k-max N alias of --segment-k-max" in text
 
 

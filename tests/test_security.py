@@ -513,7 +513,7 @@ def test_pipeline_cache_in_a_directory_others_can_write_warns(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    with pytest.warns(UserWarning, match=r"pipeline cache directory is writable by other users"):
+    with pytest.warns(UserWarning, match=r"cache directory is writable by other users"):
         make_clasp_pipeline("handcrafted", memory=str(shared))
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         someone = tmp_path / "someone"
