@@ -507,6 +507,7 @@ class _CrashesOnPoison(CRFRefiner):
         return super().transform(X)
 
 
+@pytest.mark.slow
 def test_image_that_kills_its_worker_fails_alone(tmp_path):
     paths = _write_images(tmp_path / "in", n=4)
     paths[2].rename(tmp_path / "in" / "poison.png")
@@ -815,6 +816,7 @@ class _DiesOnce(CRFRefiner):
         return super().transform(X)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_early_costs_nothing_and_the_run_goes_on(tmp_path):
     """More images were submitted to the broken pool after the death: a traceback."""
     _write_images(tmp_path / "in", n=12)

@@ -883,6 +883,7 @@ def test_explain_default_name_and_errors(image_dir, tmp_path, monkeypatch, capsy
 # --------------------------------------------------------------------------
 # python -m sklearn_clasp
 # --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_python_dash_m_is_the_same_command(image_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -1013,6 +1014,7 @@ def test_a_full_disk_exits_4_with_one_line(image_dir, tmp_path, monkeypatch, cap
     assert not (out / "failures.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_a_reader_that_goes_away_is_no_traceback(image_dir, tmp_path):
     """`clasp segment ... | head -1`: BrokenPipeError and exit 1."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}

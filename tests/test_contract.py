@@ -382,6 +382,7 @@ def test_segmenter_on_a_matrix_set_output(blobs):
 # --------------------------------------------------------------------------
 # the three uses on real labelled images, when ../shared/data is there
 # --------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "camvid" / "val").is_dir(), reason="no CamVid data")
 def test_the_three_uses_on_camvid():
     from PIL import Image

@@ -18,6 +18,7 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 distributed = pytest.importorskip("distributed")
+pytestmark = pytest.mark.slow  # clusters of processes: outside the quick loop
 
 import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402

@@ -116,6 +116,7 @@ def _bad_files(root):
     return bad
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self") or sys.platform == "win32",
                     reason="needs /proc and POSIX links")
 def test_mixed_good_and_broken_files_through_clasp_segment(tmp_path):

@@ -27,7 +27,9 @@ N_IMAGES = 8
 # the run is still busy when a few outputs exist
 OPTIONS = ["--embedder", "handcrafted", "--embed-short-side", "280", "--k-max", "6"]
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+# subprocesses and signals: outside the quick loop (pytest -m "not slow")
+pytestmark = [pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),
+              pytest.mark.slow]
 
 
 @pytest.fixture(autouse=True)

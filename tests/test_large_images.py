@@ -156,6 +156,7 @@ _HUGE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_huge_image_in_bounded_memory():
     root = str(Path(__file__).resolve().parents[1])

@@ -345,6 +345,7 @@ def test_a_full_disk_stops_the_run_at_once_with_one_message(tmp_path, monkeypatc
     assert [r["status"] for r in again.results] == ["skipped", "done", "done", "done"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_a_two_worker_run_too(tmp_path):
     """The workers write: the first full-disk result stops the submission of more."""
     for i in range(12):

@@ -356,6 +356,7 @@ def test_an_empty_folder_gives_a_page_and_library_code_does_not_print(tmp_path, 
     assert capsys.readouterr() == ("", "")
 
 
+@pytest.mark.slow
 def test_ten_thousand_records_in_bounded_time_and_size(tmp_path):
     rec = {
         "source": "/data/collection/some/folder/image_00000.jpg",
@@ -416,6 +417,7 @@ def _browse_uri(uri, tmp_path):
     return done.stdout.decode("utf-8")
 
 
+@pytest.mark.slow
 def test_in_a_browser_images_render_counts_match_and_names_stay_text(run, tmp_path):
     out = _copy_run(run, tmp_path)
     Image.new("RGB", (40, 30), "white").save(out / "shapes0_explain.png")
@@ -471,6 +473,7 @@ def test_in_a_browser_images_render_counts_match_and_names_stay_text(run, tmp_pa
     assert len(markup) == 2 and (out / unquote(markup[0])).is_file()
 
 
+@pytest.mark.slow
 def test_in_a_browser_filtering_sorting_and_pages_follow_the_address(run, tmp_path):
     out = _copy_run(run, tmp_path)
     page = write_report(out, page_size=3)

@@ -333,6 +333,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_checkpoint_bomb_is_refused_before_it_is_decompressed(tmp_path):
     """A 4.2 MB file declaring a 4 GiB storage: refused, and peak memory stays small."""
     net = build_dinov2(MODEL, device="meta").state_dict()
@@ -462,6 +463,7 @@ print(json.dumps(written()))
 """
 
 
+@pytest.mark.slow
 def test_no_cache_or_file_is_written_unless_asked(tmp_path):
     home, cwd, inputs = tmp_path / "home", tmp_path / "cwd", tmp_path / "inputs"
     for d in (home, cwd, inputs):
@@ -614,6 +616,7 @@ print(json.dumps(sorted(listening_inodes() & our_socket_inodes())))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 def test_import_and_local_runs_open_no_listening_port(tmp_path):
     from PIL import Image

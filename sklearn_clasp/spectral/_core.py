@@ -360,6 +360,7 @@ def _cluster(A, features, metric, *, spectrum, eigengap_rule, k_selection, k_min
                                            "s_2": s2}
     info["second_eigenvalue"] = second
     timings["one_segment_test"] = time.perf_counter() - start
+    one = one or hi < 2  # k_max = 1 (or two samples' worth): nothing to search
     if one:
         logger.debug("one segment: %s", info["single_segment_test"])
         info.update(n_clusters=1, silhouette_scores={}, silhouette=0.0, single_segment=True)
