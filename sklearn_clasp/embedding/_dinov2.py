@@ -27,6 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 
+from ..device import resolve_device
 from ..io import check_cache_location
 from ..image import resize_image
 from ._grid import MAX_PATCHES, patch_grid_shape, prepare_images
@@ -226,32 +227,7 @@ def _torch_threads(n_threads):
 
 
 def _resolve_device(device):
-    if isinstance(device, torch.device):
-        dev = device
-    elif device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, ValueError):
-            dev = None
-        if dev is None or dev.type not in ("cpu", "cuda"):
-            raise ValueError(
-                f"device={device!r} is not supported; use 'cpu', 'cuda', 'cuda:N' or 'auto'"
-            )
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r} is not supported; use 'cpu', 'cuda' or 'auto'")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device={device!r} but CUDA is not available to this PyTorch "
-                f"({torch.__version__}); use device='cpu' or device='auto'"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
-    return dev
+    return resolve_device(device)
 
 
 def _state_digest(net):
