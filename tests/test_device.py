@@ -335,3 +335,77 @@ def test_real_images_same_k_and_partition(kind):
     for a, b in zip(ref, got):
         assert a.info["n_clusters"] == b.info["n_clusters"], a.source
         assert adjusted_rand_score(a.labels.ravel(), b.labels.ravel()) >= 0.99, a.source
+
+
+# --------------------------------------------------------------------------
+# the DINOv2 embedder: bounded batches, pinned copies, autocast
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_dino():
+    from sklearn_clasp.embedding import DinoPatchEmbedder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return DinoPatchEmbedder("dinov2_vits14", weights="random", short_side=None,
+                                 random_state=0).fit()
+
+
+def _images(n, shape=(56, 70, 3)):
+    rng = np.random.RandomState(3)
+    return [rng.randint(0, 256, shape, dtype=np.uint8) for _ in range(n)]
+
+
+def test_batches_are_bounded_whatever_batch_size(small_dino, monkeypatch):
+    from sklearn_clasp.embedding._dinov2 import dino_patch_features, images_per_forward
+
+    model = small_dino.model_
+    images = _images(7)
+    ref = dino_patch_features(model, images, batch_size=1)
+    seen = []
+    forward = model.patch_features
+
+    def counting(x, **kw):
+        seen.append(x.shape[0])
+        return forward(x, **kw)
+
+    monkeypatch.setattr(model, "patch_features", counting)
+    per = images_per_forward(model, images[0].shape, max_bytes=2 * 2**20)
+    assert 1 <= per < 7
+    got = dino_patch_features(model, images, batch_size=10_000, max_batch_bytes=2 * 2**20)
+    assert max(seen) == per and sum(seen) == 7
+    for a, b in zip(ref, got):
+        assert np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(a).max())
+
+
+def test_bfloat16_autocast_on_cpu(small_dino):
+    from sklearn.base import clone
+
+    image = _images(1)[0]
+    ref = small_dino.transform([image])[0]
+    emb = clone(small_dino).set_params(autocast="bfloat16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = emb.fit().transform([image])[0]
+    assert out.features.dtype == np.float32 and out.info["autocast"] == "bfloat16"
+    a = ref.features.reshape(-1, ref.features.shape[-1])
+    b = out.features.reshape(-1, a.shape[1])
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.98 and np.abs(a - b).max() > 0  # changed, a little
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="autocast='float16' needs a CUDA device"):
+            clone(small_dino).set_params(autocast="float16").fit()
+
+
+def test_autocast_features_are_cached_apart(small_dino, tmp_path):
+    from sklearn.base import clone
+
+    image = _images(1)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = clone(small_dino).set_params(memory=str(tmp_path)).fit()
+        auto = clone(small_dino).set_params(memory=str(tmp_path), autocast="bfloat16").fit()
+    first = plain.transform([image])[0]
+    second = auto.transform([image])[0]
+    assert not second.info["cached"]  # not the float32 entry
+    assert not np.array_equal(first.features, second.features)
+    assert auto.transform([image])[0].info["cached"]
