@@ -108,12 +108,13 @@ def _block_krylov(M, k, steps, start):
     products.append(M @ basis[-1])
     B, MB = torch.cat(basis, dim=1), torch.cat(products, dim=1)
     T = (B.T @ MB).double()
-    w, U = torch.linalg.eigh(0.5 * (T + T.T))
+    # the small Rayleigh-Ritz problem on the CPU (a GPU's eigh is slow at this size)
+    w, U = torch.linalg.eigh(0.5 * (T + T.T).cpu())
     order = torch.argsort(w, descending=True)[:k]
-    w, U = w[order], U[:, order].to(M.dtype)
+    w, U = w[order], U[:, order].to(device=M.device, dtype=M.dtype)
     V = B @ U
-    R = MB @ U - V * w.to(M.dtype)[None, :]
-    return w, V, torch.linalg.vector_norm(R, dim=0)
+    R = MB @ U - V * w.to(device=M.device, dtype=M.dtype)[None, :]
+    return w, V, torch.linalg.vector_norm(R, dim=0).cpu()
 
 
 def _krylov_tol(n, dtype):
@@ -151,7 +152,9 @@ def leading_eigenpairs_torch(M, n_components, *, start=None):
     Returns
     -------
     eigenvalues : Tensor of shape (n_components,), float64, descending
+        On the CPU.
     eigenvectors : Tensor of shape (n, n_components), dtype of ``M``
+        On ``M``'s device.
     """
     import torch
 
@@ -160,7 +163,7 @@ def leading_eigenpairs_torch(M, n_components, *, start=None):
     m = k + KRYLOV_OVERSAMPLING
     if n <= DENSE_EIGH_MAX_N or m >= n // 2:
         vals, vecs = _dense_eigh(M, k)
-        return vals.double(), _sign_flip(vecs)
+        return vals.double().cpu(), _sign_flip(vecs)
     block = torch.randn((n, m), generator=torch.Generator().manual_seed(0),
                         dtype=torch.float64)
     if start is not None:
@@ -173,7 +176,7 @@ def leading_eigenpairs_torch(M, n_components, *, start=None):
             return w, _sign_flip(V)
     logger.debug("block Krylov did not converge on %d x %d; dense eigh", n, n)
     vals, vecs = _dense_eigh(M, k)
-    return vals.double(), _sign_flip(vecs)
+    return vals.double().cpu(), _sign_flip(vecs)
 
 
 def _numpy_start(rng, n, k, limit):
