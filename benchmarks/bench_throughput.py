@@ -31,6 +31,7 @@ Run:  python benchmarks/bench_throughput.py [--embedder handcrafted|dinov2]
       [--device none|cpu|cuda|auto] [--n-jobs N] [--count N] [--synthetic]
       [--short-side 448] [--batch-size B] [--refine crf|nearest|bilinear]
       [--no-overlay] [--work DIR] [--out JSON]
+      python benchmarks/bench_throughput.py --waste
 """
 
 from __future__ import annotations
@@ -230,6 +231,47 @@ def print_result(r):
           f"{r['load_average_before_after'][1][0]:.2f} (1 min)")
 
 
+def waste():
+    """The small per-image costs the issue lists, before and after (milliseconds)."""
+    from threadpoolctl import threadpool_limits
+
+    from sklearn_clasp.affinity import cosine_affinity, limit_threads
+    from sklearn_clasp.datasets import make_planted_partition
+    from sklearn_clasp.refine import _compact_labels
+    from sklearn_clasp.spectral._eigen import check_affinity
+
+    def ms(fn, repeats=10):
+        best = np.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        return 1e3 * best
+
+    rng = np.random.RandomState(0)
+    rows = []
+    for shape in ((360, 480), (1000, 1000)):
+        labels = rng.randint(0, 8, (shape[0] // 14 + 1, shape[1] // 14 + 1)).repeat(
+            14, 0).repeat(14, 1)[: shape[0], : shape[1]].astype(np.int64)
+        rows.append((f"distinct labels of a {shape[1]} x {shape[0]} mask",
+                     ms(lambda: np.unique(labels, return_inverse=True)),
+                     ms(lambda: _compact_labels(labels))))
+    rows.append(("thread-pool limit per call (threadpool_limits, a new scan / limit_threads, "
+                 "cached)", ms(lambda: threadpool_limits(1).unregister()),
+                 ms(lambda: limit_threads(1).__enter__().unregister())))
+    X, _ = make_planted_partition(4, n_samples=5476, n_features=384, random_state=0)
+    X = X.astype(np.float32)
+    A = cosine_affinity(X)
+    B = A.copy()
+    with limit_threads(None):
+        rows.append(("finiteness and symmetry passes over a 5,476-patch affinity (a copy / "
+                     "the package's own)", ms(lambda: check_affinity(B), 3),
+                     ms(lambda: check_affinity(A), 3)))
+    print("\n| cost | before (ms) | now (ms) |\n|---|---|---|")
+    for what, before, now in rows:
+        print(f"| {what} | {before:.2f} | {now:.3f} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embedder", choices=["handcrafted", "dinov2"], default="handcrafted")
@@ -251,7 +293,11 @@ def main(argv=None):
     parser.add_argument("--no-overlay", action="store_true")
     parser.add_argument("--work", default=None, help="keep inputs and outputs here")
     parser.add_argument("--out", default=None, help="write the result as JSON")
+    parser.add_argument("--waste", action="store_true",
+                        help="only measure the small per-image costs (before / now)")
     args = parser.parse_args(argv)
+    if args.waste:
+        return waste()
     result = run(args)
     print_result(result)
     if args.out:
