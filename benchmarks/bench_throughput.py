@@ -93,6 +93,8 @@ def make_pipeline(args):
         warnings.simplefilter("ignore")  # random weights warn
         pipe = make_clasp_pipeline(args.embedder, refine=args.refine, random_state=0,
                                    device=device, **kw)
+        if args.crf_backend:
+            pipe.set_params(refine__backend=args.crf_backend)
         pipe[0].fit(None)
     return pipe
 
@@ -290,6 +292,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=8, help="DINOv2 batch size")
     parser.add_argument("--refine", choices=["crf", "nearest", "bilinear"], default=None,
                         help="refinement (default: the package default)")
+    parser.add_argument("--crf-backend", choices=["pydensecrf", "torch"], default=None,
+                        help="the CRF backend alone (default: the pipeline's)")
     parser.add_argument("--no-overlay", action="store_true")
     parser.add_argument("--work", default=None, help="keep inputs and outputs here")
     parser.add_argument("--out", default=None, help="write the result as JSON")

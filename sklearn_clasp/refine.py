@@ -35,7 +35,7 @@ from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
-from .device import resolve_device
+from .device import resolve_device, torch_threads
 from .image import as_rgb_uint8, bounded_shape, check_label_map, resample_nearest, resize_image
 from .records import PatchGrid, check_records
 
@@ -389,7 +389,10 @@ def _mean_field_torch(rgb, unary, n_iter, kernels, n_out, device):
     height, width = rgb.shape[:2]
     n = height * width
     (g_sxy, g_compat), (b_sxy, b_srgb, b_compat) = kernels
-    with torch.no_grad():
+    # one CPU thread, as pydensecrf: on a busy machine two of torch's threads
+    # waiting on each other made a CamVid CRF 10 to 25 times slower; images run
+    # in parallel in processes instead (CRFRefiner(n_jobs=...), the collections)
+    with torch.no_grad(), torch_threads(1 if dev.type == "cpu" else None):
         ys = torch.arange(height, dtype=torch.float32, device=dev)
         xs = torch.arange(width, dtype=torch.float32, device=dev)
         yy = ys[:, None].expand(height, width).reshape(-1)
