@@ -25,7 +25,7 @@ The GPU run (one H200; DINOv2 ViT-S/14-reg with random weights costs the same
 as the official ones; 448-pixel short side), one command::
 
     python benchmarks/bench_throughput.py --embedder dinov2 --device cuda \\
-        --batch-size 64 --count 2000 --n-jobs 8 --out gpu.json
+        --batch-size 64 512 --count 2000 --n-jobs 1 8 --out gpu.json
 
 Run:  python benchmarks/bench_throughput.py [--embedder handcrafted|dinov2]
       [--device none|cpu|cuda|auto] [--n-jobs N] [--count N] [--synthetic]
@@ -217,7 +217,8 @@ def _gpu_name():
 
 def print_result(r):
     print(f"\n{r['inputs']}; {r['embedder']} embedder, short side {r['short_side']}, "
-          f"device {r['device']}, n_jobs {r['n_jobs']}, refine {r['refine']} {r['crf']}")
+          f"device {r['device']}, n_jobs {r['n_jobs']}, batch size {r['batch_size']}, "
+          f"refine {r['refine']} {r['crf']}")
     print(f"{r['done']} done, {r['failed']} failed in {r['wall_s']:.1f} s: "
           f"**{r['images_per_s']:.2f} images/s** (warm-up run {r['warmup_s']:.1f} s; "
           f"median K {r['k_median']:g})")
@@ -284,12 +285,15 @@ def main(argv=None):
                              "'cuda', 'cuda:N' or 'auto': the pipeline's device setting")
     parser.add_argument("--autocast", choices=["bfloat16", "float16"], default=None,
                         help="DINOv2 under autocast")
-    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--n-jobs", type=int, nargs="+", default=[2],
+                        help="worker processes; several values: one run each")
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--count", type=int, default=60, help="number of image files")
     parser.add_argument("--synthetic", action="store_true", help="synthetic images")
     parser.add_argument("--short-side", type=int, default=448)
-    parser.add_argument("--batch-size", type=int, default=8, help="DINOv2 batch size")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[8],
+                        help="DINOv2 batch size; several values: one run each (the peak "
+                             "GPU memory must not grow with it)")
     parser.add_argument("--refine", choices=["crf", "nearest", "bilinear"], default=None,
                         help="refinement (default: the package default)")
     parser.add_argument("--crf-backend", choices=["pydensecrf", "torch"], default=None,
@@ -302,11 +306,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.waste:
         return waste()
-    result = run(args)
-    print_result(result)
+    results = []
+    for n_jobs in args.n_jobs:
+        for batch_size in args.batch_size:
+            one = argparse.Namespace(**{**vars(args), "n_jobs": n_jobs,
+                                        "batch_size": batch_size})
+            result = run(one)
+            result["batch_size"] = batch_size
+            print_result(result)
+            results.append(result)
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    return result
+        Path(args.out).write_text(json.dumps(results[0] if len(results) == 1 else results,
+                                             indent=2))
+    return results
 
 
 if __name__ == "__main__":
