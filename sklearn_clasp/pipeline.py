@@ -581,6 +581,8 @@ def pipeline_from_settings(settings, *, memory=None):
                     f" the settings of embed={embedder!r} are "
                     f"{', '.join('embed__' + k for k in sorted(valid_embed))}")
             raise ValueError(f"embed__{key} does not apply to embed={embedder!r}:{hint}.")
+    if "device" in embed_params:  # the embedder's own, set after the pipeline's
+        params["embed__device"] = embed_params.pop("device")
     pipe = make_clasp_pipeline(embedder, paper=paper, random_state=random_state,
                                device=device, memory=memory, **embed_params)
     valid = pipe.get_params()

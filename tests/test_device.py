@@ -409,3 +409,17 @@ def test_autocast_features_are_cached_apart(small_dino, tmp_path):
     assert not second.info["cached"]  # not the float32 entry
     assert not np.array_equal(first.features, second.features)
     assert auto.transform([image])[0].info["cached"]
+
+
+def test_a_step_setting_overrides_the_pipeline_device():
+    pipe = pipeline_from_settings({"embed": "handcrafted", "device": "cpu",
+                                   "segment__device": None, "refine__backend": "pydensecrf"})
+    params = pipe.get_params()
+    assert params["affinity__device"] == "cpu" and params["segment__device"] is None
+    assert params["refine__backend"] == "pydensecrf"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dino = pipeline_from_settings({"embed": "dinov2", "embed__weights": "random",
+                                       "embed__device": "cpu", "device": "auto"})
+    assert dino.get_params()["embed__device"] == "cpu"
+    assert dino.get_params()["segment__device"] == "auto"
