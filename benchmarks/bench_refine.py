@@ -29,10 +29,21 @@ quality rows are printed side by side, followed by the agreement of the
 torch backend's masks with pydensecrf's (fraction of equal pixels, min and
 mean over the images) and both backends' time per image.
 
+With ``--segmentations`` it runs the protocol of ``refine_protocol.md``
+instead: the segmenter's own segmentations (weights-free embedder, package
+defaults) of one half of CamVid val and BSDS500 val, refined by each of the
+protocol's candidates (nearest, bilinear, hard- and soft-unary CRFs), scored
+against the truth, and the same candidates on the truth coarsened to the
+segmenter's grid; ``--summarize`` applies the protocol's decision rule to the
+JSON files written by ``--out``.
+
 Run:  python benchmarks/bench_refine.py [--datasets camvid bsds500] [--limit N]
       [--grids paper 448] [--iters 20 10 5 1] [--unary hard soft]
       [--backend pydensecrf torch] [--device auto] [--torch-threads N]
       [--figures]
+      python benchmarks/bench_refine.py --segmentations --half choose --n-jobs 2 \
+          --out choose.json
+      python benchmarks/bench_refine.py --summarize choose.json confirm.json
 """
 
 from __future__ import annotations
@@ -56,7 +67,12 @@ from sklearn_clasp.metrics import (  # noqa: E402
     segmentation_scores,
     variation_of_information,
 )
-from sklearn_clasp.refine import dense_crf, upsample_labels, upsample_proba  # noqa: E402
+from sklearn_clasp.refine import (  # noqa: E402
+    dense_crf,
+    refine_labels,
+    upsample_labels,
+    upsample_proba,
+)
 
 GRIDS = {"paper": None, "448": 448}
 CRF_ITERS = (20, 10, 5, 1)
@@ -268,6 +284,190 @@ def figure(summaries, path):
     print(f"figure written to {path}")
 
 
+# --------------------------------------------------------------------------
+# the protocol of refine_protocol.md: the segmenter's own segmentations
+# --------------------------------------------------------------------------
+
+#: The protocol's candidates: name -> refine_labels keywords.
+CANDIDATES = {
+    "nearest": dict(method="nearest"),
+    "bilinear": dict(method="bilinear"),
+    "hard 20": dict(method="crf", unary="hard", n_iter=20),
+    "hard 10": dict(method="crf", unary="hard", n_iter=10),
+    "hard 5": dict(method="crf", unary="hard", n_iter=5),
+    "soft 20": dict(method="crf", unary="soft", n_iter=20),
+    "soft 10": dict(method="crf", unary="soft", n_iter=10),
+    "soft 5": dict(method="crf", unary="soft", n_iter=5),
+    "soft 10, t = 4": dict(method="crf", unary="soft", n_iter=10, temperature=4.0),
+    "soft 5, t = 4": dict(method="crf", unary="soft", n_iter=5, temperature=4.0),
+}
+BASELINE = "hard 20"
+
+
+def protocol_halves():
+    """``{(dataset, half): (Dataset, items)}``: names sorted, 50 choosing, rest confirming."""
+    out = {}
+    for tag, ds in (("camvid", camvid()), ("bsds500", bsds500())):
+        items = sorted(ds.items, key=lambda it: it[0])
+        out[(tag, "choose")] = (ds, items[:50])
+        out[(tag, "confirm")] = (ds, items[50:])
+    return out
+
+
+def _score(tag, mask, truth):
+    """CamVid: mIoU and pixel accuracy; BSDS500 (a list of humans): covering, VoI."""
+    if tag == "camvid":
+        s = segmentation_scores(truth, mask)
+        return {"miou": float(s["miou"]), "pixel_accuracy": float(s["pixel_accuracy"])}
+    return {"covering": float(np.mean([segmentation_covering(g, mask) for g in truth])),
+            "voi": float(np.mean([variation_of_information(g, mask) for g in truth]))}
+
+
+def protocol_image(tag, item, read_truth):
+    """Every candidate on one image: its segmentation and its coarsened truth."""
+    from sklearn_clasp.pipeline import make_clasp_pipeline
+
+    name, image_path, truth_path = item
+    image = load_image(image_path)
+    truth = read_truth(truth_path)
+    pipe = make_clasp_pipeline("handcrafted", random_state=0)
+    t0 = time.perf_counter()
+    (rec,) = pipe[:-1].fit_transform([image])
+    out = {"name": name, "segment_s": time.perf_counter() - t0,
+           "k": int(rec.info["n_clusters"]), "real": {}, "coarse": {}, "seconds": {}}
+    for cand, kw in CANDIDATES.items():
+        t0 = time.perf_counter()
+        mask = refine_labels(image, rec.labels, proba=rec.proba, **kw)
+        out["seconds"][cand] = time.perf_counter() - t0
+        out["real"][cand] = _score(tag, mask, truth)
+    # the coarsened truth on the segmenter's grid (BSDS500: the first human)
+    first = truth if tag == "camvid" else truth[0] - truth[0].min()
+    classes, index, fractions = coarsen_proba(first, rec.grid_shape)
+    for cand, kw in CANDIDATES.items():
+        mask = classes[refine_labels(image, index, proba=fractions, **kw)]
+        s = _score(tag, mask, first if tag == "camvid" else [first])
+        out["coarse"][cand] = s
+    return out
+
+
+def run_protocol(half, n_jobs, limit, partial=None):
+    """Every image of one half; with ``partial`` (a JSON-lines file) each image's
+    row is appended as it is done, and rows already there are not redone."""
+    import json
+
+    from joblib import Parallel, delayed
+
+    done = {}
+    if partial is not None and Path(partial).is_file():
+        for line in Path(partial).read_text().splitlines():
+            row = json.loads(line)
+            done[(row["dataset"], row["name"])] = row
+
+    def one(tag, item, read_truth):
+        row = dict(protocol_image(tag, item, read_truth), dataset=tag)
+        if partial is not None:
+            with open(partial, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        return row
+
+    results = {}
+    for (tag, h), (ds, items) in protocol_halves().items():
+        if h != half:
+            continue
+        items = items if limit is None else items[:limit]
+        todo = [it for it in items if (tag, it[0]) not in done]
+        t0 = time.perf_counter()
+        Parallel(n_jobs=n_jobs)(delayed(one)(tag, item, ds.read_truth) for item in todo)
+        if partial is not None:
+            for line in Path(partial).read_text().splitlines():
+                row = json.loads(line)
+                done[(row["dataset"], row["name"])] = row
+        print(f"{tag} {half}: {len(todo)} images in {time.perf_counter() - t0:.0f} s "
+              f"({len(items) - len(todo)} done before)", flush=True)
+        results[tag] = [done[(tag, it[0])] for it in items]
+    return results
+
+
+def _means(rows, part, key):
+    return {c: float(np.mean([r[part][c][key] for r in rows])) for c in CANDIDATES}
+
+
+def summarize_protocol(paths):
+    """Tables for each half, and the protocol's decision on the choosing half."""
+    import json
+
+    halves = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        halves[data["half"]] = data["results"]
+    summary = {}
+    for half, results in halves.items():
+        cam, bsd = results.get("camvid", []), results.get("bsds500", [])
+        table = {
+            "C": _means(cam, "real", "miou"), "acc": _means(cam, "real", "pixel_accuracy"),
+            "B": _means(bsd, "real", "covering"), "voi": _means(bsd, "real", "voi"),
+            "C*": _means(cam, "coarse", "miou"), "B*": _means(bsd, "coarse", "covering"),
+            "s": {c: float(np.mean([r["seconds"][c] for r in cam + bsd])) for c in CANDIDATES},
+        }
+        summary[half] = table
+        print(f"\n### {half} half: CamVid {len(cam)} images, BSDS500 {len(bsd)} images\n")
+        print("| candidate | CamVid mIoU (C) | dC | CamVid pix. acc. | BSDS500 covering (B) "
+              "| dB | BSDS500 VoI | coarsened CamVid mIoU (C*) | coarsened BSDS500 "
+              "covering (B*) | s/image |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for c in CANDIDATES:
+            dc = table["C"][c] - table["C"][BASELINE]
+            db = table["B"][c] - table["B"][BASELINE]
+            print(f"| {c} | {table['C'][c]:.4f} | {dc:+.4f} | {table['acc'][c]:.3f} "
+                  f"| {table['B'][c]:.4f} | {db:+.4f} | {table['voi'][c]:.3f} "
+                  f"| {table['C*'][c]:.4f} | {table['B*'][c]:.4f} | {table['s'][c]:.3f} |")
+    if "choose" not in summary:
+        return summary
+    t = summary["choose"]
+    print("\nDecision (choosing half): eligible = dC > 0 and dB > 0 and C* >= C*(hard 20) "
+          "and B* >= B*(hard 20); M = min(dC, dB)\n")
+    eligible = {}
+    for c in CANDIDATES:
+        if c == BASELINE:
+            continue
+        dc = t["C"][c] - t["C"][BASELINE]
+        db = t["B"][c] - t["B"][BASELINE]
+        ok = (dc > 0 and db > 0 and t["C*"][c] >= t["C*"][BASELINE]
+              and t["B*"][c] >= t["B*"][BASELINE])
+        print(f"- {c}: dC {dc:+.4f}, dB {db:+.4f}, C* {t['C*'][c]:.4f}, B* {t['B*'][c]:.4f}"
+              f", M {min(dc, db):+.4f}: {'eligible' if ok else 'not eligible'}")
+        if ok:
+            eligible[c] = min(dc, db)
+    winner = None
+    if eligible:
+        best = max(eligible.values())
+        close = [c for c, m in eligible.items() if m >= best - 0.003]
+        winner = min(close, key=lambda c: t["s"][c])
+        print(f"\nwinner: {winner} (largest M {best:+.4f}; within 0.003: {close}; "
+              f"cheapest taken)")
+    else:
+        print("\nno eligible candidate: the default stays hard 20")
+    if winner is not None and "confirm" in summary:
+        u = summary["confirm"]
+        dc = u["C"][winner] - u["C"][BASELINE]
+        db = u["B"][winner] - u["B"][BASELINE]
+        confirmed = dc >= 0 and db >= 0
+        print(f"confirming half: {winner} dC {dc:+.4f}, dB {db:+.4f}: "
+              f"{'confirmed' if confirmed else 'NOT confirmed: the default stays hard 20'}")
+    print("\nTargets for soft unaries (each half): coarsened truth not worse than nearest; "
+          "real segmentations better than the hard-unary CRF of the same iterations")
+    for half, t in summary.items():
+        for c in CANDIDATES:
+            if not c.startswith("soft"):
+                continue
+            hard = "hard " + c.split()[1].rstrip(",")
+            vs_nearest = (t["C*"][c] >= t["C*"]["nearest"], t["B*"][c] >= t["B*"]["nearest"])
+            vs_hard = (t["C"][c] > t["C"][hard], t["B"][c] > t["B"][hard])
+            print(f"- {half}, {c}: >= nearest on coarsened truth (CamVid, BSDS500) "
+                  f"{vs_nearest}; > {hard} on real (CamVid, BSDS500) {vs_hard}")
+    return summary
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=["camvid", "bsds500"],
@@ -288,10 +488,31 @@ def main(argv=None):
                         help="torch's CPU threads (default: torch's own choice)")
     parser.add_argument("--figures", action="store_true",
                         help="write docs/figures/quality_refinement.png")
+    parser.add_argument("--segmentations", action="store_true",
+                        help="run refine_protocol.md on the segmenter's own segmentations")
+    parser.add_argument("--half", choices=["choose", "confirm"], default="choose",
+                        help="the protocol's half (with --segmentations)")
+    parser.add_argument("--n-jobs", type=int, default=1,
+                        help="images refined in parallel (with --segmentations)")
+    parser.add_argument("--out", default=None, help="JSON file for --segmentations")
+    parser.add_argument("--summarize", nargs="+", default=None,
+                        help="JSON files of --segmentations runs: tables and decision")
     args = parser.parse_args(argv)
+    if args.summarize:
+        return summarize_protocol(args.summarize)
     if not SHARED.is_dir():
         print(f"{SHARED} not found: nothing to measure.")
         return None
+    if args.segmentations:
+        import json
+
+        t0 = time.perf_counter()
+        partial = None if args.out is None else f"{args.out}.partial"
+        results = run_protocol(args.half, args.n_jobs, args.limit, partial)
+        print(f"({time.perf_counter() - t0:.0f} s)")
+        if args.out:
+            Path(args.out).write_text(json.dumps({"half": args.half, "results": results}))
+        return results
     if args.torch_threads:
         import torch
 

@@ -402,6 +402,7 @@ def _make_embedder(embedder, random_state, embedder_params):
         "refine": [StrOptions({"crf", "nearest", "bilinear"}), None],
         "paper": ["boolean"],
         "random_state": ["random_state"],
+        "device": [None, str],
         "memory": [None, str, HasMethods(["cache"])],
     },
     prefer_skip_nested_validation=True,
@@ -415,6 +416,7 @@ def make_clasp_pipeline(
     refine=None,
     paper=False,
     random_state=None,
+    device=None,
     memory=None,
     **embedder_params,
 ):
@@ -472,6 +474,12 @@ def make_clasp_pipeline(
     random_state : int, RandomState instance or None, default=None
         Seeds the segmenter (k-means, eigensolver) and, for ``"dinov2"``,
         ``weights="random"``.
+    device : {None, "auto", "cpu", "cuda"} or "cuda:<index>", default=None
+        Where every stage runs (see :doc:`/device`): sets ``device`` on the
+        named embedder (the DINOv2 one; the weights-free embedder has none),
+        on the affinity and on the segmenter, and the refiner's
+        ``backend="torch"`` with that ``device``. ``None`` keeps each step's
+        default (NumPy, SciPy and pydensecrf; DINOv2 on the CPU).
     memory : str, joblib.Memory or None, default=None
         The embedder's feature cache (its ``memory`` parameter,
         ``embed__memory``): each image's patch features are stored once, keyed
@@ -511,17 +519,24 @@ def make_clasp_pipeline(
     >>> segmentation_scores(truth, mask)["miou"] > 0.9
     True
     """
+    if device is not None and isinstance(embedder, str) \
+            and "device" in embedder_class(embedder)().get_params():
+        embedder_params = {"device": device, **embedder_params}
     embed = _make_embedder(embedder, random_state, embedder_params)
     given = dict(k_min=k_min, k_max=k_max, beta=beta)
     segment_params = {k: v for k, v in given.items() if v is not None}
     segment_params["random_state"] = random_state
     if paper:
         segment_params.update(PAPER_SETTINGS)
+    refine_params = {} if refine is None else {"method": refine}
+    if device is not None:
+        segment_params["device"] = device
+        refine_params.update(backend="torch", device=device)
     steps = [
         ("embed", embed),
-        ("affinity", CosineAffinity()),
+        ("affinity", CosineAffinity(device=device)),
         ("segment", AdaptiveSpectralSegmenter(**segment_params)),
-        ("refine", CRFRefiner() if refine is None else CRFRefiner(method=refine)),
+        ("refine", CRFRefiner(**refine_params)),
     ]
     if memory is not None:
         if "memory" not in embed.get_params():
@@ -783,8 +798,9 @@ def pipeline_from_settings(settings, *, memory=None):
     The inverse of :func:`pipeline_settings`: keys are parameter paths
     (``"segment__k_max"``; ``"embed"`` names the embedder, ``"dinov2"`` by
     default) or the short names of :data:`ALIASES` (``"k_max"``), plus
-    ``"random_state"`` (every step's) and ``"paper"`` (the paper's K
-    selection; settings given explicitly override it). Estimator placeholders
+    ``"random_state"`` (every step's), ``"device"`` (every step's, see
+    :func:`make_clasp_pipeline`) and ``"paper"`` (the paper's K selection;
+    settings given explicitly override them). Estimator placeholders
     (``"<ClassName>"``, written for steps of a custom pipeline) cannot be
     rebuilt and are refused.
 
@@ -819,6 +835,7 @@ def pipeline_from_settings(settings, *, memory=None):
     params = {ALIASES.get(k, k): v for k, v in dict(settings).items()}
     paper = bool(params.pop("paper", False))
     random_state = params.pop("random_state", None)
+    device = params.pop("device", None)
     embedder = params.pop("embed", "dinov2")
     if not isinstance(embedder, str) or embedder not in EMBEDDER_NAMES:
         raise ValueError(f"embed={embedder!r}: a pipeline can only be rebuilt for the "
@@ -834,8 +851,10 @@ def pipeline_from_settings(settings, *, memory=None):
                     f" the settings of embed={embedder!r} are "
                     f"{', '.join('embed__' + k for k in sorted(valid_embed))}")
             raise ValueError(f"embed__{key} does not apply to embed={embedder!r}:{hint}.")
+    if "device" in embed_params:  # the embedder's own, set after the pipeline's
+        params["embed__device"] = embed_params.pop("device")
     pipe = make_clasp_pipeline(embedder, paper=paper, random_state=random_state,
-                               memory=memory, **embed_params)
+                               device=device, memory=memory, **embed_params)
     valid = pipe.get_params()
     unknown = sorted(k for k in params if k not in valid or k.count("__") != 1)
     if unknown:

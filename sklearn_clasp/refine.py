@@ -35,6 +35,7 @@ from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
+from .device import resolve_device, torch_threads
 from .image import as_rgb_uint8, bounded_shape, check_label_map, resample_nearest, resize_image
 from .records import PatchGrid, RecordOutputMixin, check_records, check_untabled_output
 
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 _METHODS = ("crf", "nearest", "bilinear")
 _BACKENDS = ("pydensecrf", "torch")
-_UNARIES = ("hard", "soft")
+_UNARIES = ("hard", "soft", "auto")
 
 #: Floor of the probabilities of a soft unary: the unary energy of a label
 #: with probability ``p`` is ``-log(max(p, SOFT_UNARY_EPS))``, at most 11.5.
@@ -62,7 +63,7 @@ _CRF_CONSTRAINTS = {
     "device": [str],
 }
 
-_CRF_PARAM_NAMES = frozenset(_CRF_CONSTRAINTS) | {"n_labels"}
+_CRF_PARAM_NAMES = frozenset(_CRF_CONSTRAINTS) | {"n_labels", "temperature"}
 
 
 # --------------------------------------------------------------------------
@@ -95,6 +96,24 @@ def _check_shape(shape):
     if height < 1 or width < 1:
         raise ValueError(f"shape must be positive; got {(height, width)}.")
     return height, width
+
+
+def _compact_labels(labels):
+    """``np.unique(labels, return_inverse=True)`` for an int label map, by counting.
+
+    Label maps hold few small values; counting them (``np.bincount``) is
+    linear, where sorting a full-resolution map costs tens of milliseconds.
+    Negative or very large values fall back to sorting.
+    """
+    flat = labels.ravel()
+    if flat.size and flat.min() >= 0 and flat.max() <= 4 * flat.size + 1024:
+        counts = np.bincount(flat)
+        values = np.flatnonzero(counts)
+        lookup = np.zeros(counts.size, np.int64)
+        lookup[values] = np.arange(values.size)
+        return values.astype(np.int64), lookup[flat]
+    values, inverse = np.unique(flat, return_inverse=True)
+    return values, inverse.ravel()
 
 
 def _check_proba(proba, *, name="proba"):
@@ -137,24 +156,7 @@ def _check_proba_matches(proba, labels, *, name="proba"):
 
 def _torch_device(device):
     """The torch device for ``device`` in ``{"auto", "cpu", "cuda", "cuda:<n>"}``."""
-    import torch
-
-    if not isinstance(device, str) or not (
-        device in ("auto", "cpu", "cuda")
-        or (device.startswith("cuda:") and device[5:].isdigit())
-    ):
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>'; got {device!r}."
-        )
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} but CUDA is not available to torch "
-            f"{torch.__version__}; use device='cpu' (or 'auto', which picks CUDA "
-            f"when there is one)."
-        )
-    return torch.device(device)
+    return resolve_device(device)
 
 
 # --------------------------------------------------------------------------
@@ -340,11 +342,21 @@ def _hard_unary(index, n_labels, gt_prob):
     return unary
 
 
-def _soft_unary(proba, n_labels):
-    """Unary energies ``(n_labels, N)``, ``-log(max(p, SOFT_UNARY_EPS))``, from ``(N, K)``."""
+def _soft_unary(proba, n_labels, temperature=1.0):
+    """Unary energies ``(n_labels, N)``, ``-log(max(q, SOFT_UNARY_EPS))``, from ``(N, K)``.
+
+    ``q = p ** (1 / temperature)``, renormalised (``q = p`` at temperature 1).
+    """
     floor = np.float32(SOFT_UNARY_EPS)
     unary = np.full((n_labels, proba.shape[0]), -np.log(floor), dtype=np.float32)
-    unary[: proba.shape[1]] = -np.log(np.maximum(proba.T, floor))
+    if temperature == 1:
+        unary[: proba.shape[1]] = -np.log(np.maximum(proba.T, floor))
+        return unary
+    # log q = log(p) / t - logsumexp(log(p) / t), zeros as float32's smallest normal
+    log_q = np.log(np.maximum(proba.T, np.finfo(np.float32).tiny)) / np.float32(temperature)
+    top = log_q.max(axis=0, keepdims=True)
+    log_q -= top + np.log(np.exp(log_q - top).sum(axis=0, keepdims=True))
+    unary[: proba.shape[1]] = -np.maximum(log_q, np.log(floor))
     return unary
 
 
@@ -387,7 +399,10 @@ def _mean_field_torch(rgb, unary, n_iter, kernels, n_out, device):
     height, width = rgb.shape[:2]
     n = height * width
     (g_sxy, g_compat), (b_sxy, b_srgb, b_compat) = kernels
-    with torch.no_grad():
+    # one CPU thread, as pydensecrf: on a busy machine two of torch's threads
+    # waiting on each other made a CamVid CRF 10 to 25 times slower; images run
+    # in parallel in processes instead (CRFRefiner(n_jobs=...), the collections)
+    with torch.no_grad(), torch_threads(1 if dev.type == "cpu" else None):
         ys = torch.arange(height, dtype=torch.float32, device=dev)
         xs = torch.arange(width, dtype=torch.float32, device=dev)
         yy = ys[:, None].expand(height, width).reshape(-1)
@@ -437,6 +452,7 @@ def _softmax_rows(x):
         **_CRF_CONSTRAINTS,
         "n_labels": [Interval(Integral, 1, None, closed="left"), None],
         "proba": ["array-like", None],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
     },
     prefer_skip_nested_validation=True,
 )
@@ -453,6 +469,7 @@ def dense_crf(
     bilateral_compat=10,
     n_labels=None,
     proba=None,
+    temperature=1.0,
     backend="pydensecrf",
     device="auto",
 ):
@@ -510,6 +527,11 @@ def dense_crf(
         Soft unaries: the probability of each of ``K`` segments at each
         pixel, summing to 1 (e.g. from :func:`upsample_proba`). The output
         then holds segment indices ``0 .. K-1``.
+    temperature : float, default=1.0
+        Soft unaries only: the probabilities are rescaled as
+        ``p ** (1 / temperature)`` and renormalised before the energies are
+        taken (for a softmax ``p``, its temperature multiplied by
+        ``temperature``): above 1 the CRF trusts them less.
     backend : {"pydensecrf", "torch"}, default="pydensecrf"
         Which implementation runs the inference.
     device : {"auto", "cpu", "cuda"} or "cuda:<index>", default="auto"
@@ -557,7 +579,7 @@ def dense_crf(
                 f"{rgb.shape}: dense_crf needs one label per pixel. Upsample patch "
                 f"labels first (upsample_labels or refine_labels)."
             )
-        values, inverse = np.unique(labels, return_inverse=True)
+        values, inverse = _compact_labels(labels)
         if values.size == 1:
             return labels.copy()
     else:
@@ -583,7 +605,7 @@ def dense_crf(
     if proba is None:
         unary = _hard_unary(inverse.reshape(-1), n_labels, gt_prob)
     else:
-        unary = _soft_unary(proba.reshape(-1, n_values), n_labels)
+        unary = _soft_unary(proba.reshape(-1, n_values), n_labels, float(temperature))
     kernels = ((float(gaussian_sxy), float(gaussian_compat)),
                (float(bilateral_sxy), float(bilateral_srgb), float(bilateral_compat)))
     if backend == "torch":
@@ -647,18 +669,21 @@ def refine_labels(image, labels, *, method="crf", max_pixels=None, unary="hard",
     max_pixels : int or None, default=None
         Refine at most this many pixels (see above); ``None``: always at full
         resolution. Ignored by ``"nearest"``, which needs no working memory.
-    unary : {"hard", "soft"}, default="hard"
+    unary : {"hard", "soft", "auto"}, default="hard"
         The CRF's unary term: from ``labels`` (trusted with ``gt_prob``) or
-        from ``proba``. Used with ``method="crf"`` only.
+        from ``proba``; ``"auto"``: soft when ``proba`` is given, else hard.
+        Used with ``method="crf"`` only.
     proba : array-like of shape (h, w, K), default=None
         Soft segment membership of each patch (summing to 1 over ``K``);
         ``labels`` must then be segment indices ``0 .. K-1``, and so is the
-        output. Needed for ``unary="soft"``, ignored otherwise.
+        output. Needed for ``unary="soft"``, used by ``"auto"``, ignored
+        otherwise.
     **crf_params : dict
         Keyword arguments of :func:`dense_crf` (``n_iter``, ``gt_prob``,
         ``gaussian_sxy``, ``gaussian_compat``, ``bilateral_sxy``,
-        ``bilateral_srgb``, ``bilateral_compat``, ``n_labels``, ``backend``,
-        ``device``); used with ``method="crf"`` and ignored otherwise.
+        ``bilateral_srgb``, ``bilateral_compat``, ``n_labels``,
+        ``temperature``, ``backend``, ``device``); used with ``method="crf"``
+        and ignored otherwise.
 
     Returns
     -------
@@ -701,7 +726,7 @@ def refine_labels(image, labels, *, method="crf", max_pixels=None, unary="hard",
     _check_image_first(image, labels, "refine_labels(image, labels)")
     rgb = as_rgb_uint8(image, name="image")
     labels = _check_label_map(labels)
-    soft = method == "crf" and unary == "soft"
+    soft = method == "crf" and (unary == "soft" or (unary == "auto" and proba is not None))
     if soft:
         if proba is None:
             raise ValueError(
@@ -801,10 +826,11 @@ class CRFRefiner(RecordOutputMixin, TransformerMixin, BaseEstimator):
         size; the output mask adds 8 bytes per full-resolution pixel.
         ``None`` refines at full resolution (about 1 GB per megapixel at
         ``K = 15``).
-    unary : {"hard", "soft"}, default="hard"
+    unary : {"hard", "soft", "auto"}, default="hard"
         The CRF's unary term: the patch labels, trusted with ``gt_prob``, or
         the records' soft segment membership ``proba`` (see
-        :func:`refine_labels`).
+        :func:`refine_labels`); ``"auto"``: soft where the input has
+        ``proba``, hard otherwise.
     backend : {"pydensecrf", "torch"}, default="pydensecrf"
         CRF implementation: the reference C++ code, or the same inference in
         PyTorch (see :func:`dense_crf` and ``docs/refine.md``).
@@ -902,10 +928,12 @@ class CRFRefiner(RecordOutputMixin, TransformerMixin, BaseEstimator):
     def _items(self, X):
         """Return ``[(image, labels, proba, name), ...]`` from records or tuples.
 
-        ``proba`` is ``None`` unless ``unary="soft"``, which needs it.
+        ``proba`` is ``None`` unless ``unary="soft"``, which needs it, or
+        ``"auto"``, which uses it where the input has it.
         """
         step = "CRFRefiner"
         soft = self.method == "crf" and self.unary == "soft"
+        keep = self.method == "crf" and self.unary in ("soft", "auto")
         if isinstance(X, PatchGrid):
             raise TypeError(f"{step} expects a list of records; got one record. "
                             f"Pass [record].")
@@ -939,7 +967,7 @@ class CRFRefiner(RecordOutputMixin, TransformerMixin, BaseEstimator):
                         f"soft segment membership of its patches); use a "
                         f"segmenter that sets it, or unary='hard'."
                     )
-                items.append((rec.image, labels, rec.proba if soft else None, name))
+                items.append((rec.image, labels, rec.proba if keep else None, name))
             return items
         if len(X) in (2, 3) and all(isinstance(x, np.ndarray) for x in X):
             what, form = (("pair", "(image, labels)") if len(X) == 2
@@ -965,7 +993,8 @@ class CRFRefiner(RecordOutputMixin, TransformerMixin, BaseEstimator):
                     f"unary='hard'."
                 )
             _check_image_first(pair[0], pair[1], f"{step}: X[{i}]")
-            items.append((pair[0], pair[1], pair[2] if soft else None, f"X[{i}]"))
+            proba = pair[2] if keep and len(pair) == 3 else None
+            items.append((pair[0], pair[1], proba, f"X[{i}]"))
         return items
 
     # -- API ----------------------------------------------------------------

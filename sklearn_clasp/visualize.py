@@ -258,29 +258,47 @@ def color_labels(labels, image=None, *, alpha=0.45, colors=None, bg_label=None):
     labels = _check_labels(labels)
     gray = None
     if image is not None:
-        rgb = _check_image_for(image, labels).astype(np.float64)
-        luma = rgb @ np.array([0.299, 0.587, 0.114])
-        gray = np.floor(luma + 0.5)
+        rgb = _check_image_for(image, labels)
+        luma = rgb.reshape(-1, 3) @ np.array([0.299, 0.587, 0.114])
+        gray = np.floor(luma + 0.5).astype(np.uint8).reshape(labels.shape)
 
     foreground = None if bg_label is None else labels != bg_label
     values = labels if foreground is None else labels[foreground]
-    uniques, ranks = np.unique(values, return_inverse=True)
-    ranks = ranks.reshape(values.shape)
-    palette = label_colors(len(uniques)) if colors is None else _check_palette(colors)
-    colored = palette[ranks % len(palette)].astype(np.float64)
-
+    n_values, ranks = _ranks(values)
+    palette = label_colors(n_values) if colors is None else _check_palette(colors)
+    palette = np.asarray(palette, np.float64)
     if gray is None:
-        out = np.zeros(labels.shape + (3,), dtype=np.float64)
-        fg_values = colored
+        table = np.clip(np.floor(palette + 0.5), 0, 255).astype(np.uint8)  # (P, 3)
+        fg_values = table[ranks % len(palette)]
+        out = np.zeros(labels.shape + (3,), dtype=np.uint8)
     else:
+        # every (colour, grey level) pair blended once: a (P, 256, 3) table
+        levels = np.arange(256, dtype=np.float64)[None, :, None]
+        table = np.clip(np.floor(alpha * palette[:, None, :] + (1.0 - alpha) * levels + 0.5),
+                        0, 255).astype(np.uint8)
+        if foreground is None:
+            return table[ranks % len(palette), gray]
+        fg_values = table[ranks % len(palette), gray[foreground]]
         out = np.repeat(gray[:, :, None], 3, axis=2)
-        base = out if foreground is None else out[foreground]
-        fg_values = alpha * colored + (1.0 - alpha) * base
     if foreground is None:
         out[...] = fg_values
     else:
         out[foreground] = fg_values
-    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+    return out
+
+
+def _ranks(values):
+    """Number of distinct values and each value's rank among them (by counting
+    for small non-negative labels, linear time; else by sorting)."""
+    flat = values.ravel()
+    if flat.size and flat.min() >= 0 and flat.max() <= 4 * flat.size + 1024:
+        counts = np.bincount(flat)
+        present = np.flatnonzero(counts)
+        lookup = np.zeros(counts.size, np.int64)
+        lookup[present] = np.arange(present.size)
+        return present.size, lookup[flat].reshape(values.shape)
+    uniques, ranks = np.unique(values, return_inverse=True)
+    return len(uniques), ranks.reshape(values.shape)
 
 
 # --------------------------------------------------------------------------

@@ -929,3 +929,94 @@ def test_torch_backend_agrees_with_pydensecrf_on_real_images(kind):
         ref = dense_crf(image, pixels)
         got = dense_crf(image, pixels, backend="torch", device="cpu")
         assert (got == ref).mean() > 0.99, name
+
+
+# --------------------------------------------------------------------------
+# temperature, unary="auto", label compaction, threads
+# --------------------------------------------------------------------------
+def _soft_case(seed=0):
+    rng = np.random.default_rng(seed)
+    proba = rng.dirichlet(np.ones(3), size=(3, 4)).astype(np.float32)
+    proba[0, 0] = [1.0, 0.0, 0.0]  # an exact zero: floored, not -inf
+    image = rng.integers(0, 256, (42, 56, 3), dtype=np.uint8)
+    return proba.argmax(-1), image, proba
+
+
+def test_soft_unary_temperature():
+    from sklearn_clasp.refine import SOFT_UNARY_EPS, _soft_unary
+
+    _, _, proba = _soft_case()
+    p = proba.reshape(-1, 3)
+    np.testing.assert_array_equal(_soft_unary(p, 3, 1.0), _soft_unary(p, 3))
+    for t in (0.5, 4.0):
+        q = np.maximum(p.astype(np.float64), np.finfo(np.float32).tiny) ** (1 / t)
+        q /= q.sum(1, keepdims=True)
+        expected = -np.log(np.maximum(q, SOFT_UNARY_EPS)).T
+        np.testing.assert_allclose(_soft_unary(p, 3, t), expected, rtol=1e-5, atol=1e-5)
+    assert np.isfinite(_soft_unary(p, 5, 4.0)).all()  # extra labels at the floor
+    labels, image, _ = _soft_case()
+    pixel = upsample_proba(proba, image.shape[:2])
+    ref = dense_crf(image, proba=pixel)
+    np.testing.assert_array_equal(dense_crf(image, proba=pixel, temperature=1.0), ref)
+    np.testing.assert_array_equal(
+        refine_labels(image, labels, unary="soft", proba=proba, temperature=4.0),
+        dense_crf(image, proba=pixel, temperature=4.0))
+    for bad in (0, -1.0):
+        with pytest.raises(InvalidParameterError, match="temperature"):
+            dense_crf(image, proba=pixel, temperature=bad)
+
+
+def test_unary_auto_uses_proba_where_there_is_one():
+    labels, image, proba = _soft_case(1)
+    soft = refine_labels(image, labels, unary="soft", proba=proba)
+    hard = refine_labels(image, labels, unary="hard")
+    np.testing.assert_array_equal(refine_labels(image, labels, unary="auto", proba=proba), soft)
+    np.testing.assert_array_equal(refine_labels(image, labels, unary="auto"), hard)
+    auto = CRFRefiner(unary="auto")
+    out = auto.fit_transform([(image, labels), (image, labels, proba)])
+    np.testing.assert_array_equal(out[0], hard)
+    np.testing.assert_array_equal(out[1], soft)
+    rec = PatchGrid(image=image, grid_shape=labels.shape, labels=labels, proba=proba)
+    np.testing.assert_array_equal(auto.transform([rec, rec.replace(proba=None)])[0], soft)
+    with pytest.raises(InvalidParameterError, match="unary"):
+        CRFRefiner(unary="fuzzy").fit([(image, labels)])
+
+
+@pytest.mark.parametrize("case", ["small", "negative", "huge", "single"])
+def test_pixel_labels_compacted_like_unique(case):
+    from sklearn_clasp.refine import _compact_labels
+
+    rng = np.random.default_rng(3)
+    labels = {"small": rng.integers(0, 9, (30, 40)),
+              "negative": rng.integers(-4, 5, (30, 40)),
+              "huge": rng.integers(0, 3, (30, 40)) * 10**12,
+              "single": np.full((5, 5), 7)}[case]
+    values, inverse = _compact_labels(labels)
+    ref_values, ref_inverse = np.unique(labels, return_inverse=True)
+    np.testing.assert_array_equal(values, ref_values)
+    np.testing.assert_array_equal(inverse, ref_inverse.ravel())
+
+
+def test_torch_backend_runs_on_one_cpu_thread(monkeypatch):
+    import torch
+
+    from sklearn_clasp import permutohedral as _permutohedral
+
+    seen = []
+    real = _permutohedral.lattice_filter
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_permutohedral, "lattice_filter", recording)
+    image, labels = blocky_scene(30, 30, 2, seed=1)
+    before = torch.get_num_threads()
+    with_two = max(2, before)
+    torch.set_num_threads(with_two)
+    try:
+        dense_crf(image, labels, n_iter=2, backend="torch", device="cpu")
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == with_two
+    finally:
+        torch.set_num_threads(before)

@@ -51,6 +51,7 @@ API_MODULES = (
     "sklearn_clasp.embedding",
     "sklearn_clasp.embedding.weights",
     "sklearn_clasp.affinity",
+    "sklearn_clasp.device",
     "sklearn_clasp.spectral",
     "sklearn_clasp.refine",
     "sklearn_clasp.permutohedral",

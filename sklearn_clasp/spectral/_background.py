@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..affinity import unit_rows
+from ..affinity import limit_threads, unit_rows
 
 #: The background scores ``background_scores`` can compute.
 BACKGROUND_SCORES = ("area", "border", "area_border", "area_border_compact")
@@ -68,10 +68,11 @@ def segment_statistics(labels, *, grid_shape=None, features=None):
         stats["border"] = border.tolist()
         stats["border_ratio"] = (border / np.maximum(counts / max(n, 1), 1e-300)).tolist()
     if features is not None:
-        U = unit_rows(np.asarray(features, np.float64))
-        onehot = np.zeros((n, k))
-        onehot[np.arange(n), flat] = 1.0
-        sums = onehot.T @ U
+        with limit_threads(n):  # one BLAS thread, as the clustering (see limit_threads)
+            U = unit_rows(np.asarray(features, np.float64))
+            onehot = np.zeros((n, k))
+            onehot[np.arange(n), flat] = 1.0
+            sums = (U.T @ onehot).T
         stats["spread"] = (1.0 - np.linalg.norm(sums, axis=1)
                            / np.maximum(counts, 1.0)).tolist()
     return stats

@@ -17,11 +17,14 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 
 from ..affinity import (
     MAX_DENSE_SAMPLES,
+    SINGLE_THREAD_MAX_SAMPLES,
     cosine_affinity,
+    cosine_affinity_tensor,
     limit_threads,
     local_scales,
     local_scaling_affinity,
 )
+from ..device import as_tensor, resolve_device, torch_threads
 from . import _rules
 from ._eigen import (
     _inv_sqrt,
@@ -149,6 +152,7 @@ _CORE_CONSTRAINTS = {
     "single_segment_threshold": [Interval(numbers.Real, 0, 1, closed="both"), None],
     "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
     "random_state": ["random_state"],
+    "device": [None, str],
 }
 
 #: The defaults of the functional core and the estimator.
@@ -162,6 +166,7 @@ DEFAULTS = {
     "single_segment_test": "entropy",
     "single_segment_threshold": 0.05,
     "n_init": 3,
+    "device": None,
 }
 
 
@@ -186,6 +191,7 @@ def adaptive_spectral_clustering(
     single_segment_threshold=DEFAULTS["single_segment_threshold"],
     n_init=DEFAULTS["n_init"],
     random_state=None,
+    device=DEFAULTS["device"],
     return_embedding=False,
     check_input=True,
 ):
@@ -237,6 +243,11 @@ def adaptive_spectral_clustering(
         k-means restarts for each K.
     random_state : int, RandomState instance or None, default=None
         Seeds the eigensolver, k-means and the gap references.
+    device : {None, "auto", "cpu", "cuda"} or "cuda:<index>", default=None
+        ``None``: NumPy and SciPy. Otherwise the same algorithm in PyTorch on
+        that device (``"auto"``: CUDA when available), which chooses the same
+        K and partition up to rounding (see :doc:`/device`); a sparse
+        affinity is clustered by NumPy whatever the device.
     return_embedding : bool, default=False
         Also return the :class:`SpectralEmbedding` (eigenpairs, centres and
         soft assignment).
@@ -273,15 +284,41 @@ def adaptive_spectral_clustering(
     n = A.shape[0]
     if features is not None and check_input:
         features = _check_features_for(features, n)
+    params = dict(spectrum=spectrum, eigengap_rule=eigengap_rule, k_selection=k_selection,
+                  k_min=k_min, k_max=k_max, beta=beta,
+                  single_segment_test=single_segment_test,
+                  single_segment_threshold=single_segment_threshold, n_init=n_init,
+                  rng=check_random_state(random_state))
+    if device is not None and not sparse.issparse(A):
+        dev = resolve_device(device)
+        with torch_threads(_cpu_threads(dev, n)):
+            feats = None if features is None else as_tensor(features, dev)
+            labels, info, emb = _cluster_device(as_tensor(A, dev), A, feats,
+                                                silhouette_metric, device=dev, **params)
+        return (labels, info, emb) if return_embedding else (labels, info)
     with limit_threads(n):
-        labels, info, emb = _cluster(
-            A, features, silhouette_metric, spectrum=spectrum, eigengap_rule=eigengap_rule,
-            k_selection=k_selection, k_min=k_min, k_max=k_max, beta=beta,
-            single_segment_test=single_segment_test,
-            single_segment_threshold=single_segment_threshold, n_init=n_init,
-            rng=check_random_state(random_state),
-        )
+        labels, info, emb = _cluster(A, features, silhouette_metric, **params)
     return (labels, info, emb) if return_embedding else (labels, info)
+
+
+def _cpu_threads(device, n):
+    """One torch thread for small problems on the CPU (None: torch's setting)."""
+    return 1 if device.type == "cpu" and n <= SINGLE_THREAD_MAX_SAMPLES else None
+
+
+def _cluster_device(A, A_np, features, metric, *, device, **params):
+    """:func:`_cluster` with the affinity ``A`` as a tensor on ``device``."""
+    from ._torch import cluster_on_device
+
+    n = A.shape[0]
+    if n < 3:
+        return _cluster(A_np if A_np is not None else A.cpu().numpy(),
+                        None if features is None else features.cpu().numpy(), metric,
+                        **params)
+    bounds = _effective_k_bounds(n, params["k_min"], params["k_max"])
+    labels, info, (vals, vecs, E, centers, proba) = cluster_on_device(
+        A, A_np, features, metric, device=device, bounds=bounds, **params)
+    return labels, info, SpectralEmbedding(vals, vecs, E, centers, proba, None, None)
 
 
 def _trivial(A, n, k_min, test, threshold):
@@ -507,6 +544,7 @@ def cluster_features(
     single_segment_threshold=DEFAULTS["single_segment_threshold"],
     n_init=DEFAULTS["n_init"],
     random_state=None,
+    device=DEFAULTS["device"],
     return_embedding=False,
 ):
     """Adaptive spectral clustering of features, in bounded memory.
@@ -530,8 +568,10 @@ def cluster_features(
     max_dense_samples : int or None, default=10_000
         The memory bound; ``None`` always builds the dense affinity.
     spectrum, eigengap_rule, k_selection, k_min, k_max, beta, \
-single_segment_test, single_segment_threshold, n_init, random_state
-        As for :func:`adaptive_spectral_clustering`.
+single_segment_test, single_segment_threshold, n_init, random_state, device
+        As for :func:`adaptive_spectral_clustering`; with a ``device`` the
+        affinity, the clustering and the extension run there (the local
+        scaling affinity is built by NumPy, then moved).
     return_embedding : bool, default=False
         Also return the :class:`SpectralEmbedding` (with ``landmarks``).
 
@@ -573,6 +613,15 @@ single_segment_test, single_segment_threshold, n_init, random_state
         X_fit = X[landmarks]
     else:
         X_fit = X
+    if device is not None:
+        dev = resolve_device(device)
+        with torch_threads(_cpu_threads(dev, X_fit.shape[0])):
+            return _cluster_features_device(
+                X, X_fit, landmarks, rng, affinity=affinity, device=dev,
+                return_embedding=return_embedding, spectrum=spectrum,
+                eigengap_rule=eigengap_rule, k_selection=k_selection, k_min=k_min,
+                k_max=k_max, beta=beta, single_segment_test=single_segment_test,
+                single_segment_threshold=single_segment_threshold, n_init=n_init)
     start = time.perf_counter()
     scales = local_scales(X_fit) if affinity == "local_scaling" else None
     A = _affinity_of(X_fit, kind=affinity, scales=scales)
@@ -620,3 +669,68 @@ single_segment_test, single_segment_threshold, n_init, random_state
                        proba=soft_assignment(embedding, centers, labels))
     return (labels, info, emb) if return_embedding else (labels, info)
 
+
+
+def _cluster_features_device(X, X_fit, landmarks, rng, *, affinity, device, return_embedding,
+                             **params):
+    """:func:`cluster_features` after the landmark draw, on ``device``."""
+    import torch
+
+    from ._torch import soft_assignment_torch, spectral_extension_torch
+
+    n = X.shape[0]
+    metric = "cosine" if affinity == "cosine" else "euclidean"
+    start = time.perf_counter()
+    X_t = as_tensor(X_fit, device)
+    scales = None
+    if affinity == "cosine":
+        A = cosine_affinity_tensor(X_t)
+    else:
+        scales = local_scales(X_fit)
+        A = as_tensor(local_scaling_affinity(X_fit, scales=scales), device)
+    seconds = time.perf_counter() - start
+    labels_fit, info, emb = _cluster_device(A, None, X_t, metric, device=device, rng=rng,
+                                            **params)
+    info["timings"] = dict(info.get("timings", {}), affinity=seconds)
+    degrees = (A.sum(dim=1, dtype=torch.float64).cpu().numpy()
+               if params["spectrum"] == "normalized" else None)
+    del A
+    emb = emb._replace(degrees=degrees)
+    if landmarks is None:
+        return (labels_fit, info, emb) if return_embedding else (labels_fit, info)
+    k = info["n_clusters"]
+    info["n_landmarks"] = int(landmarks.size)
+    start = time.perf_counter()
+    dim = emb.embedding.shape[1]
+    V = as_tensor(np.asarray(emb.eigenvectors[:, :dim]), device)
+    C = torch.as_tensor(np.asarray(emb.centers, np.float64), device=device)
+    embedding = torch.ones((n, dim), dtype=torch.float64, device=device)
+    labels = torch.zeros(n, dtype=torch.int64, device=device)
+    block = max(1, (64 * 2**20) // (X_fit.itemsize * X_fit.shape[0]))
+    for lo in range(0, n, block):
+        hi = min(lo + block, n)
+        rows = as_tensor(X[lo:hi], device)
+        if affinity == "cosine":
+            A_new = cosine_affinity_tensor(rows, X_t)
+        else:
+            A_new = as_tensor(local_scaling_affinity(X[lo:hi], X_fit, scales_Y=scales),
+                              device)
+        e = spectral_extension_torch(A_new, V, emb.eigenvalues, degrees)
+        embedding[lo:hi] = e
+        if k > 1:
+            d2 = (e * e).sum(1)[:, None] - 2.0 * e @ C.T + (C * C).sum(1)[None, :]
+            labels[lo:hi] = d2.argmin(dim=1)
+    idx = torch.as_tensor(landmarks, device=device)
+    labels[idx] = torch.as_tensor(labels_fit, device=device)
+    embedding[idx] = torch.as_tensor(np.asarray(emb.embedding, np.float64), device=device)
+    labels = labels.cpu().numpy()
+    if k > 1:
+        part = _rules.Partition(labels, emb.centers)
+        labels, centers = part.labels, part.centers
+    else:
+        centers = emb.centers
+    proba = soft_assignment_torch(embedding, centers, labels)
+    info["timings"]["extension"] = time.perf_counter() - start
+    emb = emb._replace(embedding=embedding.cpu().numpy(), centers=centers,
+                       landmarks=landmarks, proba=proba)
+    return (labels, info, emb) if return_embedding else (labels, info)

@@ -10,6 +10,8 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from sklearn.utils import check_random_state
 from sklearn.utils.extmath import _deterministic_vector_sign_flip
 
+from ..affinity import is_package_affinity
+
 logger = logging.getLogger("sklearn_clasp.spectral")
 
 # Dense LAPACK (only the wanted eigenpairs) is faster than ARPACK up to about
@@ -32,8 +34,9 @@ def check_affinity(affinity, *, check_input=True):
     """The affinity as a symmetric float matrix; float32 stays float32 (faster).
 
     Raises a clear error for a non-square, empty or non-finite affinity.
-    ``check_input=False`` skips the finiteness and symmetry passes (for an
-    affinity the package built itself).
+    ``check_input=False`` skips the finiteness and symmetry passes, and so
+    does an affinity that :func:`~sklearn_clasp.affinity.cosine_affinity`
+    returned (:func:`~sklearn_clasp.affinity.is_package_affinity`).
     """
     if sparse.issparse(affinity):
         A = affinity.tocsr()
@@ -52,7 +55,7 @@ def check_affinity(affinity, *, check_input=True):
         )
     if A.shape[0] == 0:
         raise ValueError("the affinity is empty (0 x 0); pass at least one sample.")
-    if not check_input:
+    if not check_input or is_package_affinity(affinity):
         return A
     values = A.data if sparse.issparse(A) else A
     # One pass, no n x n temporary: the float64 sum is finite iff every entry is

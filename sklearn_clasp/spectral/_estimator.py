@@ -139,6 +139,11 @@ class AdaptiveSpectralSegmenter(ClassNamePrefixFeaturesOutMixin, ClusterMixin, T
         landmark samples (:func:`cluster_features`). ``None``: always dense.
     random_state : int, RandomState instance or None, default=None
         Makes the eigensolver, k-means and the landmarks repeatable.
+    device : {None, "auto", "cpu", "cuda"} or "cuda:<index>", default=None
+        ``None``: NumPy and SciPy. Otherwise the affinity (when the segmenter
+        builds it), the eigenpairs, k-means and the silhouettes run in
+        PyTorch on that device, with the same results up to rounding (see
+        :doc:`/device`).
 
     Attributes
     ----------
@@ -221,6 +226,7 @@ class AdaptiveSpectralSegmenter(ClassNamePrefixFeaturesOutMixin, ClusterMixin, T
         n_init=DEFAULTS["n_init"],
         max_dense_samples=MAX_DENSE_SAMPLES,
         random_state=None,
+        device=DEFAULTS["device"],
     ):
         self.affinity = affinity
         self.spectrum = spectrum
@@ -234,6 +240,7 @@ class AdaptiveSpectralSegmenter(ClassNamePrefixFeaturesOutMixin, ClusterMixin, T
         self.n_init = n_init
         self.max_dense_samples = max_dense_samples
         self.random_state = random_state
+        self.device = device
 
     # -- helpers ----------------------------------------------------------
     def _core_params(self, random_state, k_min=None):
@@ -243,7 +250,7 @@ class AdaptiveSpectralSegmenter(ClassNamePrefixFeaturesOutMixin, ClusterMixin, T
             k_min=self.k_min if k_min is None else k_min, k_max=self.k_max,
             beta=self.beta, single_segment_test=self.single_segment_test,
             single_segment_threshold=self.single_segment_threshold, n_init=self.n_init,
-            random_state=random_state,
+            random_state=random_state, device=self.device,
         )
 
     def _segment_array(self, X):
