@@ -19,10 +19,26 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
+from numbers import Integral
 
 import numpy as np
+from joblib import cpu_count
+from sklearn.utils._param_validation import Interval
 
-__all__ = ["DEVICES", "as_tensor", "check_device", "resolve_device", "torch_threads"]
+__all__ = [
+    "DEVICES",
+    "MAX_N_JOBS",
+    "as_tensor",
+    "check_device",
+    "n_jobs_constraints",
+    "resolve_device",
+    "torch_threads",
+]
+
+#: Most workers or threads any setting may start: the processors this process
+#: may use (CPU affinity and container quotas counted). The work is CPU-bound:
+#: more only adds memory.
+MAX_N_JOBS = max(1, cpu_count())
 
 #: What a ``device`` setting may be, in words (used in error messages).
 DEVICES = "None, 'auto', 'cpu', 'cuda' or 'cuda:<index>'"
@@ -70,6 +86,38 @@ def check_device(device, *, name="device", allow_none=True):
         return device
     allowed = DEVICES if allow_none else DEVICES.removeprefix("None, ")
     raise ValueError(f"{name}={device!r} is not supported: {name} must be {allowed}.")
+
+
+def n_jobs_constraints(*, negative=True):
+    """The ``_parameter_constraints`` entry of an ``n_jobs``-like setting.
+
+    ``None``, ``1`` to :data:`MAX_N_JOBS`, and (with ``negative``) joblib's
+    ``-1`` (all processors) down to ``-MAX_N_JOBS``; anything else is refused
+    when the estimator is fitted, and is a usage error on the command line.
+
+    Parameters
+    ----------
+    negative : bool, default=True
+        Whether joblib's negative values are accepted.
+
+    Returns
+    -------
+    constraints : list
+
+    Examples
+    --------
+    >>> from sklearn.utils._param_validation import validate_parameter_constraints
+    >>> try:
+    ...     validate_parameter_constraints({"n_jobs": n_jobs_constraints()},
+    ...                                    {"n_jobs": 10**6}, caller_name="f")
+    ... except ValueError:
+    ...     print("refused")
+    refused
+    """
+    positive = Interval(Integral, 1, MAX_N_JOBS, closed="both")
+    if not negative:
+        return [positive, None]
+    return [Interval(Integral, -MAX_N_JOBS, -1, closed="both"), positive, None]
 
 
 def resolve_device(device, *, name="device"):

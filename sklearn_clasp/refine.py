@@ -35,11 +35,11 @@ from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
-from .device import resolve_device, torch_threads
+from .device import n_jobs_constraints, resolve_device, torch_threads
 from .image import as_rgb_uint8, bounded_shape, check_label_map, resample_nearest, resize_image
 from .records import PatchGrid, RecordOutputMixin, check_records, check_untabled_output
 
-__all__ = ["upsample_labels", "dense_crf", "refine_labels", "CRFRefiner"]
+__all__ = ["MAX_CRF_ITERATIONS", "upsample_labels", "dense_crf", "refine_labels", "CRFRefiner"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,12 @@ _UNARIES = ("hard", "soft", "auto")
 #: with probability ``p`` is ``-log(max(p, SOFT_UNARY_EPS))``, at most 11.5.
 SOFT_UNARY_EPS = 1e-5
 
+#: Most mean-field iterations: the energy settles within a few tens (the paper
+#: runs 10 to 20); the cap bounds the work a settings file can ask for.
+MAX_CRF_ITERATIONS = 1000
+
 _CRF_CONSTRAINTS = {
-    "n_iter": [Interval(Integral, 0, None, closed="left")],
+    "n_iter": [Interval(Integral, 0, MAX_CRF_ITERATIONS, closed="both")],
     "gt_prob": [Interval(Real, 0, 1, closed="neither")],
     "gaussian_sxy": [Interval(Real, 0, None, closed="neither")],
     "gaussian_compat": [Interval(Real, 0, None, closed="left")],
@@ -505,7 +509,7 @@ def dense_crf(
         Pixel labels at the image's resolution, e.g. from
         :func:`upsample_labels`. Give either ``labels`` or ``proba``.
     n_iter : int, default=20
-        Number of mean field iterations.
+        Number of mean field iterations, at most :data:`MAX_CRF_ITERATIONS`.
     gt_prob : float, default=0.8
         Confidence in the input labels, in ``(0, 1)``; hard unaries only.
     gaussian_sxy : float, default=4
@@ -797,7 +801,7 @@ class CRFRefiner(RecordOutputMixin, TransformerMixin, BaseEstimator):
         pixel-based variant); ``"nearest"``: upsampling only (patch-based
         variant); ``"bilinear"``: bilinear upsampling of one-hot label maps.
     n_iter : int, default=20
-        Mean field iterations of the CRF.
+        Mean field iterations of the CRF, at most :data:`MAX_CRF_ITERATIONS`.
     gt_prob : float, default=0.8
         Confidence of the CRF in the patch labels, in ``(0, 1)``.
     gaussian_sxy : float, default=4
@@ -814,7 +818,7 @@ class CRFRefiner(RecordOutputMixin, TransformerMixin, BaseEstimator):
         Number of images refined in parallel (joblib processes; pydensecrf
         holds the GIL, so threads would not help). ``None`` means 1 unless in
         a :func:`joblib.parallel_backend` context; ``-1`` uses all processors.
-        Keep 1 with the ``"torch"`` backend on a GPU.
+        At most :data:`~sklearn_clasp.device.MAX_N_JOBS`. Keep 1 with the ``"torch"`` backend on a GPU.
     max_pixels : int or None, default=1_500_000
         Memory bound: images with more pixels are refined on an
         area-averaged copy of at most this many pixels and the labels are
@@ -872,7 +876,7 @@ class CRFRefiner(RecordOutputMixin, TransformerMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "method": [StrOptions(set(_METHODS))],
         **_CRF_CONSTRAINTS,
-        "n_jobs": [Integral, None],
+        "n_jobs": n_jobs_constraints(),
         "max_pixels": [Interval(Integral, 1, None, closed="left"), None],
         "unary": [StrOptions(set(_UNARIES))],
     }

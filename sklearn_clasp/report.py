@@ -52,9 +52,11 @@ from numbers import Integral
 from pathlib import Path
 from urllib.parse import quote
 
+from joblib import effective_n_jobs
 from sklearn.utils._param_validation import Interval, validate_params
 
 from .collection.store import FAILURES_FILE
+from .device import n_jobs_constraints
 from .io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     atomic_write,
@@ -433,7 +435,7 @@ def _thumbnails(folder, out_dir, thumbs, *, thumbnail_size, source_thumbnails, n
     todo = [(entry, field, task) for entry, field, task in tasks if not is_regular_file(task[2])]
     made = 0
     if todo:
-        workers = (os.cpu_count() or 1) if n_jobs is not None and n_jobs < 0 else (n_jobs or 1)
+        workers = effective_n_jobs(n_jobs)
         logger.info("making %d thumbnail(s) in %s", len(todo), thumbs)
         if workers > 1:
             with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -549,7 +551,7 @@ def _summary_html(*, n_records, n_failed, n_failed_with_record, n_unreadable, n_
         "thumbnail_size": [Interval(Integral, 16, 2048, closed="both")],
         "page_size": [Interval(Integral, 1, 10000, closed="both")],
         "source_thumbnails": ["boolean"],
-        "n_jobs": [Integral, None],
+        "n_jobs": n_jobs_constraints(),
     },
     prefer_skip_nested_validation=True,
 )
@@ -607,7 +609,8 @@ def write_report(out_dir, *, path=None, title=None, thumbnail_size=256, page_siz
         Make thumbnails of the source images (read from the records'
         ``source`` paths); ``False`` shows the overlays only.
     n_jobs : int, default=1
-        Threads making thumbnails; ``-1`` uses all processors.
+        Threads making thumbnails; ``-1`` uses all processors, ``-2`` all but
+        one, and so on. At most :data:`~sklearn_clasp.device.MAX_N_JOBS`.
 
     Returns
     -------

@@ -13,11 +13,11 @@ from sklearn.utils._param_validation import InvalidParameterError
 from threadpoolctl import threadpool_limits
 
 from sklearn_clasp import HandcraftedPatchEmbedder, make_clasp_pipeline
+from sklearn_clasp.device import MAX_N_JOBS
 from sklearn_clasp.collection import (
     FAILURES_FILE,
     MAX_ATTEMPTS,
     MAX_CHUNK_SIZE,
-    MAX_N_JOBS,
     CollectionReport,
     OutputDirectoryInUseError,
     SettingsMismatchError,

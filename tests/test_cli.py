@@ -951,6 +951,33 @@ def test_work_bounds_hold_on_the_command_line_and_in_config_files(image_dir, tmp
     assert not out.exists()
 
 
+@pytest.mark.parametrize("key, value, allowed", [
+    ("segment__k_max", "1000000000", "an int in the range [1, 64]"),
+    ("segment__n_init", "100000", "an int in the range [1, 100]"),
+    ("refine__n_iter", "1000000000", "an int in the range [0, 1000]"),
+    ("refine__n_jobs", "100000", "an int in the range [1, "),
+    ("embed__n_jobs", "100000", "an int in the range [1, "),
+    ("embed__n_threads", "100000", "an int in the range [1, "),
+    ("embed__batch_size", "100000", "an int in the range [1, 4096]"),
+])
+def test_estimator_work_bounds_hold_on_the_command_line_and_in_config_files(
+        image_dir, tmp_path, capsys, key, value, allowed):
+    """A settings file may not start unbounded work through an estimator either."""
+    out = tmp_path / "out"
+    embedder = "dinov2" if key in ("embed__n_threads", "embed__batch_size") else "handcrafted"
+    base = ["segment", str(image_dir), "--out", str(out), "--embedder", embedder]
+    option = "--" + key.replace("__", "-").replace("_", "-")
+    assert main([*base, option, value]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{option} '{value}': must be " in line and allowed in line
+    config = tmp_path / "hostile.toml"
+    config.write_text(f"{key} = {value}\n")
+    assert main([*base, "--config", str(config)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"config file {config}: {key} {value}: must be " in line and allowed in line
+    assert not out.exists()
+
+
 def test_bad_scheduler_addresses_fail_at_once_with_exit_2(image_dir, tmp_path, capsys):
     """nonsense://x was a ValueError traceback (exit 1); 127.0.0.1:99999 waited out the
     30 s connect timeout; a refused port retried until the timeout too."""

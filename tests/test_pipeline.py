@@ -151,6 +151,19 @@ def test_k_bounds_are_checked_where_the_segmenter_checks_them(shapes_data):
         pipe.fit_predict(shapes_data[0][:1])
 
 
+@pytest.mark.parametrize("step, name, value", [
+    ("segment", "k_max", 65), ("segment", "n_init", 101),
+    ("refine", "n_iter", 1001), ("refine", "n_jobs", 10**5), ("embed", "n_jobs", -10**5),
+])
+def test_work_parameters_of_the_estimators_are_bounded(shapes_data, step, name, value):
+    """Each bound holds where sklearn validates: when the step is fitted, before any work."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    pipe = make_clasp_pipeline("handcrafted").set_params(**{f"{step}__{name}": value})
+    with pytest.raises(InvalidParameterError, match=f"'{name}' parameter .* must be"):
+        pipe.fit_predict(shapes_data[0][:1])
+
+
 # --------------------------------------------------------------------------
 # exact results on constructed inputs
 # --------------------------------------------------------------------------

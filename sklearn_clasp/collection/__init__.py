@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
 
-from joblib import cpu_count
 from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import Interval, validate_params
 
+from ..device import n_jobs_constraints
 from ..io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageInput,
@@ -66,7 +66,6 @@ __all__ = [
     "FAILURES_FILE",
     "MAX_ATTEMPTS",
     "MAX_CHUNK_SIZE",
-    "MAX_N_JOBS",
     "CollectionReport",
     "OutputDirectoryInUseError",
     "OutputNotSharedError",
@@ -77,9 +76,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Most local worker processes: the processors this process may use (CPU affinity and
-#: container quotas counted). The work is CPU-bound: more workers only add memory.
-MAX_N_JOBS = max(1, cpu_count())
 #: Most starts of an image whose worker process died.
 MAX_ATTEMPTS = 10
 #: Most images loaded and embedded at a time (each up to ``max_image_pixels`` pixels).
@@ -229,8 +225,7 @@ class CollectionReport:
         "inputs": "no_validation",
         "out_dir": [str, os.PathLike],
         "pipeline": [None, Pipeline],
-        "n_jobs": [Interval(Integral, -MAX_N_JOBS, -1, closed="both"),
-                   Interval(Integral, 1, MAX_N_JOBS, closed="both"), None],
+        "n_jobs": n_jobs_constraints(),
         "client": "no_validation",
         "scheduler": [None, str],
         "security": "no_validation",
@@ -331,7 +326,7 @@ def segment_collection(
         Local worker processes (loky) for the clustering, the CRF and the
         writing, while this process loads and embeds the images in batches.
         ``1`` runs everything here; ``-1`` uses all processors (``-2`` all
-        but one...). At most :data:`MAX_N_JOBS`, the processors this process
+        but one...). At most :data:`~sklearn_clasp.device.MAX_N_JOBS`, the processors this process
         may use. The workers are started for the call and stopped at its
         end, and die with this process if it is killed. Ignored with Dask.
     client : distributed.Client, default=None

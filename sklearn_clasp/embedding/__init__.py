@@ -15,6 +15,7 @@ __all__ = [
     "ChecksumMismatchError",
     "DinoPatchEmbedder",
     "HandcraftedPatchEmbedder",
+    "MAX_BATCH_SIZE",
     "MAX_PATCHES",
     "patch_grid_shape",
     "UnsafeCheckpointError",
@@ -26,6 +27,7 @@ __all__ = [
 # name -> submodule that defines it (imported on first access: it imports torch)
 _LAZY = {
     "DinoPatchEmbedder": "_dinov2",
+    "MAX_BATCH_SIZE": "_dinov2",
     "load_dinov2": "_dinov2",
     "ChecksumMismatchError": "weights",
     "UnsafeCheckpointError": "weights",

@@ -27,7 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 
-from ..device import resolve_device
+from ..device import MAX_N_JOBS, resolve_device
 from ..io import check_cache_location
 from ..image import resize_image
 from ._grid import MAX_PATCHES, patch_grid_shape, prepare_images
@@ -164,6 +164,9 @@ def prepare_dino_input(image, *, short_side=448, patch_size=14, max_patches=None
 #: Activation memory one forward of the backbone may take on its device, about:
 #: the images run at once are limited to it whatever ``batch_size`` is.
 MAX_BATCH_BYTES = 2 * 2**30
+#: Most images one batch may be asked to hold (a forward holds fewer when
+#: ``MAX_BATCH_BYTES`` says so).
+MAX_BATCH_SIZE = 4096
 
 _AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -352,7 +355,9 @@ class DinoPatchEmbedder(RecordOutputMixin, TransformerMixin, BaseEstimator):
     layer : int, default=-1
         Which block to read: ``0 .. depth - 1``, or negative from the end.
     batch_size : int, default=8
-        Images of equal input size are run together in batches this large.
+        Images of equal input size are run together in batches this large
+        (at most 4,096; a forward holds fewer when their activations would
+        pass 2 GiB).
     device : {"cpu", "cuda", "auto"} or str, default="cpu"
         Where to run; ``"cuda:N"`` picks a GPU; ``"auto"`` is CUDA when
         available.
@@ -364,8 +369,9 @@ class DinoPatchEmbedder(RecordOutputMixin, TransformerMixin, BaseEstimator):
         little (measured in ``docs/device.md``). ``"float16"`` needs CUDA;
         ``"bfloat16"`` also works on CPU.
     n_threads : int, default=None
-        CPU threads PyTorch may use during ``transform`` (restored after);
-        ``None`` leaves PyTorch's setting alone.
+        CPU threads PyTorch may use during ``transform`` (restored after),
+        at most :data:`~sklearn_clasp.device.MAX_N_JOBS`; ``None`` leaves
+        PyTorch's setting alone.
     memory : str, joblib.Memory or None, default=None
         Cache features on disk keyed by the resized image bytes and every
         setting that affects them (model weights, facet, layer, dtype), so
@@ -426,11 +432,11 @@ class DinoPatchEmbedder(RecordOutputMixin, TransformerMixin, BaseEstimator):
         "max_patches": [Interval(Integral, 1, None, closed="left"), None],
         "facet": [StrOptions({"tokens", "keys"})],
         "layer": [Integral],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, MAX_BATCH_SIZE, closed="both")],
         "device": [str, torch.device],
         "dtype": [StrOptions(set(_DTYPES))],
         "autocast": [StrOptions(set(_AUTOCAST)), None],
-        "n_threads": [Interval(Integral, 1, None, closed="left"), None],
+        "n_threads": [Interval(Integral, 1, MAX_N_JOBS, closed="both"), None],
         "memory": [None, str, HasMethods(["cache"])],
         "random_state": ["random_state"],
     }

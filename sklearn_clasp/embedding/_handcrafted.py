@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_memory
 
+from ..device import n_jobs_constraints
 from ..image import resize_image
 from ..io import check_cache_location
 from ._grid import MAX_PATCHES, prepare_images
@@ -386,7 +387,8 @@ class HandcraftedPatchEmbedder(RecordOutputMixin, TransformerMixin, BaseEstimato
     color_sigma : float, default=15.0
         Width of the colour kernel in (lightness-weighted) CIELAB units.
     n_jobs : int, default=None
-        Number of images embedded in parallel (threads); ``None`` means 1.
+        Number of images embedded in parallel (threads); ``None`` means 1,
+        ``-1`` all processors. At most :data:`~sklearn_clasp.device.MAX_N_JOBS`.
     memory : str, joblib.Memory or None, default=None
         Cache the features on disk, keyed by the image's pixels and every
         setting that changes them (the grid and the feature parameters, not
@@ -424,7 +426,7 @@ class HandcraftedPatchEmbedder(RecordOutputMixin, TransformerMixin, BaseEstimato
         "texture_weight": [Interval(Real, 0, None, closed="left")],
         "position_weight": [Interval(Real, 0, None, closed="left")],
         "color_sigma": [Interval(Real, 0, None, closed="neither")],
-        "n_jobs": [Integral, None],
+        "n_jobs": n_jobs_constraints(),
         "memory": [None, str, HasMethods(["cache"])],
     }
 

@@ -30,6 +30,7 @@ Every rule is defined, cited and measured in the user guide,
 from ._background import segment_statistics
 from ._core import (
     MAX_CLUSTERS,
+    MAX_N_INIT,
     SpectralEmbedding,
     adaptive_spectral_clustering,
     check_k_bounds as check_k_bounds,
@@ -59,5 +60,6 @@ __all__ = [
     "AdaptiveSpectralSegmenter",
     "SpectralEmbedding",
     "MAX_CLUSTERS",
+    "MAX_N_INIT",
     "PAPER_SETTINGS",
 ]

@@ -47,6 +47,8 @@ logger = logging.getLogger("sklearn_clasp.spectral")
 #: eigenpairs and the search runs k-means with up to ``k_max`` clusters, so
 #: this bounds the work whatever the input.
 MAX_CLUSTERS = 64
+#: The most k-means restarts per K (the work grows with it).
+MAX_N_INIT = 100
 
 class SpectralEmbedding(NamedTuple):
     """What the clustering computed besides the labels (``return_embedding=True``).
@@ -150,7 +152,7 @@ _CORE_CONSTRAINTS = {
     "beta": [Interval(numbers.Real, 0, None, closed="left")],
     "single_segment_test": [StrOptions(set(_rules.SINGLE_SEGMENT_TESTS)), None],
     "single_segment_threshold": [Interval(numbers.Real, 0, 1, closed="both"), None],
-    "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
+    "n_init": [Interval(numbers.Integral, 1, MAX_N_INIT, closed="both")],
     "random_state": ["random_state"],
     "device": [None, str],
 }
@@ -240,7 +242,7 @@ def adaptive_spectral_clustering(
         Threshold of the ``"cheeger"`` test; ``None`` disables every
         one-segment test (as ``PAPER_SETTINGS`` does).
     n_init : int, default=3
-        k-means restarts for each K.
+        k-means restarts for each K, at most :data:`MAX_N_INIT`.
     random_state : int, RandomState instance or None, default=None
         Seeds the eigensolver, k-means and the gap references.
     device : {None, "auto", "cpu", "cuda"} or "cuda:<index>", default=None

@@ -133,7 +133,7 @@ class AdaptiveSpectralSegmenter(ClassNamePrefixFeaturesOutMixin, ClusterMixin, T
         Threshold of the ``"cheeger"`` test; ``None`` disables every
         one-segment test.
     n_init : int, default=3
-        k-means restarts per K.
+        k-means restarts per K, at most :data:`MAX_N_INIT`.
     max_dense_samples : int or None, default=10_000
         Memory bound when the segmenter builds the affinity itself: past it,
         landmark samples (:func:`cluster_features`). ``None``: always dense.
