@@ -389,6 +389,41 @@ def test_interrupted_run_leaves_complete_outputs_and_resumes(tmp_path, monkeypat
     assert _listing(out) == _expected_files([f"img{i}" for i in range(5)])
 
 
+def test_the_next_chunk_is_decoded_while_this_one_is_segmented(tmp_path, monkeypatch):
+    """img1 is decoded on the loading thread while img0 is still being written."""
+    import threading
+
+    from sklearn_clasp.collection import engine
+
+    _write_images(tmp_path / "in", n=3)
+    real_load, real_write = engine.load_image, store_module.atomic_write
+    loaded, during_write = {}, []
+
+    def recording_load(path, **kwargs):
+        loaded[Path(path).stem] = threading.current_thread().name
+        return real_load(path, **kwargs)
+
+    def waiting_write(path, write, **kwargs):
+        if path.name == "img0.json":  # img1 is loaded meanwhile, or never before this
+            for _ in range(1000):
+                if "img1" in loaded:
+                    break
+                threading.Event().wait(0.01)
+            during_write.append("img1" in loaded)
+        return real_write(path, write, **kwargs)
+
+    monkeypatch.setattr(engine, "load_image", recording_load)
+    monkeypatch.setattr(store_module, "atomic_write", waiting_write)
+    report = segment_collection(tmp_path / "in", tmp_path / "out", pipeline=_pipe(),
+                                chunk_size=1)
+    assert [r["status"] for r in report.results] == ["done"] * 3
+    assert sorted(loaded) == ["img0", "img1", "img2"]
+    assert during_write == [True]
+    assert set(loaded.values()) == {"clasp-load_0"}, loaded
+    with open(tmp_path / "out" / "img1.json") as fh:
+        assert json.load(fh)["timings"]["load"] > 0
+
+
 # --------------------------------------------------------------------------
 # failures
 # --------------------------------------------------------------------------

@@ -353,9 +353,11 @@ def segment_collection(
     write_overlay : bool, default=True
         Write ``<name>_overlay.png``.
     chunk_size : int, default=None
-        Images loaded and embedded at a time (memory is bounded by about this
-        many images). At most :data:`MAX_CHUNK_SIZE`; ``None`` means
-        ``max(8, 2 * n_jobs)``.
+        Images loaded and embedded at a time (memory is bounded by about twice
+        this many images: the next chunk is decoded while one is segmented).
+        At most :data:`MAX_CHUNK_SIZE`; ``None`` means ``max(8, 2 * n_jobs)``,
+        or the DINOv2 embedder's ``batch_size`` if larger (a chunk fills its
+        batches).
     max_image_pixels : int or None, default=DEFAULT_MAX_IMAGE_PIXELS
         Largest image (width x height, read from the file's header before
         decoding) that is segmented; a larger one fails with
@@ -598,9 +600,10 @@ def _run(jobs, store, pipeline, ctx, index, *, client, scheduler, security, n_jo
                 from joblib import effective_n_jobs
 
                 n_workers = effective_n_jobs(n_jobs)
+                batch = pipeline.get_params().get("embed__batch_size") or 1
                 stopped = run_local(jobs, store, pipeline, ctx, n_workers=n_workers,
                                     chunk_size=chunk_size or min(MAX_CHUNK_SIZE,
-                                                                 max(8, 2 * n_workers)),
+                                                                 max(8, 2 * n_workers, batch)),
                                     max_attempts=max_attempts, emit=emit, index=index)
             store.remove_temporaries()  # no worker of the run is left: any is garbage
             if stopped is not None:

@@ -12,8 +12,8 @@ Backends:
 
 - in this process (``n_jobs=1``);
 - local worker processes (loky): this process loads and embeds the images in
-  batches (the backbone runs batched, once), the workers segment, refine and
-  write;
+  batches (the backbone runs batched, once; a thread decodes the next batch
+  meanwhile), the workers segment, refine and write;
 - a Dask cluster: each task is sent a path; the worker loads and embeds the
   image with an embedder it builds once per settings, then segments and
   writes.
@@ -747,9 +747,43 @@ def _embed_chunk(jobs, embed, emit):
     return [(job, record) for (_, job), record in zip(jobs, records)]
 
 
+def _load_chunk(chunk, store, ctx, index, claimed, stop):
+    """Hash, resume check and decode a chunk of images (on the loading thread).
+
+    Returns ``(kind, job, value)`` for each image: ``"skipped"`` with its
+    finished record, ``"failed"`` with the exception (unreadable, damaged, too
+    large: tried once), or ``"loaded"`` with the decoded image. Stops early,
+    leaving the rest without a result, once ``stop`` is set.
+    """
+    out = []
+    for job in chunk:
+        if stop.is_set():
+            break
+        try:
+            job.sha256 = file_sha256(job.path)
+            job.name = index.resolve(store, job.name, job.path, job.sha256, claimed)
+            claimed.add(job.name)
+            done = None if ctx.overwrite else store.completed(job.name, job.sha256, ctx.digest)
+            if done is not None:
+                out.append(("skipped", job, done))
+                continue
+            start = time.perf_counter()
+            image = load_image(job.path, max_pixels=ctx.max_image_pixels)
+            job.timings["load"] = time.perf_counter() - start
+        except Exception as exc:
+            out.append(("failed", job, exc))
+            continue
+        out.append(("loaded", job, image))
+    return out
+
+
 def run_local(jobs, store, pipeline, ctx, *, n_workers, chunk_size, max_attempts, emit,
               index=None):
-    """Load, check and embed here in chunks; segment and write in ``n_workers`` processes.
+    """Load and embed here in chunks; segment and write in ``n_workers`` processes.
+
+    A thread hashes, checks and decodes the next chunk while this one is
+    embedded and segmented (decoding releases the GIL), so at most two chunks
+    of decoded images are held at a time.
 
     Returns
     -------
@@ -763,45 +797,43 @@ def run_local(jobs, store, pipeline, ctx, *, n_workers, chunk_size, max_attempts
     tail = clone(pipeline)  # parameters only: the workers get the images embedded
     embed = None
     claimed = set()  # names taken by images of this run found by their bytes
+    chunks = [jobs[lo:lo + chunk_size] for lo in range(0, len(jobs), chunk_size)]
+    stop = threading.Event()
+    loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clasp-load")
+
+    def load(i):
+        return loader.submit(_load_chunk, chunks[i], store, ctx, index, claimed, stop)
+
     try:
         runner = _Runner(backend, emit, max_attempts=max_attempts,
                          max_in_flight=1 if n_workers == 1 else chunk_size + n_workers + 1)
-        for lo in range(0, len(jobs), chunk_size):
+        pending = load(0) if chunks else None
+        for i in range(len(chunks)):
+            items = pending.result()
+            pending = load(i + 1) if i + 1 < len(chunks) else None
             loaded = []
-            for job in jobs[lo:lo + chunk_size]:
-                if runner.stopped is not None:
-                    break
-                try:
-                    job.sha256 = file_sha256(job.path)
-                    job.name = index.resolve(store, job.name, job.path, job.sha256, claimed)
-                    claimed.add(job.name)
-                    done = None if ctx.overwrite else store.completed(job.name, job.sha256,
-                                                                      ctx.digest)
-                    if done is not None:
-                        runner.emit(from_record(job, done, "skipped"))
-                        continue
-                    start = time.perf_counter()
-                    image = load_image(job.path, max_pixels=ctx.max_image_pixels)
-                    job.timings["load"] = time.perf_counter() - start
-                except Exception as exc:  # unreadable, damaged, too large: once
-                    runner.emit(failed(job, exc))
-                    continue
-                loaded.append((image, job))
-            if not loaded:
-                if runner.stopped is not None:
-                    break
-                continue
-            if embed is None:
-                embed = fitted_embedder(pipeline)
-            for job, record in _embed_chunk(loaded, embed, runner.emit):
-                if not runner.submit(job, segment_task, job, record, tail, store, ctx):
-                    runner.emit(result(job, "stopped"))
-            del loaded
+            for kind, job, value in items:
+                if kind == "skipped":
+                    runner.emit(from_record(job, value, "skipped"))
+                elif kind == "failed":
+                    runner.emit(failed(job, value))
+                else:
+                    loaded.append((value, job))
+            del items
+            if loaded:
+                if embed is None:
+                    embed = fitted_embedder(pipeline)
+                for job, record in _embed_chunk(loaded, embed, runner.emit):
+                    if not runner.submit(job, segment_task, job, record, tail, store, ctx):
+                        runner.emit(result(job, "stopped"))
+                del loaded
             if runner.stopped is not None:
                 break
         runner.finish()
         return runner.stopped
     finally:
+        stop.set()
+        loader.shutdown(wait=False, cancel_futures=True)
         backend.close()
 
 
