@@ -269,6 +269,16 @@ def check_value(value, setting, *, shown=None, where=None):
         where = where or setting.flag
         raise UsageError(f"{where} {shown if shown is not None else value!r}: must be "
                          f"{need}") from None
+    if setting.name == "device" or setting.name.endswith("__device"):
+        from .device import DEVICES, check_device
+
+        allow_none = None in setting.constraints
+        try:
+            check_device(value, allow_none=allow_none)
+        except ValueError:
+            allowed = DEVICES if allow_none else DEVICES.removeprefix("None, ")
+            raise UsageError(f"{where or setting.flag} {shown if shown is not None else value!r}: "
+                             f"must be {allowed}") from None
     return value
 
 
@@ -331,6 +341,9 @@ def _alias_help():
                                            "(the segmenter, DINOv2's weights='random')")
     out["paper"] = ("paper", "the CLASP paper's K selection (PAPER_SETTINGS); settings given "
                              "explicitly override it")
+    out["device"] = ("device", "where every stage runs: none (NumPy, SciPy, pydensecrf; "
+                               "DINOv2 on the CPU), cpu, cuda, cuda:N or auto (CUDA when "
+                               "there is one); a stage's own --<stage>-device overrides it")
     out["out"] = ("out_dir", "alias of --out-dir")
     return out
 
@@ -608,8 +621,10 @@ def load_config(path, *, run=True):
         if key in ("random_state", "paper"):
             options[key] = value
             continue
-        if key == "embed":
-            options[key] = check_value(value, _special_specs()["embed"], where=where)
+        if key in ("embed", "device"):
+            if key == "device" and isinstance(value, str) and value.lower() == "none":
+                value = None  # TOML has no null
+            options[key] = check_value(value, _special_specs()[key], where=where)
             continue
         if key == "inputs" and run:
             values = [value] if isinstance(value, str) else value
@@ -647,6 +662,7 @@ def _special_specs():
         "embed": Setting("embed", (StrOptions(set(EMBEDDER_NAMES)),), "dinov2", "", ""),
         "random_state": Setting("random_state", ("random_state",), None, "", ""),
         "paper": Setting("paper", ("boolean",), False, "", ""),
+        "device": Setting("device", (None, str), None, "", ""),
     }
 
 

@@ -354,6 +354,32 @@ def test_config_file_values_apply_and_command_line_overrides(image_dir, tmp_path
     assert settings["segment__k_max"] == 4 and settings["segment__beta"] == 0.25
 
 
+def test_device_sets_every_stage_and_a_stage_of_its_own_overrides_it(image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["segment", str(image_dir / "a.png"), "--out", str(out), *FAST,
+                 "--device", "cpu", "--segment-device", "none", "--refine", "nearest"]) == 0
+    settings = _json(out / "a.json")["settings"]
+    assert (settings["affinity__device"], settings["segment__device"],
+            settings["refine__device"]) == ("cpu", None, "cpu")
+    config = tmp_path / "c.toml"
+    config.write_text('device = "none"\n')
+    from sklearn_clasp.cli import load_config
+
+    assert load_config(config) == {"device": None}
+    for args, allowed in ((["--device", "gpu"], "None, 'auto', 'cpu'"),
+                          (["--segment-device", "cuda:x"], "None, 'auto', 'cpu'"),
+                          (["--refine-device", "none"], "'auto', 'cpu', 'cuda' or")):
+        assert main(["segment", str(image_dir), "--out", str(tmp_path / "bad"), *FAST,
+                     *args]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"{args[0]} '{args[1]}': must be {allowed}" in line
+    config.write_text('device = "tpu"\n')
+    assert main(["segment", str(image_dir), "--out", str(tmp_path / "bad"), *FAST,
+                 "--config", str(config)]) == 2
+    assert f"config file {config}: device 'tpu': must be" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_config_file_keys_are_setting_names_or_aliases(tmp_path):
     from sklearn_clasp.cli import load_config
 
