@@ -483,6 +483,7 @@ def test_a_failing_step_fails_its_image_once(tmp_path):
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_same_masks_as_one(tmp_path):
     _write_images(tmp_path / "in", n=5)
     one = segment_collection(tmp_path / "in", tmp_path / "one", pipeline=_pipe())

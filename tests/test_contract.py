@@ -229,6 +229,7 @@ def test_fitted_state(case):
         _same(_output(est, method, X), _output(_fitted(clone(est), X), method, X))
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_n_jobs(images, segmented):
     a = HandcraftedPatchEmbedder(short_side=None, n_jobs=1).transform(images)
     b = HandcraftedPatchEmbedder(short_side=None, n_jobs=2).transform(images)

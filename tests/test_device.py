@@ -316,6 +316,7 @@ def test_affinity_step_on_the_device():
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 @pytest.mark.parametrize("kind", ["camvid", "bsds500"])
 def test_real_images_same_k_and_partition(kind):
@@ -355,6 +356,7 @@ def _images(n, shape=(56, 70, 3)):
     return [rng.randint(0, 256, shape, dtype=np.uint8) for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_batches_are_bounded_whatever_batch_size(small_dino, monkeypatch):
     from sklearn_clasp.embedding._dinov2 import dino_patch_features, images_per_forward
 

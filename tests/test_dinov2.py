@@ -170,6 +170,7 @@ def official(request, tmp_path_factory):
     return name, ref, model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("i", [0, 1])
 def test_matches_official_implementation(official, i):
     name, ref, ours = official
@@ -200,6 +201,7 @@ def test_matches_official_at_training_size(official):
     _close(out["x_norm_patchtokens"][:, ref["patch_sample_518"]], ref["x_norm_patchtokens_518"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("i", [0, 1])
 def test_intermediate_layer_and_keys_match_official(official, i):
     name, ref, ours = official
@@ -225,6 +227,7 @@ def test_intermediate_layer_and_keys_match_official(official, i):
     ("mlp biases", lambda k: ".mlp." in k and k.endswith("bias")),
     ("registers", lambda k: k == "register_tokens"),
 ])
+@pytest.mark.slow
 def test_golden_weights_make_each_parameter_matter(official, which, change):
     """The comparison above can fail: a model that ignored any of these would be caught."""
     name, ref, ours = official

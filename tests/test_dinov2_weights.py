@@ -144,6 +144,7 @@ def test_official_table():
 # ----------------------------------------------------------- finding the file
 
 
+@pytest.mark.slow
 def test_round_trip_from_hub_cache(monkeypatch, _isolated, reg_checkpoint):
     path, data, sha = reg_checkpoint
     cached = _isolated / "checkpoints" / REG_FILE
@@ -161,6 +162,7 @@ def test_round_trip_from_hub_cache(monkeypatch, _isolated, reg_checkpoint):
     np.testing.assert_array_equal(_features(emb), _features(direct))
 
 
+@pytest.mark.slow
 def test_env_var_directory_is_used_first(monkeypatch, _isolated, tmp_path, reg_checkpoint):
     _, data, sha = reg_checkpoint
     env_dir = tmp_path / "weights"
@@ -234,6 +236,7 @@ def test_download_false_never_touches_network(_isolated):
 # --------------------------------------------------------------- downloading
 
 
+@pytest.mark.slow
 def test_download_goes_to_hub_cache_with_official_url(monkeypatch, _isolated, reg_checkpoint):
     _, data, sha = reg_checkpoint
     _trust(monkeypatch, sha)
@@ -547,6 +550,7 @@ def test_file_swapped_after_the_check_is_not_loaded(monkeypatch, tmp_path, reg_c
     assert "load" not in events
 
 
+@pytest.mark.slow
 def test_user_file_that_is_an_official_file(monkeypatch, tmp_path, caplog, reg_checkpoint,
                                             plain_checkpoint):
     path, _, sha = reg_checkpoint
@@ -645,6 +649,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_weights_that_are_not_regular_files_are_named_and_never_read(tmp_path):
     """A named pipe, /dev/zero, a directory: each said to be what it is, none read.
 
@@ -720,6 +725,7 @@ def test_nan_or_inf_weights_are_refused_at_load_naming_the_tensor(tmp_path, plai
     assert "every feature NaN" in msg and "input image" not in msg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, legacy", [(torch.int8, False), (torch.uint8, False),
                                            (torch.bool, False), (torch.int8, True),
                                            (torch.float64, False), (torch.complex64, False)])
@@ -744,6 +750,7 @@ def test_non_float32_weights_are_refused(monkeypatch, tmp_path, plain_checkpoint
     assert ("load" in loads) == legacy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_weights_are_converted_with_a_warning(tmp_path, plain_checkpoint, dtype):
     sd = torch.load(plain_checkpoint, weights_only=True)

@@ -658,6 +658,7 @@ class _Stopped(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -910,6 +911,7 @@ def _shared_sets():
     return _data
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 @pytest.mark.parametrize("kind", ["camvid", "bsds500"])
 def test_torch_backend_agrees_with_pydensecrf_on_real_images(kind):

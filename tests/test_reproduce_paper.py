@@ -153,6 +153,7 @@ def _run(argv):
     return reproduce_paper.main([*argv, "--quiet"])
 
 
+@pytest.mark.slow
 def test_harness_on_fake_coco_official_layout(tmp_path):
     root = tmp_path / "cocostuff"
     listed = _fake_coco(root)
@@ -189,6 +190,7 @@ def test_harness_scores_a_good_segmentation_highly(tmp_path):
     ("coco", ["--labels", "coarse27"], 2),
     ("ade20k", ["--refine", "nearest"], 3),
 ])
+@pytest.mark.slow
 def test_harness_on_shared_samples(dataset, extra, n_images):
     root = SAMPLES / ("coco" if dataset == "coco" else "ade20k")
     result = _run([dataset, "--root", str(root), "--weights", "random",

@@ -274,6 +274,7 @@ def _model_tensors(model=MODEL, **storage_bytes):
             for k, v in net.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_crafted_checkpoints_are_real(tmp_path):
     """The writer above makes files that torch.load reads: small ones load in full."""
     path = tmp_path / "zeros.pth"
