@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from ..affinity import unit_rows_tensor
 from . import _rules
 
 logger = logging.getLogger("sklearn_clasp.spectral")
@@ -56,17 +57,6 @@ def _sync(device):
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def unit_rows_torch(X):
-    """:func:`~sklearn_clasp.affinity.unit_rows` in torch (zero rows stay zero)."""
-    import torch
-
-    scale = X.abs().amax(dim=1, keepdim=True)
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    Xs = X / scale
-    norms = torch.sqrt((Xs * Xs).sum(dim=1, keepdim=True))
-    return Xs / torch.where(norms == 0, torch.ones_like(norms), norms)
 
 
 # --------------------------------------------------------------------------
@@ -429,7 +419,7 @@ def silhouette_scores_torch(labelings, *, features=None, metric="cosine", affini
         device = features.device
         X = features.double()
         if metric == "cosine":
-            Xn = unit_rows_torch(X)
+            Xn = unit_rows_tensor(X)
             self_dist = 1.0 - (Xn * Xn).sum(dim=1)
             out = []
             for labels in labelings:
