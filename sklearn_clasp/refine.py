@@ -36,7 +36,14 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 from .device import n_jobs_constraints, resolve_device, torch_threads
-from .image import as_rgb_uint8, bounded_shape, check_label_map, resample_nearest, resize_image
+from .image import (
+    as_rgb_uint8,
+    bounded_shape,
+    check_label_map,
+    compact_labels,
+    resample_nearest,
+    resize_image,
+)
 from .records import PatchGrid, RecordOutputMixin, check_records, check_untabled_output
 
 __all__ = ["MAX_CRF_ITERATIONS", "upsample_labels", "dense_crf", "refine_labels", "CRFRefiner"]
@@ -100,24 +107,6 @@ def _check_shape(shape):
     if height < 1 or width < 1:
         raise ValueError(f"shape must be positive; got {(height, width)}.")
     return height, width
-
-
-def _compact_labels(labels):
-    """``np.unique(labels, return_inverse=True)`` for an int label map, by counting.
-
-    Label maps hold few small values; counting them (``np.bincount``) is
-    linear, where sorting a full-resolution map costs tens of milliseconds.
-    Negative or very large values fall back to sorting.
-    """
-    flat = labels.ravel()
-    if flat.size and flat.min() >= 0 and flat.max() <= 4 * flat.size + 1024:
-        counts = np.bincount(flat)
-        values = np.flatnonzero(counts)
-        lookup = np.zeros(counts.size, np.int64)
-        lookup[values] = np.arange(values.size)
-        return values.astype(np.int64), lookup[flat]
-    values, inverse = np.unique(flat, return_inverse=True)
-    return values, inverse.ravel()
 
 
 def _check_proba(proba, *, name="proba"):
@@ -583,7 +572,7 @@ def dense_crf(
                 f"{rgb.shape}: dense_crf needs one label per pixel. Upsample patch "
                 f"labels first (upsample_labels or refine_labels)."
             )
-        values, inverse = _compact_labels(labels)
+        values, inverse = compact_labels(labels)
         if values.size == 1:
             return labels.copy()
     else:
