@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from numbers import Integral
 
 import numpy as np
 
@@ -195,6 +196,20 @@ def resize_image(image, size, *, resample="bicubic") -> np.ndarray:
     }
     out = Image.fromarray(image).resize((width, height), filters[resample])
     return np.asarray(out, dtype=np.uint8)
+
+
+def check_size_limit(value, name):
+    """Refuse a size limit (``max_pixels``, ``max_patches``) that is not a positive int or None.
+
+    >>> check_size_limit(0, "max_pixels")
+    Traceback (most recent call last):
+    ...
+    ValueError: max_pixels must be a positive int or None; got 0.
+    """
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, Integral) or value < 1
+    ):
+        raise ValueError(f"{name} must be a positive int or None; got {value!r}.")
 
 
 def bounded_shape(height, width, max_pixels):

@@ -40,6 +40,7 @@ from .image import (
     as_rgb_uint8,
     bounded_shape,
     check_label_map,
+    check_size_limit,
     compact_labels,
     resample_nearest,
     resize_image,
@@ -709,13 +710,7 @@ def refine_labels(image, labels, *, method="crf", max_pixels=None, unary="hard",
         )
     if unary not in _UNARIES:
         raise ValueError(f"unary must be one of {list(_UNARIES)}; got {unary!r}.")
-    if max_pixels is not None and (
-        isinstance(max_pixels, bool) or not isinstance(max_pixels, Integral)
-        or max_pixels < 1
-    ):
-        raise ValueError(
-            f"max_pixels must be a positive int or None; got {max_pixels!r}."
-        )
+    check_size_limit(max_pixels, "max_pixels")
     _check_image_first(image, labels, "refine_labels(image, labels)")
     rgb = as_rgb_uint8(image, name="image")
     labels = _check_label_map(labels)
