@@ -636,6 +636,10 @@ single_segment_test, single_segment_threshold, n_init, random_state, device
         X = X.astype(np.float64)
     n = X.shape[0]
     rng = check_random_state(random_state)
+    params = dict(spectrum=spectrum, eigengap_rule=eigengap_rule, k_selection=k_selection,
+                  k_min=k_min, k_max=k_max, beta=beta,
+                  single_segment_test=single_segment_test,
+                  single_segment_threshold=single_segment_threshold, n_init=n_init)
     landmarks = None
     if max_dense_samples is not None and n > max_dense_samples:
         landmarks = np.sort(rng.choice(n, size=int(max_dense_samples), replace=False))
@@ -652,21 +656,14 @@ single_segment_test, single_segment_threshold, n_init, random_state, device
         with torch_threads(_cpu_threads(dev, X_fit.shape[0])):
             return _cluster_features_device(
                 X, X_fit, landmarks, rng, affinity=affinity, device=dev,
-                return_embedding=return_embedding, spectrum=spectrum,
-                eigengap_rule=eigengap_rule, k_selection=k_selection, k_min=k_min,
-                k_max=k_max, beta=beta, single_segment_test=single_segment_test,
-                single_segment_threshold=single_segment_threshold, n_init=n_init)
+                return_embedding=return_embedding, **params)
     start = time.perf_counter()
     scales = local_scales(X_fit) if affinity == "local_scaling" else None
     A = _affinity_of(X_fit, kind=affinity, scales=scales)
     seconds = time.perf_counter() - start
     labels_fit, info, emb = adaptive_spectral_clustering(
-        A, features=X_fit,
-        silhouette_metric="cosine" if affinity == "cosine" else "euclidean", spectrum=spectrum,
-        eigengap_rule=eigengap_rule, k_selection=k_selection, k_min=k_min, k_max=k_max,
-        beta=beta, single_segment_test=single_segment_test,
-        single_segment_threshold=single_segment_threshold, n_init=n_init,
-        random_state=rng, return_embedding=True, check_input=False,
+        A, features=X_fit, silhouette_metric="cosine" if affinity == "cosine" else "euclidean",
+        random_state=rng, return_embedding=True, check_input=False, **params,
     )
     info["timings"] = dict(info.get("timings", {}), affinity=seconds)
     degrees = (np.asarray(A.sum(axis=1), dtype=np.float64).ravel()
