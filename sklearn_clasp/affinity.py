@@ -361,8 +361,8 @@ def _cosine(X, Y, square, clip_negative, n_neighbors):
     return S
 
 
-def _unit_rows_tensor(X):
-    """:func:`unit_rows` on a tensor."""
+def unit_rows_tensor(X):
+    """:func:`unit_rows` on a tensor (zero rows stay zero)."""
     import torch
 
     scale = X.abs().amax(dim=1, keepdim=True)
@@ -375,7 +375,7 @@ def _unit_rows_tensor(X):
 def _unit_rows_with_zero_flag_tensor(X):
     import torch
 
-    Xn = _unit_rows_tensor(X)
+    Xn = unit_rows_tensor(X)
     zero = ~(X != 0).any(dim=1)
     if not bool(zero.any()):
         return Xn

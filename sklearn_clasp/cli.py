@@ -405,9 +405,20 @@ def _add_pipeline_options(parser, *, run=True):
                                 "it is in --tls-cert")
 
 
-def _subparser(commands, name, **kwargs):
-    return commands.add_parser(name, formatter_class=_Formatter, help=COMMANDS[name],
-                               **kwargs)
+@contextlib.contextmanager
+def _subcommand(commands, name, func, *, pipeline=False, run=True, **kwargs):
+    """Add the subcommand ``name`` running ``func``; yields its parser for its own arguments.
+
+    After them come, with ``pipeline``, the pipeline options (and with ``run``
+    the run options, see :func:`_add_pipeline_options`), then ``-v`` / ``-q``.
+    """
+    parser = commands.add_parser(name, formatter_class=_Formatter, help=COMMANDS[name],
+                                 **kwargs)
+    yield parser
+    if pipeline:
+        _add_pipeline_options(parser, run=run)
+    _add_verbosity(parser)
+    parser.set_defaults(func=func)
 
 
 def build_parser(command=None):
@@ -436,8 +447,8 @@ def build_parser(command=None):
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     build = {name: command in (None, name) for name in COMMANDS}
 
-    seg = _subparser(
-        commands, "segment",
+    with _subcommand(
+        commands, "segment", run_segment, pipeline=build["segment"],
         description="Segment image files, directories (searched recursively) and glob "
                     "patterns; without INPUT, the bundled sample images. Writes "
                     "<name>_mask.png, <name>_overlay.png and <name>.json per image into "
@@ -447,16 +458,12 @@ def build_parser(command=None):
                "error, 3 the embedder could not be loaded, 4 the run stopped early (a full "
                "disk, the Dask scheduler lost), 130/143 interrupted (SIGINT/SIGTERM): the "
                "outputs written are complete and a re-run finishes the rest.",
-    )
-    seg.add_argument("inputs", nargs="*", metavar="INPUT",
-                     help="image files, directories or glob patterns (quote them)")
-    if build["segment"]:
-        _add_pipeline_options(seg)
-    _add_verbosity(seg)
-    seg.set_defaults(func=run_segment)
+    ) as seg:
+        seg.add_argument("inputs", nargs="*", metavar="INPUT",
+                         help="image files, directories or glob patterns (quote them)")
 
-    ev = _subparser(
-        commands, "evaluate",
+    with _subcommand(
+        commands, "evaluate", run_evaluate, pipeline=build["evaluate"],
         description="Pair predicted masks with ground-truth labels by file stem and score "
                     "each image with a Hungarian matching of segments to classes, and with "
                     "segmentation covering and variation of information. Masks: "
@@ -465,76 +472,64 @@ def build_parser(command=None):
                     "(each human segmentation scored; mean and best reported).",
         epilog="Exit status: 0 every label scored, 1 some labels without a prediction or "
                "some images failed, 2 usage error, 3 the embedder could not be loaded.",
-    )
-    ev.add_argument("--labels", type=Path, required=True, metavar="DIR",
-                    help="ground truth: <stem>.png label maps or <stem>.mat BSDS files "
-                         "(searched recursively)")
-    source = ev.add_mutually_exclusive_group(required=True)
-    source.add_argument("--masks", type=Path, metavar="DIR",
-                        help="predicted masks (<stem>_mask.png or <stem>.png)")
-    source.add_argument("--images", type=Path, metavar="DIR",
-                        help="images to segment first (into --out-dir, or a temporary "
-                             "directory)")
-    ev.add_argument("--ignore-index", type=int, nargs="+", action="extend", metavar="N",
-                    help="label values not scored, e.g. 255 (negative values are never "
-                         "scored)")
-    ev.add_argument("--protocol", choices=("per_image", "dataset"), default="per_image",
-                    help="per_image (default): match each image on its own and average; "
-                         "dataset: one matching over the summed confusion matrix "
-                         "(cluster ids must mean the same in every image)")
-    ev.add_argument("--csv", type=Path, metavar="FILE",
-                    help="write per-image scores (name, miou, pixel_accuracy, n_clusters, "
-                         "n_classes, ...) to this CSV file")
-    if build["evaluate"]:
-        _add_pipeline_options(ev)
-    _add_verbosity(ev)
-    ev.set_defaults(func=run_evaluate)
+    ) as ev:
+        ev.add_argument("--labels", type=Path, required=True, metavar="DIR",
+                        help="ground truth: <stem>.png label maps or <stem>.mat BSDS files "
+                             "(searched recursively)")
+        source = ev.add_mutually_exclusive_group(required=True)
+        source.add_argument("--masks", type=Path, metavar="DIR",
+                            help="predicted masks (<stem>_mask.png or <stem>.png)")
+        source.add_argument("--images", type=Path, metavar="DIR",
+                            help="images to segment first (into --out-dir, or a temporary "
+                                 "directory)")
+        ev.add_argument("--ignore-index", type=int, nargs="+", action="extend", metavar="N",
+                        help="label values not scored, e.g. 255 (negative values are never "
+                             "scored)")
+        ev.add_argument("--protocol", choices=("per_image", "dataset"), default="per_image",
+                        help="per_image (default): match each image on its own and average; "
+                             "dataset: one matching over the summed confusion matrix "
+                             "(cluster ids must mean the same in every image)")
+        ev.add_argument("--csv", type=Path, metavar="FILE",
+                        help="write per-image scores (name, miou, pixel_accuracy, n_clusters, "
+                             "n_classes, ...) to this CSV file")
 
-    rep = _subparser(
-        commands, "report",
+    with _subcommand(
+        commands, "report", run_report,
         description="Write report.html into a run's output directory: a page of thumbnails "
                     "with each image's K, silhouette and timings, the K histogram and the "
                     "failures, sortable and filterable; it opens from the file system.",
         epilog="Exit status: 0 written, 2 usage error.",
-    )
-    rep.add_argument("out_dir", type=Path, metavar="DIR", help="the output directory of a run")
-    rep.add_argument("--html", type=Path, metavar="FILE",
-                     help="where to write the page (default: DIR/report.html)")
-    _add_verbosity(rep)
-    rep.set_defaults(func=run_report)
+    ) as rep:
+        rep.add_argument("out_dir", type=Path, metavar="DIR", help="the output directory of a run")
+        rep.add_argument("--html", type=Path, metavar="FILE",
+                         help="where to write the page (default: DIR/report.html)")
 
-    wt = _subparser(
-        commands, "weights",
+    with _subcommand(
+        commands, "weights", run_weights,
         description="List the official DINOv2 checkpoints (file, URL, SHA-256), where they "
                     "are looked for and whether they are present. --verify checks the "
                     "SHA-256 of the present files; --download fetches the chosen model.",
         epilog="Exit status: 0 fine, 1 a checksum mismatch, 3 the download failed.",
-    )
-    wt.add_argument("--model", metavar="NAME",
-                    help="only this model (with --download: default dinov2_vits14_reg)")
-    wt.add_argument("--download", action="store_true",
-                    help="download the model's official file if missing, and verify it")
-    wt.add_argument("--verify", action="store_true",
-                    help="check the SHA-256 of every present file")
-    _add_verbosity(wt)
-    wt.set_defaults(func=run_weights)
+    ) as wt:
+        wt.add_argument("--model", metavar="NAME",
+                        help="only this model (with --download: default dinov2_vits14_reg)")
+        wt.add_argument("--download", action="store_true",
+                        help="download the model's official file if missing, and verify it")
+        wt.add_argument("--verify", action="store_true",
+                        help="check the SHA-256 of every present file")
 
-    ex = _subparser(
-        commands, "explain",
+    with _subcommand(
+        commands, "explain", run_explain, pipeline=build["explain"], run=False,
         description="Segment one image and draw the image, the eigenvalue spectrum with "
                     "its gaps and K0, the silhouette over the searched K with the chosen K, "
                     "the patch labels and the refined mask, titled with the reason.",
         epilog="Exit status: 0 written, 1 the image could not be segmented, 2 usage error, "
                "3 the embedder could not be loaded.",
-    )
-    ex.add_argument("image", type=Path, metavar="IMAGE", help="the image file")
-    ex.add_argument("--out", type=Path, metavar="FIG.png",
-                    help="figure file (default: <image stem>_explain.png here)")
-    ex.add_argument("--dpi", type=int, default=100, help="resolution (default: 100)")
-    if build["explain"]:
-        _add_pipeline_options(ex, run=False)
-    _add_verbosity(ex)
-    ex.set_defaults(func=run_explain)
+    ) as ex:
+        ex.add_argument("image", type=Path, metavar="IMAGE", help="the image file")
+        ex.add_argument("--out", type=Path, metavar="FIG.png",
+                        help="figure file (default: <image stem>_explain.png here)")
+        ex.add_argument("--dpi", type=int, default=100, help="resolution (default: 100)")
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from numbers import Integral
 
 import numpy as np
 
@@ -16,6 +17,7 @@ __all__ = [
     "bounded_shape",
     "check_image_list",
     "check_label_map",
+    "compact_labels",
     "resample_nearest",
     "resize_image",
 ]
@@ -196,6 +198,20 @@ def resize_image(image, size, *, resample="bicubic") -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
+def check_size_limit(value, name):
+    """Refuse a size limit (``max_pixels``, ``max_patches``) that is not a positive int or None.
+
+    >>> check_size_limit(0, "max_pixels")
+    Traceback (most recent call last):
+    ...
+    ValueError: max_pixels must be a positive int or None; got 0.
+    """
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, Integral) or value < 1
+    ):
+        raise ValueError(f"{name} must be a positive int or None; got {value!r}.")
+
+
 def bounded_shape(height, width, max_pixels):
     """Largest ``(h, w)`` with the image's aspect ratio and ``h * w <= max_pixels``.
 
@@ -227,6 +243,44 @@ def bounded_shape(height, width, max_pixels):
     w = max(1, min(width, int(width * scale)))
     h, w = min(h, max(1, max_pixels // w)), min(w, max(1, max_pixels // h))
     return h, w
+
+
+def compact_labels(labels):
+    """The distinct values of an integer label map and each pixel's index among them.
+
+    ``np.unique(labels, return_inverse=True)`` with the indices flattened,
+    computed by counting (``np.bincount``) for the usual small non-negative
+    labels: linear time, where sorting a full-resolution map costs tens of
+    milliseconds. Negative or very large values fall back to sorting.
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        The label map (any shape).
+
+    Returns
+    -------
+    values : ndarray of shape (n_values,)
+        The distinct values, ascending.
+    inverse : ndarray of shape (labels.size,), int
+        ``values[inverse]`` is ``labels.ravel()``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> values, inverse = compact_labels(np.array([[7, 2], [2, 9]]))
+    >>> values.tolist(), inverse.tolist()
+    ([2, 7, 9], [1, 0, 0, 2])
+    """
+    flat = labels.ravel()
+    if flat.size and flat.min() >= 0 and flat.max() <= 4 * flat.size + 1024:
+        counts = np.bincount(flat)
+        values = np.flatnonzero(counts)
+        lookup = np.zeros(counts.size, np.int64)
+        lookup[values] = np.arange(values.size)
+        return values.astype(np.int64), lookup[flat]
+    values, inverse = np.unique(flat, return_inverse=True)
+    return values, inverse.ravel()
 
 
 def _nearest_index(n_out, n_in):

@@ -104,53 +104,79 @@ class ImageTooLargeError(ValueError):
     """
 
 
-def open_regular_file(path, label):
-    """Open ``path`` for reading if it is a readable regular file; else a clear error.
+def open_regular(path, refuse, *, follow=True):
+    """``(binary file, os.stat_result)`` of the regular file ``path``; else ``refuse``'s error.
 
-    Never blocks (a FIFO named like an image is refused, not read).
+    The file is opened without blocking (``O_NONBLOCK``), so a named pipe is
+    refused at once instead of waiting for a writer, and a device such as
+    ``/dev/zero`` is refused before anything is read from it; with
+    ``follow=False``, never through a symbolic link (``O_NOFOLLOW``).
+
+    Where the file cannot be opened, or is not a regular file, the exception
+    ``refuse(error, target, mode)`` is raised: ``error`` is the
+    :class:`OSError` of the open, ``target`` the target of a broken symbolic
+    link (else ``None``), and ``mode`` the ``st_mode`` of a file that opened
+    but is not regular (then ``error`` is ``None``).
     """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC | (0 if follow else _NOFOLLOW)
     try:
         fd = os.open(path, flags)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise FileNotFoundError(
-                f"{label}: broken symbolic link (its target {os.readlink(path)!r} does "
-                f"not exist). Fix the link or leave the file out."
-            ) from None
-        raise FileNotFoundError(f"{label}: no such image file. Check the path.") from None
-    except PermissionError:
-        raise PermissionError(
-            f"{label}: permission denied reading the image file. Make it readable "
-            f"(e.g. chmod u+r) or leave it out."
-        ) from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise OSError(
-                errno.ELOOP, f"{label}: symbolic link loop (the link points back to "
-                f"itself through other links). Fix the link or leave the file out."
-            ) from None
-        raise OSError(exc.errno, f"{label}: cannot open the image file "
-                                 f"({exc.strerror or exc}).") from None
+        broken = isinstance(exc, FileNotFoundError) and os.path.islink(path)
+        raise refuse(exc, os.readlink(path) if broken else None, None) from None
     try:
         info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError(
-                f"{label}: is a directory, not an image file. Pass image files here; "
-                f"find_images (or clasp segment) searches directories."
-            )
         if not stat.S_ISREG(info.st_mode):
-            raise ValueError(
-                f"{label}: not a regular file (a pipe, socket or device). Pass an image "
-                f"file."
-            )
-        if info.st_size == 0:
-            raise ValueError(f"{label}: the file is empty (0 bytes), not an image. "
-                             f"Re-create it or leave it out.")
-        return os.fdopen(fd, "rb")
+            raise refuse(None, None, info.st_mode)
+        return os.fdopen(fd, "rb"), info
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_regular_file(path, label):
+    """Open ``path`` for reading if it is a readable, non-empty regular file; else a clear error.
+
+    Never blocks (a FIFO named like an image is refused, not read).
+    """
+
+    def refuse(error, target, mode):
+        if mode is not None and stat.S_ISDIR(mode):
+            return IsADirectoryError(
+                f"{label}: is a directory, not an image file. Pass image files here; "
+                f"find_images (or clasp segment) searches directories."
+            )
+        if mode is not None:
+            return ValueError(
+                f"{label}: not a regular file (a pipe, socket or device). Pass an image "
+                f"file."
+            )
+        if target is not None:
+            return FileNotFoundError(
+                f"{label}: broken symbolic link (its target {target!r} does "
+                f"not exist). Fix the link or leave the file out."
+            )
+        if isinstance(error, FileNotFoundError):
+            return FileNotFoundError(f"{label}: no such image file. Check the path.")
+        if isinstance(error, PermissionError):
+            return PermissionError(
+                f"{label}: permission denied reading the image file. Make it readable "
+                f"(e.g. chmod u+r) or leave it out."
+            )
+        if error.errno == errno.ELOOP:
+            return OSError(
+                errno.ELOOP, f"{label}: symbolic link loop (the link points back to "
+                f"itself through other links). Fix the link or leave the file out."
+            )
+        return OSError(error.errno, f"{label}: cannot open the image file "
+                                    f"({error.strerror or error}).")
+
+    fh, info = open_regular(path, refuse)
+    if info.st_size == 0:
+        fh.close()
+        raise ValueError(f"{label}: the file is empty (0 bytes), not an image. "
+                         f"Re-create it or leave it out.")
+    return fh
 
 
 def _readable_formats():
@@ -655,15 +681,12 @@ def open_nofollow(path):
     Never blocks on a FIFO. Raises :class:`OSError` for a link, a missing file
     or anything that is not a regular file.
     """
-    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        return os.fdopen(fd, "rb"), info
-    except BaseException:
-        os.close(fd)
-        raise
+    return open_regular(path, _open_error, follow=False)
+
+
+def _open_error(error, target, mode):
+    """The error of the open itself, or ``EINVAL`` for a file that is not regular."""
+    return error if error is not None else OSError(errno.EINVAL, "not a regular file")
 
 
 def read_json(path):

@@ -36,7 +36,15 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 from .device import n_jobs_constraints, resolve_device, torch_threads
-from .image import as_rgb_uint8, bounded_shape, check_label_map, resample_nearest, resize_image
+from .image import (
+    as_rgb_uint8,
+    bounded_shape,
+    check_label_map,
+    check_size_limit,
+    compact_labels,
+    resample_nearest,
+    resize_image,
+)
 from .records import PatchGrid, RecordOutputMixin, check_records, check_untabled_output
 
 __all__ = ["MAX_CRF_ITERATIONS", "upsample_labels", "dense_crf", "refine_labels", "CRFRefiner"]
@@ -100,24 +108,6 @@ def _check_shape(shape):
     if height < 1 or width < 1:
         raise ValueError(f"shape must be positive; got {(height, width)}.")
     return height, width
-
-
-def _compact_labels(labels):
-    """``np.unique(labels, return_inverse=True)`` for an int label map, by counting.
-
-    Label maps hold few small values; counting them (``np.bincount``) is
-    linear, where sorting a full-resolution map costs tens of milliseconds.
-    Negative or very large values fall back to sorting.
-    """
-    flat = labels.ravel()
-    if flat.size and flat.min() >= 0 and flat.max() <= 4 * flat.size + 1024:
-        counts = np.bincount(flat)
-        values = np.flatnonzero(counts)
-        lookup = np.zeros(counts.size, np.int64)
-        lookup[values] = np.arange(values.size)
-        return values.astype(np.int64), lookup[flat]
-    values, inverse = np.unique(flat, return_inverse=True)
-    return values, inverse.ravel()
 
 
 def _check_proba(proba, *, name="proba"):
@@ -583,7 +573,7 @@ def dense_crf(
                 f"{rgb.shape}: dense_crf needs one label per pixel. Upsample patch "
                 f"labels first (upsample_labels or refine_labels)."
             )
-        values, inverse = _compact_labels(labels)
+        values, inverse = compact_labels(labels)
         if values.size == 1:
             return labels.copy()
     else:
@@ -720,13 +710,7 @@ def refine_labels(image, labels, *, method="crf", max_pixels=None, unary="hard",
         )
     if unary not in _UNARIES:
         raise ValueError(f"unary must be one of {list(_UNARIES)}; got {unary!r}.")
-    if max_pixels is not None and (
-        isinstance(max_pixels, bool) or not isinstance(max_pixels, Integral)
-        or max_pixels < 1
-    ):
-        raise ValueError(
-            f"max_pixels must be a positive int or None; got {max_pixels!r}."
-        )
+    check_size_limit(max_pixels, "max_pixels")
     _check_image_first(image, labels, "refine_labels(image, labels)")
     rgb = as_rgb_uint8(image, name="image")
     labels = _check_label_map(labels)

@@ -15,7 +15,14 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.utils._param_validation import Interval, validate_params
 
-from .image import as_rgb_uint8, bounded_shape, check_label_map, resample_nearest, resize_image
+from .image import (
+    as_rgb_uint8,
+    bounded_shape,
+    check_label_map,
+    compact_labels,
+    resample_nearest,
+    resize_image,
+)
 
 __all__ = [
     "label_colors",
@@ -264,7 +271,8 @@ def color_labels(labels, image=None, *, alpha=0.45, colors=None, bg_label=None):
 
     foreground = None if bg_label is None else labels != bg_label
     values = labels if foreground is None else labels[foreground]
-    n_values, ranks = _ranks(values)
+    present, ranks = compact_labels(values)
+    n_values, ranks = present.size, ranks.reshape(values.shape)
     palette = label_colors(n_values) if colors is None else _check_palette(colors)
     palette = np.asarray(palette, np.float64)
     if gray is None:
@@ -285,20 +293,6 @@ def color_labels(labels, image=None, *, alpha=0.45, colors=None, bg_label=None):
     else:
         out[foreground] = fg_values
     return out
-
-
-def _ranks(values):
-    """Number of distinct values and each value's rank among them (by counting
-    for small non-negative labels, linear time; else by sorting)."""
-    flat = values.ravel()
-    if flat.size and flat.min() >= 0 and flat.max() <= 4 * flat.size + 1024:
-        counts = np.bincount(flat)
-        present = np.flatnonzero(counts)
-        lookup = np.zeros(counts.size, np.int64)
-        lookup[present] = np.arange(present.size)
-        return present.size, lookup[flat].reshape(values.shape)
-    uniques, ranks = np.unique(values, return_inverse=True)
-    return len(uniques), ranks.reshape(values.shape)
 
 
 # --------------------------------------------------------------------------

@@ -989,14 +989,14 @@ def test_unary_auto_uses_proba_where_there_is_one():
 
 @pytest.mark.parametrize("case", ["small", "negative", "huge", "single"])
 def test_pixel_labels_compacted_like_unique(case):
-    from sklearn_clasp.refine import _compact_labels
+    from sklearn_clasp.image import compact_labels
 
     rng = np.random.default_rng(3)
     labels = {"small": rng.integers(0, 9, (30, 40)),
               "negative": rng.integers(-4, 5, (30, 40)),
               "huge": rng.integers(0, 3, (30, 40)) * 10**12,
               "single": np.full((5, 5), 7)}[case]
-    values, inverse = _compact_labels(labels)
+    values, inverse = compact_labels(labels)
     ref_values, ref_inverse = np.unique(labels, return_inverse=True)
     np.testing.assert_array_equal(values, ref_values)
     np.testing.assert_array_equal(inverse, ref_inverse.ravel())

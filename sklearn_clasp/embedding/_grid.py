@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from numbers import Integral
 
-from ..image import check_image_list
+from ..image import check_image_list, check_size_limit
 from ..io import load_image
 
 __all__ = ["MAX_PATCHES", "patch_grid_shape", "prepare_images"]
@@ -73,13 +72,7 @@ def patch_grid_shape(height, width, *, short_side=448, patch_size=14, max_patche
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive; got {height}x{width}")
-    if max_patches is not None and (
-        isinstance(max_patches, bool) or not isinstance(max_patches, Integral)
-        or max_patches < 1
-    ):
-        raise ValueError(
-            f"max_patches must be a positive int or None; got {max_patches!r}."
-        )
+    check_size_limit(max_patches, "max_patches")
     scale = 1.0 if short_side is None else float(short_side) / min(height, width)
     rows = max(1, int(math.floor(height * scale / patch_size + 0.5)))
     cols = max(1, int(math.floor(width * scale / patch_size + 0.5)))

@@ -58,7 +58,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..io import sha256_of_stream
+from ..io import open_regular, sha256_of_stream
 from ._vit import MODEL_CONFIGS, build_dinov2
 
 __all__ = [
@@ -286,41 +286,34 @@ def _not_regular_error(label, kind, path, model):
 def _open_weights(path, label, *, model=None, missing_hint=""):
     """``path`` opened for binary reading if it is a regular file; else a clear error.
 
-    The file is opened without blocking (``O_NONBLOCK``), so a named pipe is
-    refused at once instead of waiting for a writer, and a device such as
-    ``/dev/zero`` is refused before anything is read from it.
+    The file is opened without blocking (see :func:`~sklearn_clasp.io.open_regular`):
+    a named pipe or a device is refused before anything is read from it.
     """
     path = os.fspath(path)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise WeightsUnavailableError(
-                f"{label}: broken symbolic link (its target {os.readlink(path)!r} does not "
+
+    def refuse(error, target, mode):
+        if mode is not None:
+            return _not_regular_error(label, _file_kind(mode), path, model)
+        if target is not None:
+            return WeightsUnavailableError(
+                f"{label}: broken symbolic link (its target {target!r} does not "
                 f"exist).{missing_hint}"
-            ) from None
-        raise WeightsUnavailableError(f"{label}: no such file.{missing_hint}") from None
-    except PermissionError:
-        raise PermissionError(
-            errno.EACCES, f"{label}: permission denied reading the file. Make it readable "
-                          f"(e.g. chmod u+r) or pass another file.") from None
-    except OSError as exc:  # a socket (ENXIO), a link loop (ELOOP), ...
-        try:
+            )
+        if isinstance(error, FileNotFoundError):
+            return WeightsUnavailableError(f"{label}: no such file.{missing_hint}")
+        if isinstance(error, PermissionError):
+            return PermissionError(
+                errno.EACCES, f"{label}: permission denied reading the file. Make it readable "
+                              f"(e.g. chmod u+r) or pass another file.")
+        try:  # a socket (ENXIO), a link loop (ELOOP), ...
             kind = _file_kind(os.stat(path).st_mode)
         except OSError:
             kind = None
         if kind is not None and kind != "not a regular file":
-            raise _not_regular_error(label, kind, path, model) from None
-        raise OSError(exc.errno, f"{label}: cannot be opened ({exc.strerror or exc})") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _not_regular_error(label, _file_kind(mode), path, model)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+            return _not_regular_error(label, kind, path, model)
+        return OSError(error.errno, f"{label}: cannot be opened ({error.strerror or error})")
+
+    return open_regular(path, refuse)[0]
 
 
 def file_sha256(path) -> str:

@@ -318,9 +318,7 @@ def _cluster_device(A, A_np, features, metric, *, device, **params):
                         None if features is None else features.cpu().numpy(), metric,
                         **params)
     bounds = _effective_k_bounds(n, params["k_min"], params["k_max"])
-    labels, info, (vals, vecs, E, centers, proba) = cluster_on_device(
-        A, A_np, features, metric, device=device, bounds=bounds, **params)
-    return labels, info, SpectralEmbedding(vals, vecs, E, centers, proba, None, None)
+    return cluster_on_device(A, A_np, features, metric, device=device, bounds=bounds, **params)
 
 
 def _trivial(A, n, k_min, test, threshold):
@@ -374,20 +372,58 @@ def _cluster(A, features, metric, *, spectrum, eigengap_rule, k_selection, k_min
     info["eigengap_k"] = int(k0)
 
     start = time.perf_counter()
+    one = _one_segment_test(
+        info, vals, vecs, spectrum=spectrum, test=single_segment_test if testing and lo == 1
+        else None, threshold=single_segment_threshold, rng=rng,
+        constant=lambda: _is_constant(A),
+        second_eigenvalue=lambda: _second_normalized_eigenvalue(A, rng))
+    timings["one_segment_test"] = time.perf_counter() - start
+    if one or hi < 2:  # k_max = 1 (or two samples' worth): nothing to search
+        return _one_segment(info, vals, vecs)
+
+    start = time.perf_counter()
+    with limit_threads(None, user_api=None):  # k-means on the tiny embedding
+        part, scores, silhouettes = _select(
+            A, features, metric, vals, vecs, k0, k_selection=k_selection, lo=lo, hi=hi, beta=beta,
+            n_init=n_init, rng=rng)
+    E = _rules.row_normalize(vecs[:, :part.dim])
+    _chosen(info, part, scores, silhouettes)
+    timings["k_search"] = time.perf_counter() - start
+    emb = SpectralEmbedding(vals, vecs, E, part.centers,
+                            soft_assignment(E, part.centers, part.labels), None, None)
+    return part.labels, info, emb
+
+
+def _is_constant(A):
+    """Whether every entry of the (dense or sparse) affinity is the same."""
+    if sparse.issparse(A):
+        n = A.shape[0]
+        return A.nnz == n * n and np.ptp(A.data) == 0
+    return bool(np.ptp(A) == 0)
+
+
+def _one_segment_test(info, vals, vecs, *, spectrum, test, threshold, rng, constant,
+                      second_eigenvalue):
+    """Whether the affinity is one segment, by ``test`` on its leading eigenpairs.
+
+    Sets ``info["single_segment_test"]`` (its diagnostics; unchanged when
+    ``test`` is None, which skips it) and ``info["second_eigenvalue"]``.
+    ``constant()`` tells whether the affinity is constant (one segment
+    whatever the test); ``second_eigenvalue()`` computes the second eigenvalue
+    of the normalized affinity, which the Cheeger test needs when ``vals`` are
+    not its eigenvalues. Both run only when a test does.
+    """
     second = float(vals[1]) if spectrum == "normalized" else float("nan")
     one = False
-    if testing and lo == 1:
-        if sparse.issparse(A):
-            constant = A.nnz == n * n and np.ptp(A.data) == 0
-        else:
-            constant = bool(np.ptp(A) == 0)
-        if single_segment_test == "cheeger":
+    if test is not None:
+        constant = constant()
+        if test == "cheeger":
             if spectrum != "normalized":
-                second = _second_normalized_eigenvalue(A, rng)
-            one = constant or second < single_segment_threshold
+                second = second_eigenvalue()
+            one = constant or second < threshold
             info["single_segment_test"] = {"test": "cheeger", "second_eigenvalue": second,
-                                           "threshold": single_segment_threshold}
-        elif single_segment_test == "entropy":
+                                           "threshold": threshold}
+        elif test == "entropy":
             effective = _rules.effective_number(vals[:_rules.ENTROPY_WINDOW])[0]
             one = constant or math.floor(effective + 0.5) <= 1
             info["single_segment_test"] = {"test": "entropy", "effective_number": effective}
@@ -398,32 +434,28 @@ def _cluster(A, features, metric, *, spectrum, eigengap_rule, k_selection, k_min
             info["single_segment_test"] = {"test": "gap", "gap_1": g1, "gap_2": g2,
                                            "s_2": s2}
     info["second_eigenvalue"] = second
-    timings["one_segment_test"] = time.perf_counter() - start
-    one = one or hi < 2  # k_max = 1 (or two samples' worth): nothing to search
-    if one:
-        logger.debug("one segment: %s", info["single_segment_test"])
-        info.update(n_clusters=1, silhouette_scores={}, silhouette=0.0, single_segment=True)
-        E = _rules.row_normalize(vecs[:, :1])
-        emb = SpectralEmbedding(vals, vecs, E, E.mean(axis=0, keepdims=True),
-                                np.ones((n, 1), np.float32), None, None)
-        return np.zeros(n, dtype=np.int64), info, emb
+    return one
 
-    start = time.perf_counter()
-    with limit_threads(None, user_api=None):  # k-means on the tiny embedding
-        part, scores, silhouettes = _select(
-            A, features, metric, vals, vecs, k0, k_selection=k_selection, lo=lo, hi=hi, beta=beta,
-            n_init=n_init, rng=rng)
-    E = _rules.row_normalize(vecs[:, :part.dim])
+
+def _one_segment(info, vals, vecs):
+    """The result of the clustering when the samples are one segment."""
+    logger.debug("one segment: %s", info["single_segment_test"])
+    info.update(n_clusters=1, silhouette_scores={}, silhouette=0.0, single_segment=True)
+    n = vecs.shape[0]
+    E = _rules.row_normalize(vecs[:, :1])
+    emb = SpectralEmbedding(vals, vecs, E, E.mean(axis=0, keepdims=True),
+                            np.ones((n, 1), np.float32), None, None)
+    return np.zeros(n, dtype=np.int64), info, emb
+
+
+def _chosen(info, part, scores, silhouettes):
+    """Record the chosen partition ``part`` and the scores of the searched K in ``info``."""
     info.update(
         n_clusters=part.k,
         silhouette_scores=silhouettes,
         silhouette=float(np.nan_to_num(silhouettes.get(part.k, 0.0))),
         k_scores=scores,
     )
-    timings["k_search"] = time.perf_counter() - start
-    emb = SpectralEmbedding(vals, vecs, E, part.centers,
-                            soft_assignment(E, part.centers, part.labels), None, None)
-    return part.labels, info, emb
 
 
 def _silhouettes(A, features, metric, partitions):
@@ -604,6 +636,10 @@ single_segment_test, single_segment_threshold, n_init, random_state, device
         X = X.astype(np.float64)
     n = X.shape[0]
     rng = check_random_state(random_state)
+    params = dict(spectrum=spectrum, eigengap_rule=eigengap_rule, k_selection=k_selection,
+                  k_min=k_min, k_max=k_max, beta=beta,
+                  single_segment_test=single_segment_test,
+                  single_segment_threshold=single_segment_threshold, n_init=n_init)
     landmarks = None
     if max_dense_samples is not None and n > max_dense_samples:
         landmarks = np.sort(rng.choice(n, size=int(max_dense_samples), replace=False))
@@ -620,21 +656,14 @@ single_segment_test, single_segment_threshold, n_init, random_state, device
         with torch_threads(_cpu_threads(dev, X_fit.shape[0])):
             return _cluster_features_device(
                 X, X_fit, landmarks, rng, affinity=affinity, device=dev,
-                return_embedding=return_embedding, spectrum=spectrum,
-                eigengap_rule=eigengap_rule, k_selection=k_selection, k_min=k_min,
-                k_max=k_max, beta=beta, single_segment_test=single_segment_test,
-                single_segment_threshold=single_segment_threshold, n_init=n_init)
+                return_embedding=return_embedding, **params)
     start = time.perf_counter()
     scales = local_scales(X_fit) if affinity == "local_scaling" else None
     A = _affinity_of(X_fit, kind=affinity, scales=scales)
     seconds = time.perf_counter() - start
     labels_fit, info, emb = adaptive_spectral_clustering(
-        A, features=X_fit,
-        silhouette_metric="cosine" if affinity == "cosine" else "euclidean", spectrum=spectrum,
-        eigengap_rule=eigengap_rule, k_selection=k_selection, k_min=k_min, k_max=k_max,
-        beta=beta, single_segment_test=single_segment_test,
-        single_segment_threshold=single_segment_threshold, n_init=n_init,
-        random_state=rng, return_embedding=True, check_input=False,
+        A, features=X_fit, silhouette_metric="cosine" if affinity == "cosine" else "euclidean",
+        random_state=rng, return_embedding=True, check_input=False, **params,
     )
     info["timings"] = dict(info.get("timings", {}), affinity=seconds)
     degrees = (np.asarray(A.sum(axis=1), dtype=np.float64).ravel()

@@ -335,14 +335,19 @@ class AdaptiveSpectralSegmenter(ClassNamePrefixFeaturesOutMixin, ClusterMixin, T
         self.silhouette_scores_ = {int(k): float(v)
                                    for k, v in info["silhouette_scores"].items()}
 
+    @staticmethod
+    def _check_input(rec):
+        """A record to segment has features or an affinity."""
+        if rec.affinity is None and rec.features is None:
+            raise ValueError(
+                f"AdaptiveSpectralSegmenter: record {rec.name!r} has neither "
+                f"features nor an affinity; put a patch embedder before it."
+            )
+
     def _segment_records(self, X):
         records = check_records(X, step="AdaptiveSpectralSegmenter")
         for rec in records:
-            if rec.affinity is None and rec.features is None:
-                raise ValueError(
-                    f"AdaptiveSpectralSegmenter: record {rec.name!r} has neither "
-                    f"features nor an affinity; put a patch embedder before it."
-                )
+            self._check_input(rec)
         check_k_bounds(self.k_min, self.k_max)
         seed = self._image_seed()
         return [self._segment_record(r, seed) for r in records]
@@ -350,13 +355,8 @@ class AdaptiveSpectralSegmenter(ClassNamePrefixFeaturesOutMixin, ClusterMixin, T
     def _check_records_only(self, X):
         """``fit`` on records: check them, learn nothing, forget a matrix fit."""
         check_k_bounds(self.k_min, self.k_max)
-        records = check_records(X, step="AdaptiveSpectralSegmenter")
-        for rec in records:
-            if rec.affinity is None and rec.features is None:
-                raise ValueError(
-                    f"AdaptiveSpectralSegmenter: record {rec.name!r} has neither "
-                    f"features nor an affinity; put a patch embedder before it."
-                )
+        for rec in check_records(X, step="AdaptiveSpectralSegmenter"):
+            self._check_input(rec)
             if rec.features is not None:
                 grid_feature_matrix(rec, step="AdaptiveSpectralSegmenter")
             n = rec.n_patches

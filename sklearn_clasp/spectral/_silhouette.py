@@ -46,13 +46,9 @@ def silhouette_scores_for_labels(distances, labelings):
     >>> round(silhouette_scores_for_labels(D, [np.array([0, 0, 1, 1])])[0], 4)
     0.8997
     """
-    n = distances.shape[0]
     scores = []
     for labels in labelings:
-        labels = np.asarray(labels)
-        k = int(labels.max()) + 1
-        onehot = np.zeros((n, k), dtype=distances.dtype)
-        onehot[np.arange(n), labels] = 1.0
+        labels, onehot = _one_hot(labels, distances.dtype)
         sums = distances @ onehot  # (n, K): total distance to each cluster
         scores.append(_silhouette_from_sums(sums, onehot.sum(axis=0), labels))
     return scores
@@ -89,10 +85,7 @@ def silhouette_scores_cosine(features, labelings):
     self_dist = 1.0 - np.einsum("ij,ij->i", Xn, Xn)  # 0, or 1 for a zero row
     scores = []
     for labels in labelings:
-        labels = np.asarray(labels)
-        k = int(labels.max()) + 1
-        onehot = np.zeros((n, k))
-        onehot[np.arange(n), labels] = 1.0
+        labels, onehot = _one_hot(labels)
         sizes = onehot.sum(axis=0)
         sums = sizes[None, :] - Xn @ (onehot.T @ Xn).T  # (n, K) summed distances
         np.maximum(sums, 0.0, out=sums)
@@ -132,12 +125,7 @@ def silhouette_scores_euclidean(features, labelings, *, block_bytes=64 * 2**20):
     X = X - X.mean(axis=0)
     n = X.shape[0]
     sq = np.einsum("ij,ij->i", X, X)
-    onehots = []
-    for labels in labelings:
-        labels = np.asarray(labels)
-        onehot = np.zeros((n, int(labels.max()) + 1))
-        onehot[np.arange(n), labels] = 1.0
-        onehots.append(onehot)
+    onehots = [_one_hot(labels)[1] for labels in labelings]
     stacked = np.hstack(onehots) if onehots else np.zeros((n, 0))
     sums = np.empty((n, stacked.shape[1]))
     block = max(1, int(block_bytes) // (8 * n))
@@ -155,6 +143,14 @@ def silhouette_scores_euclidean(features, labelings, *, block_bytes=64 * 2**20):
                                             np.asarray(labels)))
         start += k
     return scores
+
+
+def _one_hot(labels, dtype=np.float64):
+    """``labels`` (``0 .. K-1``) as an array, and their ``(n, K)`` one-hot matrix."""
+    labels = np.asarray(labels)
+    onehot = np.zeros((labels.shape[0], int(labels.max()) + 1), dtype=dtype)
+    onehot[np.arange(labels.shape[0]), labels] = 1.0
+    return labels, onehot
 
 
 def _silhouette_from_sums(sums, sizes, labels):

@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from ..affinity import unit_rows_tensor
 from . import _rules
 
 logger = logging.getLogger("sklearn_clasp.spectral")
@@ -56,17 +57,6 @@ def _sync(device):
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def unit_rows_torch(X):
-    """:func:`~sklearn_clasp.affinity.unit_rows` in torch (zero rows stay zero)."""
-    import torch
-
-    scale = X.abs().amax(dim=1, keepdim=True)
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    Xs = X / scale
-    norms = torch.sqrt((Xs * Xs).sum(dim=1, keepdim=True))
-    return Xs / torch.where(norms == 0, torch.ones_like(norms), norms)
 
 
 # --------------------------------------------------------------------------
@@ -429,7 +419,7 @@ def silhouette_scores_torch(labelings, *, features=None, metric="cosine", affini
         device = features.device
         X = features.double()
         if metric == "cosine":
-            Xn = unit_rows_torch(X)
+            Xn = unit_rows_tensor(X)
             self_dist = 1.0 - (Xn * Xn).sum(dim=1)
             out = []
             for labels in labelings:
@@ -496,6 +486,13 @@ def soft_assignment_torch(E, C, labels):
 # --------------------------------------------------------------------------
 # the clustering of one affinity
 # --------------------------------------------------------------------------
+def _second_normalized_eigenvalue_torch(A, rng):
+    """Second eigenvalue of the normalized affinity (negative entries clipped to 0)."""
+    P = A if bool(A.min() >= 0) else A.clamp(min=0.0)
+    v0 = _numpy_start(rng, P.shape[0], 2, 64)
+    return float(leading_eigenpairs_torch(_normalize_torch(P), 2, start=v0)[0][1])
+
+
 def cluster_on_device(A, A_np, features, metric, *, spectrum, eigengap_rule, k_selection,
                       k_min, k_max, beta, single_segment_test, single_segment_threshold,
                       n_init, rng, device, bounds):
@@ -503,10 +500,10 @@ def cluster_on_device(A, A_np, features, metric, *, spectrum, eigengap_rule, k_s
 
     ``A_np`` is the same affinity as a NumPy array or ``None`` (needed only by
     the K selections that run on the CPU); ``features`` a tensor or ``None``.
-    Returns NumPy ``labels``, ``info`` and the pieces of the spectral
-    embedding ``(vals, vecs, E, centers, proba)``.
+    Returns NumPy ``labels``, ``info`` and the
+    :class:`~._core.SpectralEmbedding`.
     """
-    from ._core import _select
+    from ._core import SpectralEmbedding, _chosen, _one_segment, _one_segment_test, _select
     from ._eigen import _DENSE_EIGEN_MAX_N
 
     n = A.shape[0]
@@ -529,40 +526,16 @@ def cluster_on_device(A, A_np, features, metric, *, spectrum, eigengap_rule, k_s
     k0 = _rules.eigengap_k(vals, rule=eigengap_rule, k_min=max(lo, 2), k_max=hi)
     info["eigengap_k"] = int(k0)
 
-    start = time.perf_counter()
-    second = float(vals[1]) if spectrum == "normalized" else float("nan")
-    one = False
-    if testing and lo == 1:
-        constant = bool(A.max() == A.min())
-        if single_segment_test == "cheeger":
-            if spectrum != "normalized":
-                P = A if bool(A.min() >= 0) else A.clamp(min=0.0)
-                v0 = _numpy_start(rng, n, 2, 64)
-                second = float(leading_eigenpairs_torch(_normalize_torch(P), 2,
-                                                        start=v0)[0][1])
-            one = constant or second < single_segment_threshold
-            info["single_segment_test"] = {"test": "cheeger", "second_eigenvalue": second,
-                                           "threshold": single_segment_threshold}
-        elif single_segment_test == "entropy":
-            effective = _rules.effective_number(vals[:_rules.ENTROPY_WINDOW])[0]
-            one = constant or math.floor(effective + 0.5) <= 1
-            info["single_segment_test"] = {"test": "entropy", "effective_number": effective}
-        else:
-            Y = _rules.principal_coordinates(vals, vecs_t.cpu().numpy())
-            one, g1, g2, s2 = _rules.gap_one_segment(Y, rng)
-            one = one or constant
-            info["single_segment_test"] = {"test": "gap", "gap_1": g1, "gap_2": g2,
-                                           "s_2": s2}
-    info["second_eigenvalue"] = second
-    timings["one_segment_test"] = time.perf_counter() - start
     vecs = vecs_t.cpu().numpy()
-    one = one or hi < 2  # as the NumPy path
-    if one:
-        logger.debug("one segment: %s", info["single_segment_test"])
-        info.update(n_clusters=1, silhouette_scores={}, silhouette=0.0, single_segment=True)
-        E = _rules.row_normalize(vecs[:, :1])
-        return (np.zeros(n, dtype=np.int64), info,
-                (vals, vecs, E, E.mean(axis=0, keepdims=True), np.ones((n, 1), np.float32)))
+    start = time.perf_counter()
+    one = _one_segment_test(
+        info, vals, vecs, spectrum=spectrum, test=single_segment_test if testing and lo == 1
+        else None, threshold=single_segment_threshold, rng=rng,
+        constant=lambda: bool(A.max() == A.min()),
+        second_eigenvalue=lambda: _second_normalized_eigenvalue_torch(A, rng))
+    timings["one_segment_test"] = time.perf_counter() - start
+    if one or hi < 2:  # as the NumPy path
+        return _one_segment(info, vals, vecs)
 
     start = time.perf_counter()
     if k_selection in ("silhouette", "eigengap"):
@@ -590,15 +563,10 @@ def cluster_on_device(A, A_np, features, metric, *, spectrum, eigengap_rule, k_s
     E_t = row_normalize_torch(vecs_t[:, :part.dim])
     proba = soft_assignment_torch(E_t, part.centers, part.labels)
     E = E_t.cpu().numpy()
-    info.update(
-        n_clusters=part.k,
-        silhouette_scores=silhouettes,
-        silhouette=float(np.nan_to_num(silhouettes.get(part.k, 0.0))),
-        k_scores=scores,
-    )
+    _chosen(info, part, scores, silhouettes)
     _sync(device)
     timings["k_search"] = time.perf_counter() - start
-    return part.labels, info, (vals, vecs, E, part.centers, proba)
+    return part.labels, info, SpectralEmbedding(vals, vecs, E, part.centers, proba, None, None)
 
 
 def spectral_extension_torch(A_new, V, eigenvalues, degrees_fit=None):
