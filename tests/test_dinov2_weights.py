@@ -525,6 +525,7 @@ def test_user_file_is_hashed_before_it_is_parsed(monkeypatch, tmp_path, reg_chec
     assert events == ["hash", "load"] and emb.weights_sha256_ == sha
 
 
+@pytest.mark.slow
 def test_file_swapped_after_the_check_is_not_loaded(monkeypatch, tmp_path, reg_checkpoint,
                                                      plain_checkpoint):
     """The digest is checked on the open file that is parsed, not on the path."""

@@ -450,6 +450,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
 
 
+@pytest.mark.slow
 def test_a_really_full_disk_stops_clasp_with_exit_4_and_the_rerun_finishes(tmp_path,
                                                                           small_disk, capsys):
     import subprocess

@@ -370,6 +370,7 @@ def test_grid_search_with_miou_scorer_prefers_enough_segments(shapes_data):
     assert masks[0].shape == images[0].shape[:2]
 
 
+@pytest.mark.slow
 def test_grid_search_with_several_scorers(shapes_data):
     images, truths = shapes_data
     grid = {"segment__k_max": [3, 15], "refine__n_iter": [20]}
@@ -386,6 +387,7 @@ def test_grid_search_with_several_scorers(shapes_data):
     assert search.best_index_ == best
 
 
+@pytest.mark.slow
 def test_grid_search_with_unsupervised_silhouette_scorer(shapes_data):
     images, _ = shapes_data
     search = GridSearchCV(_small_pipeline(), {"segment__k_max": [2, 4, 15]},

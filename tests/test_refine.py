@@ -369,6 +369,7 @@ def test_refiner_clone_get_set_params():
     assert refiner.method == "bilinear"
 
 
+@pytest.mark.slow
 def test_refiner_parallel_matches_serial():
     scenes = [make_scene("rect", seed=s) for s in range(3)]
     pairs = [(im, co) for im, _, co in scenes]
@@ -488,6 +489,7 @@ def test_bounded_shape_is_bounded_and_keeps_the_aspect_ratio(shape):
         assert h / w == pytest.approx(shape[0] / shape[1], rel=0.02)
 
 
+@pytest.mark.slow
 def test_refine_at_bounded_resolution(monkeypatch):
     from sklearn_clasp import refine
 

@@ -374,6 +374,7 @@ def test_checkpoint_bomb_is_refused_before_it_is_decompressed(tmp_path):
         assert "pos_embed is (1073479680,) in the file, (1, 1370, 384) in the model" in msg
 
 
+@pytest.mark.slow
 def test_archive_declarations_are_checked_before_reading(monkeypatch, tmp_path):
     """Each refusal below happens with the records unread: torch.load is never called."""
     loads = []
