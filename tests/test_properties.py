@@ -13,7 +13,9 @@ from sklearn_clasp.embedding import patch_grid_shape
 from sklearn_clasp.pipeline import clasp_one
 
 # No example database: the tests leave no files behind.
-SETTINGS = settings(max_examples=30, deadline=None, database=None,
+# derandomize: the same examples on every run, so that a failure is reproducible
+# (set derandomize=False and raise max_examples to explore further)
+SETTINGS = settings(max_examples=30, deadline=None, database=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -151,6 +151,20 @@ def test_leading_eigenpairs_dense_and_iterative_agree():
     np.testing.assert_allclose(np.abs(svecs.T @ vecs), np.eye(5), atol=1e-6)
 
 
+def test_leading_eigenpairs_of_an_affinity_that_lapacks_mrrr_fails_on():
+    """18 equal rows and one other: dsyevr stops with 'Internal Error' on their affinity."""
+    X = np.ones((19, 2))
+    X[2, 0] = 0.0
+    A = cosine_affinity(X)
+    # with SciPy 1.17's OpenBLAS, linalg.eigh(A, subset_by_index=[3, 18], driver="evr")
+    # raises LinAlgError here; the eigenpairs must come all the same
+    vals, vecs = leading_eigenpairs(A, 16)
+    np.testing.assert_allclose(vals, linalg.eigh(A, driver="evd")[0][::-1][:16], atol=1e-12)
+    np.testing.assert_allclose(A @ vecs, vecs * vals, atol=1e-10)
+    seg = AdaptiveSpectralSegmenter(random_state=0).fit(X)
+    assert seg.n_clusters_ >= 1 and len(seg.labels_) == 19
+
+
 def test_paper_settings_run_and_are_the_documented_ones():
     assert PAPER_SETTINGS == {
         "spectrum": "affinity", "eigengap_rule": "elbow", "k_selection": "silhouette",

@@ -145,6 +145,19 @@ def _second_normalized_eigenvalue(A, random_state):
     return float(np.sort(vals)[0])
 
 
+def _dense_leading(matrix, k):
+    """The ``k`` largest eigenpairs of a dense symmetric matrix, ascending."""
+    n = matrix.shape[0]
+    try:
+        return linalg.eigh(matrix, subset_by_index=[n - k, n - 1], driver="evr")
+    except np.linalg.LinAlgError:
+        # LAPACK's MRRR (dsyevr) can fail on clusters of equal eigenvalues (a matrix
+        # of many duplicate rows); the divide-and-conquer solver does not
+        logger.debug("eigh driver 'evr' failed on a %d x %d matrix; using 'evd'", n, n)
+        vals, vecs = linalg.eigh(matrix, driver="evd")
+        return vals[n - k:], vecs[:, n - k:]
+
+
 def leading_eigenpairs(matrix, n_components, *, solver="auto", random_state=None):
     """The ``n_components`` algebraically largest eigenpairs of a symmetric matrix.
 
@@ -187,12 +200,10 @@ def leading_eigenpairs(matrix, n_components, *, solver="auto", random_state=None
         solver == "auto" and not sparse.issparse(matrix) and n <= _DENSE_EIGEN_MAX_N
     )
     if not sparse.issparse(matrix) and (dense or k >= n - 1):
-        vals, vecs = linalg.eigh(
-            np.asarray(matrix), subset_by_index=[n - k, n - 1], driver="evr"
-        )
+        vals, vecs = _dense_leading(np.asarray(matrix), k)
     else:
         if k >= n - 1:
-            vals, vecs = linalg.eigh(matrix.toarray(), subset_by_index=[n - k, n - 1])
+            vals, vecs = _dense_leading(matrix.toarray(), k)
         else:
             try:
                 vals, vecs = eigsh(matrix, k=k, which="LA",
@@ -202,7 +213,7 @@ def leading_eigenpairs(matrix, n_components, *, solver="auto", random_state=None
                     raise
                 logger.debug("ARPACK did not converge; using dense LAPACK")
                 dense_matrix = matrix.toarray() if sparse.issparse(matrix) else matrix
-                vals, vecs = linalg.eigh(dense_matrix, subset_by_index=[n - k, n - 1])
+                vals, vecs = _dense_leading(np.asarray(dense_matrix), k)
     order = np.argsort(vals, kind="stable")[::-1]
     vals = vals[order]
     vecs = _deterministic_vector_sign_flip(vecs[:, order].T).T
