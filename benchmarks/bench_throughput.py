@@ -240,7 +240,7 @@ def waste():
 
     from sklearn_clasp.affinity import cosine_affinity, limit_threads
     from sklearn_clasp.datasets import make_planted_partition
-    from sklearn_clasp.refine import _compact_labels
+    from sklearn_clasp.image import compact_labels
     from sklearn_clasp.spectral._eigen import check_affinity
 
     def ms(fn, repeats=10):
@@ -258,7 +258,7 @@ def waste():
             14, 0).repeat(14, 1)[: shape[0], : shape[1]].astype(np.int64)
         rows.append((f"distinct labels of a {shape[1]} x {shape[0]} mask",
                      ms(lambda: np.unique(labels, return_inverse=True)),
-                     ms(lambda: _compact_labels(labels))))
+                     ms(lambda: compact_labels(labels))))
     rows.append(("thread-pool limit per call (threadpool_limits, a new scan / limit_threads, "
                  "cached)", ms(lambda: threadpool_limits(1).unregister()),
                  ms(lambda: limit_threads(1).__enter__().unregister())))

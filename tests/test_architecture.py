@@ -80,3 +80,22 @@ def test_import_and_version_load_neither_scikit_learn_nor_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert done.stdout.split()[0] == "sklearn_clasp.pipeline"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
+def test_benchmarks_import_only_names_the_package_has(script):
+    """A benchmark that imports a name the package no longer has fails only when run."""
+    import importlib
+
+    tree = ast.parse((ROOT / "benchmarks" / script).read_text())
+    missing = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sklearn_clasp"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if not hasattr(module, alias.name):
+                    try:
+                        importlib.import_module(f"{node.module}.{alias.name}")
+                    except ImportError:
+                        missing.append(f"{node.module}.{alias.name} (line {node.lineno})")
+    assert missing == [], f"{script} imports names that do not exist: {missing}"
