@@ -291,3 +291,31 @@ def resize_and_center_crop(image, truth, size):
     left = (new[0] - size) // 2
     return (img[top: top + size, left: left + size],
             lab[top: top + size, left: left + size])
+
+
+def protocol_halves():
+    """The default-choosing protocols' split of CamVid val and BSDS500 val.
+
+    ``{(dataset, half): (Dataset, items)}`` with ``dataset`` ``"camvid"`` or
+    ``"bsds500"`` and ``half`` ``"choose"`` (the first 50 items, names sorted)
+    or ``"confirm"`` (the rest); see ``k_selection_protocol.md`` and
+    ``refine_protocol.md``.
+    """
+    out = {}
+    for tag, ds in (("camvid", camvid()), ("bsds500", bsds500())):
+        items = sorted(ds.items, key=lambda it: it[0])
+        out[(tag, "choose")] = (ds, items[:50])
+        out[(tag, "confirm")] = (ds, items[50:])
+    return out
+
+
+def best_of(fn, repeats=3):
+    """``(seconds, result)``: the fastest of ``repeats`` calls of ``fn()`` and its result."""
+    import time
+
+    best, out = np.inf, None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out

@@ -39,16 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _data import SHARED, bsds500, camvid  # noqa: E402
-
-
-def _best(fn, repeats=3):
-    best, out = np.inf, None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+from _data import SHARED, best_of, bsds500, camvid  # noqa: E402
 
 
 def _images(step):
@@ -91,7 +82,7 @@ def section_eigen(device, args):
             return float(np.abs(np.asarray(w, np.float64) - ref).max() / ref[0])
 
         with limit_threads(1, user_api=None):
-            ta, (va, _) = _best(lambda: leading_eigenpairs(A, k, random_state=0))
+            ta, (va, _) = best_of(lambda: leading_eigenpairs(A, k, random_state=0))
         At = torch.from_numpy(A).to(device)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -102,10 +93,10 @@ def section_eigen(device, args):
                 return out
             return run
 
-        te, (we, _) = _best(timed(lambda: _dense_eigh(At, k)), 1 if n > 2000 else 3)
-        tl, (wl, _) = _best(timed(lambda: torch.lobpcg(At, k=k, largest=True, tol=1e-5,
+        te, (we, _) = best_of(timed(lambda: _dense_eigh(At, k)), 1 if n > 2000 else 3)
+        tl, (wl, _) = best_of(timed(lambda: torch.lobpcg(At, k=k, largest=True, tol=1e-5,
                                                         niter=100)))
-        tk, (wk, _) = _best(timed(lambda: leading_eigenpairs_torch(At, k)))
+        tk, (wk, _) = best_of(timed(lambda: leading_eigenpairs_torch(At, k)))
         print(f"| {n} | {ta:.4f} ({err(va):.0e}) | {te:.3f} ({err(we.cpu()):.0e}) "
               f"| {tl:.3f} ({err(wl.cpu()):.0e}) | {tk:.4f} ({err(wk.cpu()):.0e}) |",
               flush=True)

@@ -45,7 +45,7 @@ from scipy.stats import spearmanr
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import SHARED, bsds500, camvid  # noqa: E402
+from _data import SHARED, protocol_halves  # noqa: E402
 
 from sklearn_clasp import PAPER_SETTINGS, cosine_affinity  # noqa: E402
 from sklearn_clasp.affinity import unit_rows  # noqa: E402
@@ -261,16 +261,6 @@ def run_speed(quick, repeats=3):
 # --- real images -----------------------------------------------------------------------
 
 
-def halves():
-    """``{(dataset, half): [items]}``: the protocol's splits (names sorted)."""
-    out = {}
-    for tag, ds in (("camvid", camvid()), ("bsds500", bsds500())):
-        items = sorted(ds.items, key=lambda it: it[0])
-        out[(tag, "choose")] = (ds, items[:50])
-        out[(tag, "confirm")] = (ds, items[50:])
-    return out
-
-
 def features_for(tag, image_path, cache):
     if cache is not None:
         path = Path(cache) / f"{tag}__{Path(image_path).stem}.npy"
@@ -359,7 +349,7 @@ def _kmax_image(tag, item, cache):
 def run_kmax(half, cache, n_jobs, limit):
     """Post hoc (see RESULTS): does K move when k_max goes from 15 to 30?"""
     out = {}
-    for (tag, h), (ds, items) in halves().items():
+    for (tag, h), (ds, items) in protocol_halves().items():
         if half != "both" and h != half:
             continue
         items = items[:limit] if limit else items
@@ -371,7 +361,7 @@ def run_kmax(half, cache, n_jobs, limit):
 
 def run_images(half, cache, n_jobs, limit):
     out = {}
-    for (tag, h), (ds, items) in halves().items():
+    for (tag, h), (ds, items) in protocol_halves().items():
         if half != "both" and h != half:
             continue
         items = items[:limit] if limit else items

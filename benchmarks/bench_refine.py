@@ -57,7 +57,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import SHARED, bsds500, camvid  # noqa: E402
+from _data import SHARED, bsds500, camvid, protocol_halves  # noqa: E402
 
 from sklearn_clasp.io import load_image
 from sklearn_clasp.embedding import patch_grid_shape  # noqa: E402
@@ -302,16 +302,6 @@ CANDIDATES = {
     "soft 5, t = 4": dict(method="crf", unary="soft", n_iter=5, temperature=4.0),
 }
 BASELINE = "hard 20"
-
-
-def protocol_halves():
-    """``{(dataset, half): (Dataset, items)}``: names sorted, 50 choosing, rest confirming."""
-    out = {}
-    for tag, ds in (("camvid", camvid()), ("bsds500", bsds500())):
-        items = sorted(ds.items, key=lambda it: it[0])
-        out[(tag, "choose")] = (ds, items[:50])
-        out[(tag, "confirm")] = (ds, items[50:])
-    return out
 
 
 def _score(tag, mask, truth):

@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _data import best_of  # noqa: E402
 from reference import straightforward_clasp  # noqa: E402
 
 from sklearn_clasp import (  # noqa: E402
@@ -77,15 +78,6 @@ def _source_image(size):
         return resize_image(load_image(paths[0]), (size, size)), f"CamVid {paths[0].name}"
     image, _ = make_shapes_image(size, size, n_shapes=5, noise=6, random_state=0)
     return image, "synthetic shapes"
-
-
-def _best(fn, repeats):
-    best, out = np.inf, None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 # --------------------------------------------------------------------------
@@ -119,13 +111,13 @@ def run_sizes(sizes, repeats, dino, ref_max_n):
     for size in sizes:
         image, source = _source_image(size)
         r = {"size": size, "source": source}
-        t, recs = _best(lambda: hand.transform([image]), repeats)
+        t, recs = best_of(lambda: hand.transform([image]), repeats)
         r["embed (weights-free)"] = t
         X = recs[0].feature_matrix
         r["n"] = n = X.shape[0]
         if dino:
-            r["embed (DINOv2)"], _ = _best(lambda: demb.transform([image]), repeats)
-        r["affinity"], A = _best(lambda: cosine_affinity(X), repeats)
+            r["embed (DINOv2)"], _ = best_of(lambda: demb.transform([image]), repeats)
+        r["affinity"], A = best_of(lambda: cosine_affinity(X), repeats)
         timings = []
         for _ in range(repeats):
             labels, info = adaptive_spectral_clustering(A, features=X, random_state=0)
@@ -135,11 +127,11 @@ def run_sizes(sizes, repeats, dino, ref_max_n):
             r[name] = min(t.get(key, np.nan) for t in timings)
         r["K"] = k = info["n_clusters"]
         grid = labels.reshape(recs[0].grid_shape)
-        r["CRF"], _ = _best(lambda: refine_labels(image, grid, method="crf"), repeats)
+        r["CRF"], _ = best_of(lambda: refine_labels(image, grid, method="crf"), repeats)
         # end to end, one image at a time
-        r["e2e weights-free"], _ = _best(lambda: clasp_one(pipe_hand, image), repeats)
+        r["e2e weights-free"], _ = best_of(lambda: clasp_one(pipe_hand, image), repeats)
         if dino:
-            r["e2e DINOv2"], _ = _best(lambda: clasp_one(pipe_dino, image), repeats)
+            r["e2e DINOv2"], _ = best_of(lambda: clasp_one(pipe_dino, image), repeats)
 
         # ratios, interleaved
         best = dict.fromkeys(("ours", "ours paper", "ours cluster", "reference", "sklearn SC"),

@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _data import SHARED  # noqa: E402
+from _data import SHARED, best_of  # noqa: E402
 
 STAGES = ("load", "embed", "affinity", "segment", "refine", "write")
 
@@ -244,12 +244,7 @@ def waste():
     from sklearn_clasp.spectral._eigen import check_affinity
 
     def ms(fn, repeats=10):
-        best = np.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-        return 1e3 * best
+        return 1e3 * best_of(fn, repeats)[0]
 
     rng = np.random.RandomState(0)
     rows = []
