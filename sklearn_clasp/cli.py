@@ -260,25 +260,23 @@ def check_value(value, setting, *, shown=None, where=None):
         validate_parameter_constraints,
     )
 
+    need = None  # what the value must be, if it is not
     try:
         validate_parameter_constraints({setting.name: list(setting.constraints)},
                                        {setting.name: value}, caller_name=setting.flag)
     except InvalidParameterError as exc:
         found = re.search(r"must be (.*)\. Got", str(exc))
         need = found.group(1) if found else str(exc)
-        where = where or setting.flag
-        raise UsageError(f"{where} {shown if shown is not None else value!r}: must be "
-                         f"{need}") from None
-    if setting.name == "device" or setting.name.endswith("__device"):
-        from .device import DEVICES, check_device
+    if need is None and (setting.name == "device" or setting.name.endswith("__device")):
+        from .device import check_device  # a device is a str the constraints cannot check
 
-        allow_none = None in setting.constraints
         try:
-            check_device(value, allow_none=allow_none)
-        except ValueError:
-            allowed = DEVICES if allow_none else DEVICES.removeprefix("None, ")
-            raise UsageError(f"{where or setting.flag} {shown if shown is not None else value!r}: "
-                             f"must be {allowed}") from None
+            check_device(value, allow_none=None in setting.constraints)
+        except ValueError as exc:
+            need = re.search(r"must be (.*)\.$", str(exc)).group(1)
+    if need is not None:
+        raise UsageError(f"{where or setting.flag} {shown if shown is not None else value!r}: "
+                         f"must be {need}") from None
     return value
 
 
