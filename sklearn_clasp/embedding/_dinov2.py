@@ -27,7 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 
-from ..device import MAX_N_JOBS, resolve_device
+from ..device import n_jobs_constraints, resolve_device
 from ..io import check_cache_location
 from ..image import resize_image
 from ._grid import MAX_PATCHES, patch_grid_shape, prepare_images
@@ -436,7 +436,7 @@ class DinoPatchEmbedder(RecordOutputMixin, TransformerMixin, BaseEstimator):
         "device": [str, torch.device],
         "dtype": [StrOptions(set(_DTYPES))],
         "autocast": [StrOptions(set(_AUTOCAST)), None],
-        "n_threads": [Interval(Integral, 1, MAX_N_JOBS, closed="both"), None],
+        "n_threads": n_jobs_constraints(negative=False),
         "memory": [None, str, HasMethods(["cache"])],
         "random_state": ["random_state"],
     }
