@@ -127,7 +127,8 @@ def run_sizes(sizes, repeats, dino, ref_max_n):
             r[name] = min(t.get(key, np.nan) for t in timings)
         r["K"] = k = info["n_clusters"]
         grid = labels.reshape(recs[0].grid_shape)
-        r["CRF"], _ = best_of(lambda: refine_labels(image, grid, method="crf"), repeats)
+        r["CRF"], _ = best_of(lambda: refine_labels(image, grid, method="crf", max_pixels=None),
+                             repeats)
         # end to end, one image at a time
         r["e2e weights-free"], _ = best_of(lambda: clasp_one(pipe_hand, image), repeats)
         if dino:

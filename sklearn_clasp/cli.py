@@ -796,15 +796,8 @@ def _check_scheduler(address):
 
     try:
         return check_scheduler_address(address)
-    except ImportError:
-        raise UsageError("--scheduler needs the Dask extra: pip install "
-                         "'sklearn-clasp[dask]'") from None
-    except ValueError as exc:
+    except (ImportError, ValueError, ConnectionError) as exc:
         raise UsageError(f"--{exc}") from None
-    except ConnectionError as exc:
-        raise UsageError(f"--scheduler {address}: cannot connect to the Dask scheduler: "
-                         f"{exc}. Check the address and that the scheduler is running") \
-            from None
 
 
 def _segment(images, out_dir, run, pipeline, quiet):

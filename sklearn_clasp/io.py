@@ -104,6 +104,21 @@ class ImageTooLargeError(ValueError):
     """
 
 
+# what a path that is not a regular file is, for messages
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def file_kind(mode):
+    """What a file of ``st_mode`` ``mode`` is, in words: ``"a directory"``, ``"a socket"``, ..."""
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+
 def open_regular(path, refuse, *, follow=True):
     """``(binary file, os.stat_result)`` of the regular file ``path``; else ``refuse``'s error.
 
@@ -115,13 +130,17 @@ def open_regular(path, refuse, *, follow=True):
     Where the file cannot be opened, or is not a regular file, the exception
     ``refuse(error, target, mode)`` is raised: ``error`` is the
     :class:`OSError` of the open, ``target`` the target of a broken symbolic
-    link (else ``None``), and ``mode`` the ``st_mode`` of a file that opened
-    but is not regular (then ``error`` is ``None``).
+    link (else ``None``), and ``mode`` the ``st_mode`` of a file that is not
+    regular (then ``error`` is ``None``): one that opened, or a socket, which
+    cannot be opened.
     """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC | (0 if follow else _NOFOLLOW)
     try:
         fd = os.open(path, flags)
     except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket
+            with contextlib.suppress(OSError):
+                raise refuse(None, None, os.stat(path).st_mode) from None
         broken = isinstance(exc, FileNotFoundError) and os.path.islink(path)
         raise refuse(exc, os.readlink(path) if broken else None, None) from None
     try:
@@ -134,43 +153,66 @@ def open_regular(path, refuse, *, follow=True):
         raise
 
 
+def refusal(label, noun, *, not_regular, fix, missing=FileNotFoundError, hint=""):
+    """The ``refuse`` of :func:`open_regular` for the file ``label``: one message per failure.
+
+    Parameters
+    ----------
+    label : str
+        The file, as messages start.
+    noun : str
+        What the file should be (``"image file"``), as in "no such image file".
+    not_regular : callable
+        ``not_regular(kind) -> exception`` for a file that is not regular,
+        ``kind`` from :func:`file_kind`.
+    fix : str
+        The other way out, as in "Make it readable or <fix>".
+    missing : type, default=FileNotFoundError
+        The exception for a missing file or a broken link.
+    hint : str, default=""
+        Appended to the messages of a missing file or a broken link.
+
+    Returns
+    -------
+    refuse : callable
+    """
+
+    def refuse(error, target, mode):
+        if mode is not None:
+            return not_regular(file_kind(mode))
+        if target is not None:
+            return missing(f"{label}: broken symbolic link (its target {target!r} does not "
+                           f"exist). Fix the link or {fix}.{hint}")
+        if isinstance(error, FileNotFoundError):
+            return missing(f"{label}: no such {noun}. Check the path.{hint}")
+        if isinstance(error, PermissionError):
+            return PermissionError(f"{label}: permission denied reading the {noun}. Make it "
+                                   f"readable (e.g. chmod u+r) or {fix}.")
+        if error.errno == errno.ELOOP:
+            return OSError(errno.ELOOP, f"{label}: symbolic link loop (the link points back "
+                                        f"to itself through other links). Fix the link or "
+                                        f"{fix}.")
+        return OSError(error.errno, f"{label}: cannot open the {noun} "
+                                    f"({error.strerror or error}).")
+
+    return refuse
+
+
 def open_regular_file(path, label):
     """Open ``path`` for reading if it is a readable, non-empty regular file; else a clear error.
 
     Never blocks (a FIFO named like an image is refused, not read).
     """
 
-    def refuse(error, target, mode):
-        if mode is not None and stat.S_ISDIR(mode):
+    def not_regular(kind):
+        if kind == "a directory":
             return IsADirectoryError(
                 f"{label}: is a directory, not an image file. Pass image files here; "
                 f"find_images (or clasp segment) searches directories."
             )
-        if mode is not None:
-            return ValueError(
-                f"{label}: not a regular file (a pipe, socket or device). Pass an image "
-                f"file."
-            )
-        if target is not None:
-            return FileNotFoundError(
-                f"{label}: broken symbolic link (its target {target!r} does "
-                f"not exist). Fix the link or leave the file out."
-            )
-        if isinstance(error, FileNotFoundError):
-            return FileNotFoundError(f"{label}: no such image file. Check the path.")
-        if isinstance(error, PermissionError):
-            return PermissionError(
-                f"{label}: permission denied reading the image file. Make it readable "
-                f"(e.g. chmod u+r) or leave it out."
-            )
-        if error.errno == errno.ELOOP:
-            return OSError(
-                errno.ELOOP, f"{label}: symbolic link loop (the link points back to "
-                f"itself through other links). Fix the link or leave the file out."
-            )
-        return OSError(error.errno, f"{label}: cannot open the image file "
-                                    f"({error.strerror or error}).")
+        return ValueError(f"{label}: not a regular file ({kind}). Pass an image file.")
 
+    refuse = refusal(label, "image file", not_regular=not_regular, fix="leave the file out")
     fh, info = open_regular(path, refuse)
     if info.st_size == 0:
         fh.close()

@@ -25,7 +25,6 @@ soft unaries and their measurements are described in ``docs/refine.md``.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from numbers import Integral, Real
@@ -76,6 +75,22 @@ _CRF_CONSTRAINTS = {
 }
 
 _CRF_PARAM_NAMES = frozenset(_CRF_CONSTRAINTS) | {"n_labels", "temperature"}
+
+#: The defaults of the refinement settings, stated once for :func:`dense_crf`,
+#: :func:`refine_labels` and :class:`CRFRefiner` (the CRF's are the paper's).
+DEFAULTS = {
+    "method": "crf",
+    "n_iter": 20,
+    "gt_prob": 0.8,
+    "gaussian_sxy": 4,
+    "gaussian_compat": 4,
+    "bilateral_sxy": 80,
+    "bilateral_srgb": 13,
+    "bilateral_compat": 10,
+    "unary": "hard",
+    "backend": "pydensecrf",
+    "device": "auto",
+}
 
 
 # --------------------------------------------------------------------------
@@ -454,18 +469,18 @@ def dense_crf(
     image,
     labels=None,
     *,
-    n_iter=20,
-    gt_prob=0.8,
-    gaussian_sxy=4,
-    gaussian_compat=4,
-    bilateral_sxy=80,
-    bilateral_srgb=13,
-    bilateral_compat=10,
+    n_iter=DEFAULTS["n_iter"],
+    gt_prob=DEFAULTS["gt_prob"],
+    gaussian_sxy=DEFAULTS["gaussian_sxy"],
+    gaussian_compat=DEFAULTS["gaussian_compat"],
+    bilateral_sxy=DEFAULTS["bilateral_sxy"],
+    bilateral_srgb=DEFAULTS["bilateral_srgb"],
+    bilateral_compat=DEFAULTS["bilateral_compat"],
     n_labels=None,
     proba=None,
     temperature=1.0,
-    backend="pydensecrf",
-    device="auto",
+    backend=DEFAULTS["backend"],
+    device=DEFAULTS["device"],
 ):
     """Refine pixel labels against the image with a fully connected CRF.
 
@@ -609,19 +624,14 @@ def dense_crf(
     return values[best.reshape(height, width)].astype(np.int64, copy=False)
 
 
-#: Default ``max_pixels`` of :class:`CRFRefiner`: refinement runs on at most
-#: 1.5 megapixels (a 1500 x 1000 image, or 1224 x 1224), whatever the image size.
+#: Default ``max_pixels`` of :func:`refine_labels` and :class:`CRFRefiner`:
+#: refinement runs on at most 1.5 megapixels (a 1500 x 1000 image, or
+#: 1224 x 1224), whatever the image size.
 MAX_REFINE_PIXELS = 1_500_000
 
-# dense_crf's defaults (the paper's settings), for rescaling its spatial widths.
-_DENSE_CRF_DEFAULTS = {
-    name: p.default for name, p in inspect.signature(dense_crf).parameters.items()
-    if p.default is not inspect.Parameter.empty
-}
 
-
-def refine_labels(image, labels, *, method="crf", max_pixels=None, unary="hard",
-                  proba=None, **crf_params):
+def refine_labels(image, labels, *, method=DEFAULTS["method"], max_pixels=MAX_REFINE_PIXELS,
+                  unary=DEFAULTS["unary"], proba=None, **crf_params):
     """Turn patch labels into pixel labels at the image's full resolution.
 
     The three refinement variants of CLASP:
@@ -660,7 +670,7 @@ def refine_labels(image, labels, *, method="crf", max_pixels=None, unary="hard",
         Patch labels; the grid spans the whole image.
     method : {"crf", "nearest", "bilinear"}, default="crf"
         Refinement variant.
-    max_pixels : int or None, default=None
+    max_pixels : int or None, default=1_500_000
         Refine at most this many pixels (see above); ``None``: always at full
         resolution. Ignored by ``"nearest"``, which needs no working memory.
     unary : {"hard", "soft", "auto"}, default="hard"
@@ -739,7 +749,7 @@ def refine_labels(image, labels, *, method="crf", max_pixels=None, unary="hard",
             crf_params = dict(crf_params)
             for width_param in ("gaussian_sxy", "bilateral_sxy"):
                 crf_params[width_param] = crf_params.get(
-                    width_param, _DENSE_CRF_DEFAULTS[width_param]) / scale
+                    width_param, DEFAULTS[width_param]) / scale
     work_shape = rgb.shape[:2]
     if method == "bilinear":
         if work_shape[0] >= labels.shape[0] and work_shape[1] >= labels.shape[1]:
@@ -867,19 +877,19 @@ class CRFRefiner(RecordOutputMixin, TransformerMixin, BaseEstimator):
 
     def __init__(
         self,
-        method="crf",
-        n_iter=20,
-        gt_prob=0.8,
-        gaussian_sxy=4,
-        gaussian_compat=4,
-        bilateral_sxy=80,
-        bilateral_srgb=13,
-        bilateral_compat=10,
+        method=DEFAULTS["method"],
+        n_iter=DEFAULTS["n_iter"],
+        gt_prob=DEFAULTS["gt_prob"],
+        gaussian_sxy=DEFAULTS["gaussian_sxy"],
+        gaussian_compat=DEFAULTS["gaussian_compat"],
+        bilateral_sxy=DEFAULTS["bilateral_sxy"],
+        bilateral_srgb=DEFAULTS["bilateral_srgb"],
+        bilateral_compat=DEFAULTS["bilateral_compat"],
         n_jobs=None,
         max_pixels=MAX_REFINE_PIXELS,
-        unary="hard",
-        backend="pydensecrf",
-        device="auto",
+        unary=DEFAULTS["unary"],
+        backend=DEFAULTS["backend"],
+        device=DEFAULTS["device"],
     ):
         self.method = method
         self.n_iter = n_iter

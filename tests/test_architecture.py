@@ -99,3 +99,31 @@ def test_benchmarks_import_only_names_the_package_has(script):
                     except ImportError:
                         missing.append(f"{node.module}.{alias.name} (line {node.lineno})")
     assert missing == [], f"{script} imports names that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("function, estimator", [
+    ("sklearn_clasp.refine:dense_crf", "sklearn_clasp.refine:CRFRefiner"),
+    ("sklearn_clasp.refine:refine_labels", "sklearn_clasp.refine:CRFRefiner"),
+    ("sklearn_clasp.spectral:adaptive_spectral_clustering",
+     "sklearn_clasp.spectral:AdaptiveSpectralSegmenter"),
+    ("sklearn_clasp.spectral:cluster_features",
+     "sklearn_clasp.spectral:AdaptiveSpectralSegmenter"),
+    ("sklearn_clasp.affinity:cosine_affinity", "sklearn_clasp.affinity:CosineAffinity"),
+])
+def test_functional_form_and_estimator_default_alike(function, estimator):
+    """A setting means the same through the function and the estimator: one default."""
+    import importlib
+    import inspect
+
+    def load(spec):
+        module, name = spec.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def defaults(obj):
+        return {n: p.default for n, p in inspect.signature(obj).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    fn, est = defaults(load(function)), load(estimator)().get_params()
+    shared = sorted(set(fn) & set(est) - {"random_state"})
+    assert len(shared) >= 2, shared
+    assert {n: fn[n] for n in shared} == {n: est[n] for n in shared}

@@ -1028,6 +1028,23 @@ def test_bad_scheduler_addresses_fail_at_once_with_exit_2(image_dir, tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
+def test_scheduler_without_dask_installed_names_the_extra(image_dir, tmp_path, capsys,
+                                                          monkeypatch):
+    """One check of the address, for Python and the CLI; without Dask both name the extra."""
+    from sklearn_clasp import segment_collection
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    with pytest.raises(ImportError, match=r"scheduler 'tcp://127.0.0.1:1': needs Dask: pip "
+                                          r"install 'sklearn-clasp\[dask\]'"):
+        segment_collection(image_dir, tmp_path / "py", scheduler="tcp://127.0.0.1:1")
+    status = main(["segment", str(image_dir), "--out", str(tmp_path / "out"), *FAST,
+                   "--scheduler", "tcp://127.0.0.1:1"])
+    assert status == 2
+    assert _one_error_line(capsys.readouterr().err).endswith(
+        "--scheduler 'tcp://127.0.0.1:1': needs Dask: pip install 'sklearn-clasp[dask]'")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "py").exists()
+
+
 def test_output_directories_that_are_empty_or_hold_the_inputs_exit_2(image_dir, tmp_path,
                                                                     monkeypatch, capsys):
     """`--out .`, `--out INPUT` and `--out ""` dropped every input and exited 0 with

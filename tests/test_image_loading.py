@@ -428,8 +428,20 @@ def test_directory_and_fifo_are_refused_without_blocking(tmp_path):
     if not hasattr(os, "mkfifo"):
         pytest.skip("no named pipes on this platform")
     os.mkfifo(tmp_path / "pipe.png")  # opening it for reading would wait for a writer
-    with pytest.raises(ValueError, match="pipe.png: not a regular file"):
+    with pytest.raises(ValueError, match=r"pipe.png: not a regular file \(a named pipe"):
         load_image(tmp_path / "pipe.png")
+
+
+def test_socket_is_named_as_one(tmp_path):
+    """A socket cannot even be opened (ENXIO): it is still said to be a socket."""
+    socket = pytest.importorskip("socket")
+    if not hasattr(socket, "AF_UNIX"):
+        pytest.skip("no Unix sockets on this platform")
+    path = tmp_path / "s.png"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        with pytest.raises(ValueError, match=r"s.png: not a regular file \(a socket\)"):
+            load_image(path)
 
 
 @pytest.mark.parametrize("how", ["chmod", "simulated"])

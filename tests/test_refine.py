@@ -489,6 +489,22 @@ def test_bounded_shape_is_bounded_and_keeps_the_aspect_ratio(shape):
         assert h / w == pytest.approx(shape[0] / shape[1], rel=0.02)
 
 
+def test_refine_labels_bounds_the_resolution_by_default_as_the_refiner_does(monkeypatch):
+    """One default for one setting: refine_labels, like CRFRefiner, refines at most
+    MAX_REFINE_PIXELS (it refined a 100-megapixel image at full size)."""
+    from sklearn_clasp import refine
+
+    seen = []
+    monkeypatch.setattr(refine, "upsample_labels",
+                        lambda labels, shape, **kw: seen.append(shape) or np.zeros(shape, int))
+    image = np.zeros((2000, 1000, 3), np.uint8)
+    mask = refine_labels(image, np.array([[0, 1]]), method="bilinear")
+    assert mask.shape == (2000, 1000) and seen == [refine.bounded_shape(2000, 1000, 1_500_000)]
+    seen.clear()
+    refine_labels(image, np.array([[0, 1]]), method="bilinear", max_pixels=None)
+    assert seen == [(2000, 1000)]
+
+
 @pytest.mark.slow
 def test_refine_at_bounded_resolution(monkeypatch):
     from sklearn_clasp import refine

@@ -433,7 +433,7 @@ def segment_collection(
         raise ValueError("segment_collection: out_dir is empty; give the output directory "
                          "('.' for the current one).")
     if scheduler is not None:
-        scheduler = _checked_scheduler(scheduler)
+        scheduler = check_scheduler_address(scheduler)
     if pipeline is None:
         from ..pipeline import make_clasp_pipeline
 
@@ -486,21 +486,6 @@ def segment_collection(
     if stopped is not None:
         raise RunStoppedError(stopped, report)
     return report
-
-
-def _checked_scheduler(scheduler):
-    """The scheduler address, checked before any work (see check_scheduler_address)."""
-    try:
-        return check_scheduler_address(scheduler)
-    except ImportError:
-        raise ImportError("segment_collection: scheduler= needs Dask: pip install "
-                          "'sklearn-clasp[dask]'") from None
-    except ValueError as exc:
-        raise ValueError(f"segment_collection: {exc}") from None
-    except ConnectionError as exc:
-        raise ConnectionError(
-            f"segment_collection: cannot connect to the Dask scheduler at {scheduler!r}: "
-            f"{exc}. Check the address and that the scheduler is running.") from None
 
 
 def _collection(inputs, out_dir):

@@ -441,13 +441,22 @@ def check_scheduler_address(address):
 
     Raises
     ------
+    ImportError
+        If Dask's ``distributed`` is not installed.
     ValueError
         If the address is malformed (unknown scheme, bad port).
     ConnectionError
         If the host does not resolve or the port refuses connections.
+
+    Every message starts with ``scheduler <address>:``, the setting's name.
     """
     import socket
 
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ImportError(f"scheduler {address!r}: needs Dask: pip install "
+                          f"'sklearn-clasp[dask]'") from None
     from distributed.comm import parse_address
     from distributed.comm.addressing import parse_host_port
     from distributed.comm.registry import backends
@@ -474,15 +483,17 @@ def check_scheduler_address(address):
                          f"scheduler listens on 8786 by default)")
     if scheme == "tls":
         return f"{scheme}://{location}"
+    cannot = f"scheduler {address!r}: cannot connect to the Dask scheduler"
+    fix = "Check the address and that the scheduler is running."
     try:
         with socket.create_connection((host, port), timeout=_connect_timeout()):
             pass
     except ConnectionRefusedError:
-        raise ConnectionError(f"nothing listens at {host}:{port} (connection refused)") \
-            from None
+        raise ConnectionError(f"{cannot}: nothing listens at {host}:{port} (connection "
+                              f"refused). {fix}") from None
     except socket.gaierror as exc:
-        raise ConnectionError(f"the host {host!r} does not resolve ({exc.strerror or exc})") \
-            from None
+        raise ConnectionError(f"{cannot}: the host {host!r} does not resolve "
+                              f"({exc.strerror or exc}). {fix}") from None
     except OSError:
         pass  # a timeout or an unreachable network: the client's own connect says more
     return f"{scheme}://{location}"

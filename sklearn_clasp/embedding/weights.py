@@ -36,7 +36,6 @@ corroborated by at least one other project pinning the same file).
 from __future__ import annotations
 
 import collections
-import errno
 import io
 import logging
 import math
@@ -44,7 +43,6 @@ import os
 import pickle
 import re
 import socket
-import stat
 import sys
 import threading
 import urllib.error
@@ -58,7 +56,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..io import open_regular, sha256_of_stream
+from ..io import open_regular, refusal, sha256_of_stream
 from ._vit import MODEL_CONFIGS, build_dinov2
 
 __all__ = [
@@ -252,20 +250,6 @@ def _handle_sha256(fh):
     return digest
 
 
-# what a path that is not a regular file is, for the message
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _file_kind(mode):
-    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
-
-
 def _not_regular_error(label, kind, path, model):
     if kind == "a directory":
         if model is not None:
@@ -290,29 +274,9 @@ def _open_weights(path, label, *, model=None, missing_hint=""):
     a named pipe or a device is refused before anything is read from it.
     """
     path = os.fspath(path)
-
-    def refuse(error, target, mode):
-        if mode is not None:
-            return _not_regular_error(label, _file_kind(mode), path, model)
-        if target is not None:
-            return WeightsUnavailableError(
-                f"{label}: broken symbolic link (its target {target!r} does not "
-                f"exist).{missing_hint}"
-            )
-        if isinstance(error, FileNotFoundError):
-            return WeightsUnavailableError(f"{label}: no such file.{missing_hint}")
-        if isinstance(error, PermissionError):
-            return PermissionError(
-                errno.EACCES, f"{label}: permission denied reading the file. Make it readable "
-                              f"(e.g. chmod u+r) or pass another file.")
-        try:  # a socket (ENXIO), a link loop (ELOOP), ...
-            kind = _file_kind(os.stat(path).st_mode)
-        except OSError:
-            kind = None
-        if kind is not None and kind != "not a regular file":
-            return _not_regular_error(label, kind, path, model)
-        return OSError(error.errno, f"{label}: cannot be opened ({error.strerror or error})")
-
+    refuse = refusal(label, "file", not_regular=lambda kind: _not_regular_error(
+        label, kind, path, model), fix="pass another file", missing=WeightsUnavailableError,
+        hint=missing_hint)
     return open_regular(path, refuse)[0]
 
 
