@@ -255,25 +255,9 @@ def parse_value(text, setting, *, where=None):
 
 def check_value(value, setting, *, shown=None, where=None):
     """``value`` if the setting's constraints allow it, else a UsageError naming the option."""
-    from sklearn.utils._param_validation import (
-        InvalidParameterError,
-        validate_parameter_constraints,
-    )
+    from .pipeline import setting_problem
 
-    need = None  # what the value must be, if it is not
-    try:
-        validate_parameter_constraints({setting.name: list(setting.constraints)},
-                                       {setting.name: value}, caller_name=setting.flag)
-    except InvalidParameterError as exc:
-        found = re.search(r"must be (.*)\. Got", str(exc))
-        need = found.group(1) if found else str(exc)
-    if need is None and (setting.name == "device" or setting.name.endswith("__device")):
-        from .device import check_device  # a device is a str the constraints cannot check
-
-        try:
-            check_device(value, allow_none=None in setting.constraints)
-        except ValueError as exc:
-            need = re.search(r"must be (.*)\.$", str(exc)).group(1)
+    need = setting_problem(setting.name, setting.constraints, value)
     if need is not None:
         raise UsageError(f"{where or setting.flag} {shown if shown is not None else value!r}: "
                          f"must be {need}") from None

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import warnings
 from numbers import Integral, Real
@@ -30,7 +31,14 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils import get_tags
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
+from sklearn.utils._param_validation import (
+    HasMethods,
+    Interval,
+    InvalidParameterError,
+    StrOptions,
+    validate_parameter_constraints,
+    validate_params,
+)
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
@@ -45,7 +53,9 @@ __all__ = [
     "ALIASES",
     "STEP_NAMES",
     "ClaspPipeline",
+    "check_pipeline_settings",
     "clasp_one",
+    "setting_problem",
     "embedder_class",
     "fitted_embedder",
     "make_clasp_pipeline",
@@ -563,6 +573,80 @@ def _check_pipeline(pipeline, who):
             f"refiner that returns one mask per image; see make_clasp_pipeline); got "
             f"{type(pipeline).__name__}."
         )
+
+
+def setting_problem(name, constraints, value):
+    """What a setting's value must be, if ``value`` is not allowed; else ``None``.
+
+    The constraints are the estimator's ``_parameter_constraints`` entry; a
+    ``device`` setting is also checked against the devices there are
+    (:func:`~sklearn_clasp.device.check_device`), which the constraint types
+    cannot express.
+
+    Parameters
+    ----------
+    name : str
+        The setting's name (``"refine__n_iter"``).
+    constraints : list
+        Its constraints.
+    value : object
+        The value.
+
+    Returns
+    -------
+    need : str or None
+        For example ``"an int in the range [0, 1000]"``.
+
+    Examples
+    --------
+    >>> from sklearn_clasp.refine import CRFRefiner
+    >>> setting_problem("refine__n_iter", CRFRefiner._parameter_constraints["n_iter"], -1)
+    'an int in the range [0, 1000]'
+    """
+    try:
+        validate_parameter_constraints({name: list(constraints)}, {name: value},
+                                       caller_name=name)
+    except InvalidParameterError as exc:
+        found = re.search(r"must be (.*)\. Got", str(exc))
+        return found.group(1) if found else str(exc)
+    if name == "device" or name.endswith("__device"):
+        from .device import check_device
+
+        try:
+            check_device(value, allow_none=None in constraints)
+        except ValueError as exc:
+            return re.search(r"must be (.*)\.$", str(exc)).group(1)
+    return None
+
+
+def check_pipeline_settings(pipeline, who):
+    """Check every step's settings at once, before any work; the error names the setting.
+
+    What each step's ``fit`` would refuse for one image, refused once for a
+    whole collection.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+        A CLASP pipeline.
+    who : str
+        The caller, as the message starts.
+
+    Raises
+    ------
+    InvalidParameterError
+        A ``ValueError`` naming the first setting whose value is not allowed.
+    """
+    for step_name, step in pipeline.steps:
+        constraints = getattr(step, "_parameter_constraints", {})
+        for param, value in step.get_params(deep=False).items():
+            if param not in constraints:
+                continue
+            need = setting_problem(f"{step_name}__{param}", constraints[param], value)
+            if need is not None:
+                raise InvalidParameterError(
+                    f"{who}: {step_name}__{param}={value!r}: must be {need}. Change it "
+                    f"with pipeline.set_params({step_name}__{param}=...).")
 
 
 def fitted_embedder(pipeline):

@@ -34,7 +34,7 @@ from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
-from .device import n_jobs_constraints, resolve_device, torch_threads
+from .device import check_device, n_jobs_constraints, resolve_device, torch_threads
 from .image import (
     as_rgb_uint8,
     bounded_shape,
@@ -545,7 +545,8 @@ def dense_crf(
         Which implementation runs the inference.
     device : {"auto", "cpu", "cuda"} or "cuda:<index>", default="auto"
         Where the ``"torch"`` backend runs; ``"auto"`` picks CUDA when
-        available. Ignored by ``"pydensecrf"``.
+        available. ``"pydensecrf"`` does not use it, but a value that is no
+        device (``"gpu"``) is refused with either backend.
 
     Returns
     -------
@@ -578,6 +579,7 @@ def dense_crf(
             "dense_crf needs either labels (hard unaries) or proba (soft "
             "unaries), not " + ("both." if labels is not None else "neither.")
         )
+    check_device(device, name="dense_crf: device", allow_none=False)
     if backend == "torch":
         _torch_device(device)  # a bad device fails before any work
     if proba is None:
@@ -834,7 +836,8 @@ class CRFRefiner(RecordOutputMixin, TransformerMixin, BaseEstimator):
         PyTorch (see :func:`dense_crf` and ``docs/refine.md``).
     device : {"auto", "cpu", "cuda"} or "cuda:<index>", default="auto"
         Where the ``"torch"`` backend runs; ``"auto"`` picks CUDA when
-        available. Ignored by ``"pydensecrf"``.
+        available. ``"pydensecrf"`` does not use it, but a value that is no
+        device (``"gpu"``) is refused with either backend.
 
     See Also
     --------
@@ -1020,7 +1023,8 @@ class CRFRefiner(RecordOutputMixin, TransformerMixin, BaseEstimator):
         return self
 
     def _check_device(self):
-        """A bad ``device`` fails here, before any image is refined."""
+        """A bad ``device`` fails here, before any image is refined (whatever the backend)."""
+        check_device(self.device, name="CRFRefiner: device", allow_none=False)
         if self.method == "crf" and self.backend == "torch":
             try:
                 _torch_device(self.device)

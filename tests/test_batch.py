@@ -865,3 +865,20 @@ def test_a_worker_killed_early_costs_nothing_and_the_run_goes_on(tmp_path):
     assert _listing(tmp_path / "out") == _expected_files([f"img{i}" for i in range(12)])
     attempts = {r["name"]: r["attempts"] for r in report.results}
     assert attempts["img2"] == 2 and min(attempts.values()) == 1
+
+
+@pytest.mark.parametrize("setting, value, need", [
+    ("refine__n_iter", -1, "an int in the range [0, 1000]"),
+    ("segment__device", "gpu", "None, 'auto', 'cpu', 'cuda' or 'cuda:<index>'"),
+    ("refine__device", "gpu", "'auto', 'cpu', 'cuda' or 'cuda:<index>'"),
+])
+def test_a_bad_setting_fails_once_before_any_image(tmp_path, setting, value, need):
+    """It failed every image, one message each (10,000 for 10,000 images): now it
+    is refused once, naming the setting, and nothing is written."""
+    _write_images(tmp_path / "in", 2)
+    pipe = make_clasp_pipeline("handcrafted", random_state=0).set_params(**{setting: value})
+    with pytest.raises(ValueError) as err:
+        segment_collection(tmp_path / "in", tmp_path / "out", pipeline=pipe)
+    assert str(err.value) == (f"segment_collection: {setting}={value!r}: must be {need}. "
+                              f"Change it with pipeline.set_params({setting}=...).")
+    assert not (tmp_path / "out").exists()

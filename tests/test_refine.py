@@ -728,9 +728,13 @@ def test_torch_device_choice_and_errors():
             dense_crf(image, labels, backend="torch", device="cuda")
         with pytest.raises(ValueError, match="CRFRefiner: .*CUDA is not available"):
             CRFRefiner(backend="torch", device="cuda").fit([(image, labels[:3, :3])])
-    # the pydensecrf backend ignores the device
-    np.testing.assert_array_equal(dense_crf(image, labels, device="gpu"),
+    # the pydensecrf backend does not use the device, but no backend takes a non-device
+    np.testing.assert_array_equal(dense_crf(image, labels, device="cuda:7"),
                                   dense_crf(image, labels))
+    with pytest.raises(ValueError, match="dense_crf: device='gpu' is not supported"):
+        dense_crf(image, labels, device="gpu")
+    with pytest.raises(ValueError, match="CRFRefiner: device='gpu' is not supported"):
+        CRFRefiner(device="gpu").fit([(image, labels[:3, :3])])
     with pytest.raises(InvalidParameterError, match="backend"):
         dense_crf(image, labels, backend="cuda")
     with pytest.raises(InvalidParameterError, match="backend"):

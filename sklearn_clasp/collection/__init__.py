@@ -41,7 +41,7 @@ from ..io import (
     find_images,
     is_inside,
 )
-from ..pipeline import pipeline_settings, settings_hash
+from ..pipeline import check_pipeline_settings, pipeline_settings, settings_hash
 from .engine import (
     Job,
     OutputNotSharedError,
@@ -444,6 +444,7 @@ def segment_collection(
             f"(embedder, segmenter, refiner), e.g. make_clasp_pipeline('dinov2'); got "
             f"{len(pipeline.steps)} step(s)."
         )
+    check_pipeline_settings(pipeline, "segment_collection")
     out_dir = Path(os.path.abspath(out_dir))
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"segment_collection: out_dir {str(out_dir)!r} exists and is "
