@@ -386,6 +386,16 @@ def summarize_half(tag, rows):
             fixed[(kind, k)] = float(np.mean([r[kind][str(k)][key] if str(k) in r[kind]
                                                else r[kind][k][key] for r in rows]))
     best_fixed = max(fixed.items(), key=lambda kv: kv[1])
+    # The per-image oracle: K picked with the labels, image by image (K = 2..12),
+    # the most that any rule choosing K for these features and clusterers could reach.
+    oracle = {}
+    for kind in ("fixed_kmeans", "fixed_ours"):
+        per_k = np.array([[r[kind][str(k)][key] if str(k) in r[kind] else r[kind][k][key]
+                           for k in FIXED_KS] for r in rows])
+        best_k = np.array(FIXED_KS)[per_k.argmax(axis=1)]
+        oracle[kind] = {"score": float(per_k.max(axis=1).mean()),
+                        "k_median": float(np.median(best_k)),
+                        "rho": float(spearmanr(best_k, truth_k).correlation)}
     rules = {}
     for cand in CANDIDATES:
         res = [r["rules"][cand] for r in rows]
@@ -404,7 +414,7 @@ def summarize_half(tag, rows):
         rules[cand] = s
     return {"key": key, "fixed": {f"{kind} K={k}": v for (kind, k), v in fixed.items()},
             "best_fixed": (f"{best_fixed[0][0]} K={best_fixed[0][1]}", best_fixed[1]),
-            "rules": rules, "n": len(rows)}
+            "oracle": oracle, "rules": rules, "n": len(rows)}
 
 
 def decide(summary, speed, planted, sk, synth=None):
@@ -450,6 +460,10 @@ def print_report(summary, synth=None, speed=None, sk=None):
         print("\n| fixed K | " + " | ".join(str(k) for k in FIXED_KS) + " |")
         print("|---|" + "---|" * len(FIXED_KS))
         print(f"| k-means | {row_km} |\n| ours, k_min = k_max = K | {row_ours} |")
+        print("\nPer-image oracle (K picked with the labels, image by image, K = 2..12): "
+              + "; ".join(f"{kind.replace('fixed_', '')} {o['score']:.3f} (median K "
+                          f"{o['k_median']:g}, rho(K, regions) {o['rho']:.2f})"
+                          for kind, o in s["oracle"].items()))
 
 
 def figure(rows_by_part, path):
