@@ -935,8 +935,9 @@ def pipeline_from_settings(settings, *, memory=None):
                     f" the settings of embed={embedder!r} are "
                     f"{', '.join('embed__' + k for k in sorted(valid_embed))}")
             raise ValueError(f"embed__{key} does not apply to embed={embedder!r}:{hint}.")
-    if "device" in embed_params:  # the embedder's own, set after the pipeline's
-        params["embed__device"] = embed_params.pop("device")
+    for key in ("device", "random_state", "memory"):  # the embedder's own, set after the
+        if key in embed_params:  # pipeline-wide keywords of the same name
+            params[f"embed__{key}"] = embed_params.pop(key)
     pipe = make_clasp_pipeline(embedder, paper=paper, random_state=random_state,
                                device=device, memory=memory, **embed_params)
     valid = pipe.get_params()

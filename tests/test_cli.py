@@ -1110,3 +1110,72 @@ def test_explain_names_the_image_once(image_dir, tmp_path, capsys):
             captured
         if status == 0:
             assert captured.out.count(str(out)) == 1
+
+
+def _other_value(setting, tmp_path):
+    """A value of ``setting`` other than its default that its constraints allow, and its text."""
+    from numbers import Integral
+
+    from sklearn.utils._param_validation import Interval, StrOptions
+
+    c, default = setting.constraints, setting.default
+    name = setting.name.split("__", 1)[1]
+    if name == "device":
+        return "cpu" if default != "cpu" else "auto"
+    if name == "memory":
+        return str(tmp_path / "feature-cache")
+    if name in ("weights", "weights_sha256"):
+        return "random" if name == "weights" else "b" * 64
+    for x in c:
+        if isinstance(x, StrOptions):
+            return sorted(x.options - {default, "auto"} if x.options - {default, "auto"}
+                          else x.options - {default})[0]
+    if "boolean" in c:
+        return not default
+    if "random_state" in c:
+        return 11
+    for x in c:
+        if isinstance(x, Interval):
+            lo = x.left if x.left is not None else 0
+            candidate = (lo + 1 if x.type is Integral else lo + 0.5) if default is None \
+                else (default + 1 if x.type is Integral else default * 0.5)
+            if x.right is not None and candidate > x.right:
+                candidate = x.left if x.type is Integral else (x.left + x.right) / 2
+            if candidate != default:
+                return candidate
+    if Integral in c:
+        return (default or 0) - 1
+    raise AssertionError(f"no other value for {setting.name}")
+
+
+def _every_pipeline_setting():
+    from sklearn_clasp.cli import pipeline_setting_specs
+
+    return [pytest.param(s, id=s.name + (f"[{s.embedder}]" if s.embedder else ""))
+            for s in pipeline_setting_specs()]
+
+
+@pytest.mark.parametrize("setting", _every_pipeline_setting())
+@pytest.mark.parametrize("source", ["flag", "toml"])
+def test_every_pipeline_setting_alone_reaches_its_parameter(setting, source, image_dir,
+                                                            tmp_path, captured):
+    """Generated from the estimators: each setting, given alone on the command line or in a
+    config file, reaches its parameter (--embed-random-state and --embed-memory crashed)."""
+    value = _other_value(setting, tmp_path)
+    embedder = setting.embedder or "handcrafted"
+    text = "none" if value is None else str(value).lower() if isinstance(value, bool) \
+        else str(value)
+    if source == "flag":
+        extra = [setting.flag, text]
+    else:
+        config = tmp_path / "c.toml"
+        step, key = setting.name.split("__", 1)
+        literal = repr(value).lower() if isinstance(value, bool) else (
+            f'"{value}"' if isinstance(value, str) else repr(value))
+        config.write_text(f'embedder = "{embedder}"\n[{step}]\n{key} = {literal}\n')
+        extra = ["--config", str(config)]
+    argv = ["segment", str(image_dir), "--out", str(tmp_path / "o"), *extra]
+    if source == "flag":
+        argv += ["--embedder", embedder]
+    assert main(argv) == 0, setting.name
+    assert captured["pipeline"].get_params()[setting.name] == value

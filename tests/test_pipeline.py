@@ -438,3 +438,27 @@ def test_clone_get_params_set_params_round_trip():
     assert pipe.named_steps["segment"].k_max == 9  # the original is untouched
     with pytest.raises(ValueError, match="segment__k_maxx|Invalid parameter"):
         twin.set_params(segment__k_maxx=3)
+
+
+@pytest.mark.parametrize("embedder, extra", [
+    ("dinov2", {"embed__weights": "random", "embed__random_state": 5}),
+    ("handcrafted", {"embed__memory": "feature-cache"}),
+])
+def test_settings_round_trip_with_the_embedders_own_random_state_and_memory(embedder, extra,
+                                                                          tmp_path):
+    """Every DINOv2 record has embed__random_state: fed back, it failed with "got multiple
+    values for keyword argument 'random_state'" (and embed__memory with 'memory')."""
+    from sklearn_clasp.pipeline import pipeline_from_settings, pipeline_settings
+
+    extra = {k: str(tmp_path / v) if k.endswith("memory") else v for k, v in extra.items()}
+    pipe = make_clasp_pipeline(embedder, random_state=0).set_params(**extra)
+    settings = pipeline_settings(pipe)
+    assert pipeline_settings(pipeline_from_settings(settings)) == settings
+    rebuilt = pipeline_from_settings({**settings, **extra})  # memory is not a setting
+    for key, value in extra.items():
+        assert rebuilt.get_params()[key] == value
+    if embedder == "dinov2":  # the embedder's own random_state wins over the pipeline-wide
+        both = pipeline_from_settings({"embed": embedder, "random_state": 3,
+                                       "embed__random_state": None})
+        assert both.get_params()["segment__random_state"] == 3
+        assert both.get_params()["embed__random_state"] is None
