@@ -643,12 +643,12 @@ def _special_specs():
     }
 
 
-def _resolve(args, *, run=True):
+def _resolve(args):
     """Settings from config file < command line, each checked; ``(pipeline, run)`` dicts."""
-    options = load_config(args.config, run=run) if getattr(args, "config", None) else {}
+    options = load_config(args.config) if getattr(args, "config", None) else {}
     specs = {s.name: s for s in pipeline_setting_specs()}
     specs.update(_special_specs())
-    run_specs = {s.name: s for s in run_setting_specs()} if run else {}
+    run_specs = {s.name: s for s in run_setting_specs()}
     aliases = _alias_help()
     for key, value in vars(args).items():
         if value is None or value == [] or key in ("func", "config", "command", "verbose",
@@ -1106,6 +1106,9 @@ def run_weights(args):
     lines.append(f"and are otherwise downloaded into {Path(env).expanduser() if env else hub}")
     lines.append("(or give any file with --embed-weights PATH).")
     status = EXIT_OK
+    if args.model is not None and args.model not in W.OFFICIAL_WEIGHTS:
+        raise UsageError(f"--model {args.model!r}: must be one of "
+                         f"{', '.join(W.OFFICIAL_WEIGHTS)}")
     models = [args.model] if args.model else list(W.OFFICIAL_WEIGHTS)
     for model in models:
         info = W.OFFICIAL_WEIGHTS[model]
@@ -1148,13 +1151,24 @@ def run_weights(args):
 
 def run_explain(args):
     """``clasp explain``; returns the exit status."""
-    from .explain import explain_figure
+    from .explain import check_figure_output, explain_figure
 
-    settings, _ = _resolve(args, run=False)
+    settings, _ = _resolve(args)  # a shared config file: its run settings are ignored
     image = args.image
+    if image.is_dir():
+        raise UsageError(f"{image}: is a directory, not an image file; clasp explain explains "
+                         f"one image (pass a file in it)")
     if not image.is_file():
         raise UsageError(f"{image}: no such image file")
     out = args.out if args.out is not None else Path(f"{image.stem}_explain.png")
+    try:  # before the image is segmented
+        check_figure_output(args.dpi)
+    except ValueError as exc:
+        raise UsageError(f"--dpi {args.dpi}: {str(exc).split(': ', 1)[1]}") from None
+    try:
+        check_figure_output(args.dpi, out)
+    except ValueError as exc:
+        raise UsageError(f"--out {exc}") from None
     pipeline = build_pipeline(settings)
     _load_embedder(pipeline)
     try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import numpy as np
 from sklearn.base import clone
@@ -33,8 +34,8 @@ from sklearn.utils._param_validation import StrOptions, validate_params
 from .records import PatchGrid
 from .spectral import eigengap_scores
 
-__all__ = ["eigengap_scores", "explain_reason", "one_segment_reason", "plot_explanation",
-           "explain_figure"]
+__all__ = ["MAX_DPI", "check_figure_output", "eigengap_scores", "explain_reason",
+           "one_segment_reason", "plot_explanation", "explain_figure"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +116,11 @@ def _scores(raw):
 @validate_params(
     {
         "info": [dict],
-        "eigengap_rule": [StrOptions(set(_RULE_NAMES))],
+        "eigengap_rule": [StrOptions(set(_RULE_NAMES)), None],
     },
     prefer_skip_nested_validation=True,
 )
-def explain_reason(info, *, eigengap_rule="relative"):
+def explain_reason(info, *, eigengap_rule=None):
     """One line saying which K was chosen and why.
 
     Parameters
@@ -128,8 +129,9 @@ def explain_reason(info, *, eigengap_rule="relative"):
         The segmenter's diagnostics (``record.info`` after the ``segment``
         step): ``n_clusters``, ``eigengap_k``, ``k_selection``, ``k_scores``,
         ``silhouette_scores``, ``single_segment`` and ``single_segment_test``.
-    eigengap_rule : {"relative", "largest", "elbow", "entropy"}, default="relative"
-        The rule the segmenter used (its ``eigengap_rule``).
+    eigengap_rule : {"relative", "largest", "elbow", "entropy"}, default=None
+        The rule the segmenter used (its ``eigengap_rule``). ``None``: the
+        one recorded in ``info["eigengap_rule"]``, else ``"relative"``.
 
     Returns
     -------
@@ -150,6 +152,7 @@ def explain_reason(info, *, eigengap_rule="relative"):
     k = int(info.get("n_clusters", 0))
     if info.get("single_segment"):
         return f"K = {k} (one segment): {one_segment_reason(info)}"
+    eigengap_rule = eigengap_rule or info.get("eigengap_rule", "relative")
     head = f"K = {k}: {_RULE_NAMES[eigengap_rule]} gives K0 = {info.get('eigengap_k')}"
     selection = info.get("k_selection", "silhouette")
     if selection == "eigengap":
@@ -186,13 +189,58 @@ def _check_record(record, mask):
     return mask
 
 
+#: Largest ``dpi`` of the figures: the default 13 x 8 inch figure is then about
+#: 100 megapixels (400 MB to draw).
+MAX_DPI = 1000
+
+
+def check_figure_output(dpi, path=None):
+    """Check a figure's ``dpi`` (and the format of the file ``path``) before drawing it.
+
+    Parameters
+    ----------
+    dpi : int
+        Resolution, 1 to :data:`MAX_DPI`.
+    path : path-like, default=None
+        Where the figure will be saved; its suffix must name a format
+        matplotlib writes (``.png``, ``.pdf``, ``.svg``, ...).
+
+    Raises
+    ------
+    ValueError
+        Naming ``dpi`` or the file, with what is allowed.
+
+    Examples
+    --------
+    >>> check_figure_output(100, "why.png")
+    >>> check_figure_output(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: dpi=0: must be an int in the range [1, 1000].
+    """
+    from numbers import Integral
+
+    if isinstance(dpi, bool) or not isinstance(dpi, Integral) or not 1 <= dpi <= MAX_DPI:
+        raise ValueError(f"dpi={dpi!r}: must be an int in the range [1, {MAX_DPI}].")
+    if path is not None:
+        from matplotlib.figure import Figure
+
+        formats = Figure().canvas.get_supported_filetypes()
+        suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+        if suffix not in formats:
+            what = (f"'.{suffix}' is not a figure format matplotlib writes" if suffix else
+                    "the name has no suffix to tell the figure format")
+            raise ValueError(f"{os.fspath(path)}: {what}; end the name with one of "
+                             f"{', '.join('.' + f for f in sorted(formats))}.")
+
+
 def plot_explanation(
     record,
     mask,
     *,
-    eigengap_rule="relative",
-    beta=0.5,
-    spectrum="affinity",
+    eigengap_rule=None,
+    beta=None,
+    spectrum=None,
     refine="crf",
     figsize=(13.0, 8.0),
     dpi=100,
@@ -207,13 +255,17 @@ def plot_explanation(
         returns it.
     mask : array-like of shape (H, W)
         The refined mask of the same image.
-    eigengap_rule : {"relative", "largest", "elbow", "entropy"}, default="relative"
-        The segmenter's rule (for the bars and the title).
-    beta : float, default=0.5
-        The segmenter's search width (for the shaded search range).
-    spectrum : {"affinity", "normalized"}, default="affinity"
+    eigengap_rule : {"relative", "largest", "elbow", "entropy"}, default=None
+        The segmenter's rule (for the bars and the title). ``None``: the one
+        the record was segmented with (``info["eigengap_rule"]``), else
+        ``"relative"``.
+    beta : float, default=None
+        The segmenter's search width (for the shaded search range). ``None``:
+        ``info["beta"]``, else 0.5.
+    spectrum : {"affinity", "normalized"}, default=None
         Which matrix the eigenvalues are of (the segmenter's ``spectrum``),
-        for the panel's title.
+        for the panel's title. ``None``: ``info["spectrum"]``, else
+        ``"affinity"``.
     refine : str, default="crf"
         The refinement method, for the last panel's title.
     figsize : tuple of float, default=(13.0, 8.0)
@@ -232,8 +284,15 @@ def plot_explanation(
 
     from .visualize import color_labels, overlay
 
+    check_figure_output(dpi)
     mask = _check_record(record, mask)
     info = record.info
+    if eigengap_rule is None:
+        eigengap_rule = info.get("eigengap_rule", "relative")
+    if beta is None:
+        beta = info.get("beta", 0.5)
+    if spectrum is None:
+        spectrum = info.get("spectrum", "affinity")
     H, W = record.image.shape[:2]
     h, w = record.grid_shape
     k = int(info.get("n_clusters", int(record.labels.max()) + 1))
@@ -402,10 +461,5 @@ def explain_figure(image, pipeline=None, *, figsize=(13.0, 8.0), dpi=100):
         )
     (record,) = fitted_embedder(pipeline).transform([image])
     mask, record = clasp_one(clone(pipeline), record)  # the pipeline passed in is kept
-    seg = pipeline.named_steps["segment"].get_params()
     refine = pipeline.steps[-1][1].get_params().get("method", "refined")
-    return plot_explanation(
-        record, mask,
-        eigengap_rule=seg.get("eigengap_rule", "relative"), beta=seg.get("beta", 0.5),
-        spectrum=seg.get("spectrum", "affinity"), refine=refine, figsize=figsize, dpi=dpi,
-    )
+    return plot_explanation(record, mask, refine=refine, figsize=figsize, dpi=dpi)

@@ -906,6 +906,50 @@ def test_explain_default_name_and_errors(image_dir, tmp_path, monkeypatch, capsy
     assert "not a readable image" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--out", "why.xyz"], "--out why.xyz: '.xyz' is not a figure format matplotlib writes; "
+                           "end the name with one of "),
+    (["--out", "why"], "--out why: the name has no suffix to tell the figure format"),
+    (["--dpi", "0"], "--dpi 0: must be an int in the range [1, 1000]"),
+    (["--dpi", "100000"], "--dpi 100000: must be an int in the range [1, 1000]"),
+])
+def test_explain_checks_its_output_before_segmenting(image_dir, tmp_path, monkeypatch, capsys,
+                                                      args, message):
+    """A traceback after the image was segmented (an unknown suffix), "Singular matrix"
+    blamed on the image (--dpi 0), or std::bad_alloc (--dpi 100000)."""
+    from sklearn_clasp import explain
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(explain, "explain_figure", lambda *a, **k: pytest.fail("segmented"))
+    assert main(["explain", str(image_dir / "a.png"), *args, *FAST]) == 2
+    assert message in _one_error_line(capsys.readouterr().err, "explain")
+    assert list(tmp_path.iterdir()) == [image_dir]
+
+
+def test_explain_a_directory_and_a_shared_config_file(image_dir, tmp_path, capsys):
+    assert main(["explain", str(image_dir), *FAST]) == 2
+    assert _one_error_line(capsys.readouterr().err, "explain").endswith(
+        f"{image_dir}: is a directory, not an image file; clasp explain explains one image "
+        f"(pass a file in it)")
+    config = tmp_path / "clasp.toml"  # the shared file of docs/cli.md, run settings included
+    config.write_text(f'inputs = ["{image_dir}"]\nout_dir = "{tmp_path / "out"}"\n'
+                      f'n_jobs = 1\nembedder = "handcrafted"\nk_max = 6\n')
+    fig = tmp_path / "fig.png"
+    assert main(["explain", str(image_dir / "a.png"), "--config", str(config), "--out",
+                 str(fig), "--dpi", "30", "-q"]) == 0
+    assert fig.is_file() and not (tmp_path / "out").exists()
+    config.write_text("n_jobs = 100000\n")  # checked all the same
+    assert main(["explain", str(image_dir / "a.png"), "--config", str(config)]) == 2
+
+
+def test_weights_unknown_model_is_a_usage_error(capsys):
+    assert main(["weights", "--model", "foo"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "weights")
+    assert line.endswith("--model 'foo': must be one of dinov2_vits14, dinov2_vits14_reg, "
+                         "dinov2_vitb14, dinov2_vitb14_reg, dinov2_vitl14, dinov2_vitl14_reg, "
+                         "dinov2_vitg14, dinov2_vitg14_reg")
+
+
 # --------------------------------------------------------------------------
 # python -m sklearn_clasp
 # --------------------------------------------------------------------------
@@ -947,9 +991,9 @@ def test_report_writes_the_page_of_a_run(image_dir, tmp_path, capsys):
 # --------------------------------------------------------------------------
 
 
-def _one_error_line(err):
+def _one_error_line(err, command="segment"):
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("clasp segment: error: "), err
+    assert len(lines) == 1 and lines[0].startswith(f"clasp {command}: error: "), err
     assert "Traceback" not in err
     return lines[0]
 

@@ -151,6 +151,24 @@ def test_plot_explanation_one_segment():
     assert fig.axes[4].get_title() == "refined mask (crf, 1 segment)"
 
 
+def test_the_figure_draws_the_rule_the_record_was_segmented_with(tmp_path):
+    """plot_explanation(record, mask) titled a PAPER_SETTINGS record with the relative rule
+    and put the winning gap at i = 1 against K0 = 3."""
+    from sklearn_clasp.datasets import make_shapes_image
+    from sklearn_clasp.pipeline import clasp_one
+
+    image, _ = make_shapes_image(112, 112, n_shapes=3, random_state=0)
+    pipe = make_clasp_pipeline("handcrafted", random_state=0, short_side=None, paper=True)
+    mask, record = clasp_one(pipe, image)
+    assert record.info["eigengap_rule"] == "elbow" and record.info["beta"] == 0.5
+    fig = plot_explanation(record, mask, dpi=30)
+    assert "eigengap elbow gives K0 = " in fig._suptitle.get_text()
+    assert fig._suptitle.get_text() == explain_reason(dict(record.info))
+    assert fig._suptitle.get_text() == explain_figure(image, pipe, dpi=30)._suptitle.get_text()
+    with pytest.raises(ValueError, match=r"dpi=0: must be an int in the range \[1, 1000\]"):
+        plot_explanation(record, mask, dpi=0)
+
+
 def test_plot_explanation_rejects_bad_input():
     record, mask = _record()
     with pytest.raises(ValueError, match=r"mask has shape \(2, 3\)"):

@@ -343,7 +343,8 @@ def _cluster(A, features, metric, *, spectrum, eigengap_rule, k_selection, k_min
              single_segment_test, single_segment_threshold, n_init, rng):
     n = A.shape[0]
     info = {"single_segment": False, "sparse_affinity": bool(sparse.issparse(A)),
-            "n_landmarks": None, "k_selection": k_selection, "k_scores": {},
+            "n_landmarks": None, "spectrum": spectrum, "eigengap_rule": eigengap_rule,
+            "beta": beta, "k_selection": k_selection, "k_scores": {},
             "single_segment_test": {"test": None}}
     testing = single_segment_test is not None and single_segment_threshold is not None
     if n < 3:

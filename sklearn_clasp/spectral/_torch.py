@@ -509,6 +509,7 @@ def cluster_on_device(A, A_np, features, metric, *, spectrum, eigengap_rule, k_s
     n = A.shape[0]
     lo, hi = bounds
     info = {"single_segment": False, "sparse_affinity": False, "n_landmarks": None,
+            "spectrum": spectrum, "eigengap_rule": eigengap_rule, "beta": beta,
             "k_selection": k_selection, "k_scores": {}, "single_segment_test": {"test": None},
             "k_bounds": (lo, hi), "device": str(device)}
     timings = info["timings"] = {}
