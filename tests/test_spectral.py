@@ -647,6 +647,19 @@ def test_all_zero_rows_are_one_group_like_constant_rows():
     assert seg.n_clusters_ == 4 and len(set(seg.labels_[120:])) == 1
 
 
+@pytest.mark.parametrize("n", [100, 513, 2000])
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+@pytest.mark.parametrize("test", ["entropy", "cheeger", "gap"])
+def test_an_all_zero_affinity_is_one_segment_at_every_size(n, kind, test):
+    """Above 512 samples ARPACK broke down on it ("Starting vector is zero")."""
+    A = np.zeros((n, n)) if kind == "dense" else sparse.csr_matrix((n, n))
+    seg = AdaptiveSpectralSegmenter(affinity="precomputed", random_state=0,
+                                    single_segment_test=test).fit(A)
+    assert seg.n_clusters_ == 1 and not seg.labels_.any()
+    bounded = AdaptiveSpectralSegmenter(affinity="precomputed", random_state=0, k_min=3)
+    assert bounded.fit(A).n_clusters_ == 3
+
+
 # --------------------------------------------------------------------------
 # Soft labels and per-segment statistics
 # --------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 from scipy import linalg, sparse
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
 from sklearn.utils import check_random_state
 from sklearn.utils.extmath import _deterministic_vector_sign_flip
 
@@ -138,8 +138,8 @@ def _second_normalized_eigenvalue(A, random_state):
     try:
         vals = eigsh(op, k=2, which="LA", v0=_start_vector(n, A.dtype, random_state),
                      return_eigenvectors=False)
-    except ArpackNoConvergence:
-        logger.debug("ARPACK did not converge; using dense LAPACK")
+    except ArpackError:  # no convergence, or a breakdown (an all-zero affinity)
+        logger.debug("ARPACK failed; using dense LAPACK")
         vals = linalg.eigh(_normalize(positive), eigvals_only=True,
                            subset_by_index=[n - 2, n - 1])
     return float(np.sort(vals)[0])
@@ -208,12 +208,16 @@ def leading_eigenpairs(matrix, n_components, *, solver="auto", random_state=None
             try:
                 vals, vecs = eigsh(matrix, k=k, which="LA",
                                    v0=_start_vector(n, matrix.dtype, random_state))
-            except ArpackNoConvergence:
-                if sparse.issparse(matrix) and n > 20000:
+            except ArpackError as exc:  # no convergence, or a breakdown (a zero matrix)
+                if not (matrix.nnz if sparse.issparse(matrix) else np.any(matrix)):
+                    vals = np.zeros(k, matrix.dtype)  # every vector is an eigenvector of 0
+                    vecs = np.eye(n, k, dtype=matrix.dtype)
+                elif sparse.issparse(matrix) and n > 20000:
                     raise
-                logger.debug("ARPACK did not converge; using dense LAPACK")
-                dense_matrix = matrix.toarray() if sparse.issparse(matrix) else matrix
-                vals, vecs = _dense_leading(np.asarray(dense_matrix), k)
+                else:
+                    logger.debug("ARPACK failed (%s); using dense LAPACK", exc)
+                    dense_matrix = matrix.toarray() if sparse.issparse(matrix) else matrix
+                    vals, vecs = _dense_leading(np.asarray(dense_matrix), k)
     order = np.argsort(vals, kind="stable")[::-1]
     vals = vals[order]
     vecs = _deterministic_vector_sign_flip(vecs[:, order].T).T
