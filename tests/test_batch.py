@@ -757,6 +757,25 @@ def test_a_moved_collection_is_recognised_by_its_bytes(tmp_path, count_embedded)
         tmp_path / "pets" / "img0.png")
 
 
+def test_a_copy_beside_its_original_gets_outputs_of_its_own(tmp_path):
+    """A copy was taken for its original moved elsewhere: "skipped", and no outputs under
+    its own name (clasp evaluate found no mask for it)."""
+    import shutil
+
+    (original,) = _write_images(tmp_path / "a", n=1)
+    out = tmp_path / "out"
+    segment_collection(tmp_path / "a", out, pipeline=_pipe())
+    (tmp_path / "b").mkdir()
+    shutil.copy(original, tmp_path / "b" / "copy.png")
+    os.link(original, tmp_path / "b" / "hardlink.png")
+    report = segment_collection(tmp_path / "b", out, pipeline=_pipe())
+    assert sorted((r["name"], r["status"]) for r in report.results) == [
+        ("copy", "done"), ("img0", "skipped")]  # the hard link is the original itself
+    assert _listing(out) == _expected_files(["copy", "img0"])
+    np.testing.assert_array_equal(_read_png(out / "copy_mask.png"),
+                                  _read_png(out / "img0_mask.png"))
+
+
 def test_an_edited_image_is_redone_in_place(tmp_path):
     paths = _write_images(tmp_path / "in", n=2)
     out = tmp_path / "out"

@@ -543,10 +543,12 @@ class RecordIndex:
 
         The planned name when its record is of these bytes or of this file (then
         redone in place); else the name of a record of the same bytes that no
-        other image of the run uses (so a file reached through another input
-        path, or moved, is not done twice); else the planned name, unless its
-        record is another file's: then a name with a hash of this file's path,
-        so that another input's results are never overwritten.
+        other image of the run uses, if that record's file is this one or is
+        gone (so a file reached through another input path, or moved, is not
+        done twice; a copy beside its original gets outputs of its own); else
+        the planned name, unless its record is another file's: then a name with
+        a hash of this file's path, so that another input's results are never
+        overwritten.
         """
         record = read_json(store.paths(name)["json"])
         if record is not None and (record.get("input_sha256") == sha
@@ -555,11 +557,21 @@ class RecordIndex:
         others = self.planned | set(claimed)
         for other, source in sorted(self.by_sha.get(sha, ()),
                                     key=lambda e: (_real(e[1]) != _real(path), e[0])):
-            if other == name or other not in others:
+            if (other == name or other not in others) and _this_file_or_gone(source, path):
                 return other
         if record is None:
             return name
         return f"{name}-{_path_hash(path)}"
+
+
+def _this_file_or_gone(source, path):
+    """Whether a record's ``source`` is ``path`` itself (any route to it) or no longer exists."""
+    if not source or _real(source) == _real(path):
+        return True
+    try:
+        return os.path.samefile(source, path)
+    except OSError:
+        return not os.path.lexists(source)
 
 
 def plan_names(jobs, index):
