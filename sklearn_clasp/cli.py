@@ -671,6 +671,12 @@ def _resolve(args):
     return settings, others
 
 
+def _with_flags(text):
+    """``text``, followed by the options of the settings it names."""
+    names = re.findall(r"\b((?:embed|affinity|segment|refine)__\w+)", text)
+    return f"{text} ({', '.join(dict.fromkeys(flag_of(n) for n in names))})" if names else text
+
+
 def build_pipeline(settings):
     """The pipeline of resolved settings, or a UsageError saying which setting is wrong."""
     from .pipeline import pipeline_from_settings
@@ -678,16 +684,24 @@ def build_pipeline(settings):
     try:
         return pipeline_from_settings(settings)
     except (ValueError, TypeError) as exc:
-        names = re.findall(r"\b((?:embed|affinity|segment|refine)__\w+)", str(exc))
-        flags = f" ({', '.join(dict.fromkeys(flag_of(n) for n in names))})" if names else ""
-        raise UsageError(f"{exc}{flags}") from None
+        raise UsageError(_with_flags(str(exc))) from None
 
 
 def _load_embedder(pipeline):
-    """Fit (load) the embedder now, so that a missing model is one clear error (exit 3)."""
+    """Fit (load) the embedder now, so that a missing model is one clear error (exit 3).
+
+    Settings that cannot work here (a CUDA device PyTorch does not see, settings
+    the embedder refuses together) are usage errors (exit 2)."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from .pipeline import check_pipeline_settings
+
     try:
+        check_pipeline_settings(pipeline, "clasp", devices=True)
         pipeline.steps[0][1].fit(None)
-    except Exception as exc:  # missing weights, bad checkpoint, no CUDA, ...
+    except InvalidParameterError as exc:
+        raise UsageError(_with_flags(str(exc).removeprefix("clasp: "))) from None
+    except Exception as exc:  # missing weights, bad checkpoint, ...
         logger.debug("loading the embedder failed", exc_info=True)
         hint = ""
         if isinstance(exc, FileNotFoundError):  # the weights file is missing
@@ -799,12 +813,12 @@ def _segment(images, out_dir, run, pipeline, quiet):
     if run.get("scheduler") is not None:
         run = {**run, "scheduler": _check_scheduler(run["scheduler"])}
         _hold_dask_logs()
+    if run.get("scheduler") is None:  # settings that cannot work here: exit 2, nothing made
+        _load_embedder(pipeline)
     try:  # before any work: the output directory must be writable (exit 2)
         OutputStore(Path(out_dir), run_id="check").prepare(who="--out-dir")
     except OSError as exc:
         raise UsageError(exc.strerror or str(exc)) from None
-    if run.get("scheduler") is None:
-        _load_embedder(pipeline)
     kwargs = {k: run[k] for k in ("n_jobs", "scheduler", "overwrite", "max_attempts",
                                   "write_overlay", "chunk_size", "max_image_pixels")
               if k in run}

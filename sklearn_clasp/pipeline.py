@@ -619,7 +619,7 @@ def setting_problem(name, constraints, value):
     return None
 
 
-def check_pipeline_settings(pipeline, who):
+def check_pipeline_settings(pipeline, who, *, devices=False):
     """Check every step's settings at once, before any work; the error names the setting.
 
     What each step's ``fit`` would refuse for one image, refused once for a
@@ -631,6 +631,10 @@ def check_pipeline_settings(pipeline, who):
         A CLASP pipeline.
     who : str
         The caller, as the message starts.
+    devices : bool, default=False
+        Also check that each device a step will use is there (a CUDA device
+        that PyTorch does not see is refused). For work done in this process;
+        a Dask worker checks its own.
 
     Raises
     ------
@@ -639,14 +643,25 @@ def check_pipeline_settings(pipeline, who):
     """
     for step_name, step in pipeline.steps:
         constraints = getattr(step, "_parameter_constraints", {})
-        for param, value in step.get_params(deep=False).items():
+        params = step.get_params(deep=False)
+        for param, value in params.items():
             if param not in constraints:
                 continue
-            need = setting_problem(f"{step_name}__{param}", constraints[param], value)
+            name = f"{step_name}__{param}"
+            need = setting_problem(name, constraints[param], value)
             if need is not None:
                 raise InvalidParameterError(
-                    f"{who}: {step_name}__{param}={value!r}: must be {need}. Change it "
-                    f"with pipeline.set_params({step_name}__{param}=...).")
+                    f"{who}: {name}={value!r}: must be {need}. Change it with "
+                    f"pipeline.set_params({name}=...).")
+            # a step with a backend uses its device with the torch backend only
+            if devices and param == "device" and value is not None and params.get(
+                    "backend", "torch") == "torch":
+                from .device import resolve_device
+
+                try:
+                    resolve_device(value, name=name)
+                except ValueError as exc:
+                    raise InvalidParameterError(f"{who}: {exc}") from None
 
 
 def fitted_embedder(pipeline):

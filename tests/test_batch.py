@@ -901,3 +901,16 @@ def test_a_bad_setting_fails_once_before_any_image(tmp_path, setting, value, nee
     assert str(err.value) == (f"segment_collection: {setting}={value!r}: must be {need}. "
                               f"Change it with pipeline.set_params({setting}=...).")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_device_that_is_not_there_fails_once_before_any_image(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    _write_images(tmp_path / "in", 2)
+    pipe = make_clasp_pipeline("handcrafted", random_state=0).set_params(segment__device="cuda")
+    with pytest.raises(ValueError, match=r"^segment_collection: segment__device='cuda' but "
+                                         r"CUDA is not available"):
+        segment_collection(tmp_path / "in", tmp_path / "out", pipeline=pipe)
+    assert not (tmp_path / "out").exists()

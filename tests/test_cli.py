@@ -1223,3 +1223,28 @@ def test_every_pipeline_setting_alone_reaches_its_parameter(setting, source, ima
         argv += ["--embedder", embedder]
     assert main(argv) == 0, setting.name
     assert captured["pipeline"].get_params()[setting.name] == value
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--segment-device", "cuda"], "segment__device='cuda' but CUDA is not available"),
+    (["--refine-backend", "torch", "--refine-device", "cuda"],
+     "refine__device='cuda' but CUDA is not available"),
+    (["--embed-color-weight", "0", "--embed-texture-weight", "0", "--embed-position-weight",
+      "0"], "color_weight, texture_weight and position_weight are all 0"),
+])
+def test_settings_that_cannot_work_here_are_usage_errors(image_dir, tmp_path, capsys, args,
+                                                         message):
+    """A CUDA device PyTorch does not see failed every image (exit 1), or was "could not load
+    the embedder" (exit 3) like refused settings together; now one usage error, exit 2."""
+    import torch
+
+    if torch.cuda.is_available() and "cuda" in args:
+        pytest.skip("CUDA is available here")
+    status = main(["segment", str(image_dir), "--out", str(tmp_path / "o"), *FAST, *args])
+    assert status == 2
+    assert message in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+    # the pydensecrf backend does not use the refiner's device: nothing to refuse
+    if args[:2] == ["--refine-backend", "torch"]:
+        assert main(["segment", str(image_dir), "--out", str(tmp_path / "o"), *FAST, "-q",
+                     "--refine-device", "cuda"]) == 0

@@ -444,7 +444,8 @@ def segment_collection(
             f"(embedder, segmenter, refiner), e.g. make_clasp_pipeline('dinov2'); got "
             f"{len(pipeline.steps)} step(s)."
         )
-    check_pipeline_settings(pipeline, "segment_collection")
+    check_pipeline_settings(pipeline, "segment_collection",
+                            devices=scheduler is None and client is None)
     out_dir = Path(os.path.abspath(out_dir))
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"segment_collection: out_dir {str(out_dir)!r} exists and is "

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 
 from ..device import n_jobs_constraints, resolve_device
@@ -60,7 +60,8 @@ def _load_dinov2(model, weights, *, weights_sha256, download, allow_unverified, 
     """Build and load; returns ``(module, weights_path or None, sha256 or None)``."""
     if isinstance(weights, str) and weights == "random":
         if weights_sha256 is not None:
-            raise ValueError("weights_sha256 has no meaning with weights='random'; drop it")
+            raise InvalidParameterError("weights_sha256 has no meaning with weights='random'; "
+                                        "drop it")
         warnings.warn(
             f"{model} with random weights (weights='random'): the features are "
             f"meaningless; use this only for tests and smoke runs",
@@ -500,18 +501,18 @@ class DinoPatchEmbedder(RecordOutputMixin, TransformerMixin, BaseEstimator):
         device = _resolve_device(self.device)
         dtype = _DTYPES[self.dtype]
         if dtype == torch.float16 and device.type != "cuda":
-            raise ValueError(
+            raise InvalidParameterError(
                 f"dtype='float16' needs a CUDA device (device={self.device!r} resolved to "
                 f"{device}); use dtype='float32' or 'bfloat16' on CPU"
             )
         if self.autocast == "float16" and device.type != "cuda":
-            raise ValueError(
+            raise InvalidParameterError(
                 f"autocast='float16' needs a CUDA device (device={self.device!r} resolved "
                 f"to {device}); use autocast='bfloat16' or None on CPU"
             )
         depth = MODEL_CONFIGS[self.model].depth
         if not -depth <= self.layer < depth:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"layer={self.layer} is out of range for {self.model}, which has {depth} "
                 f"blocks; use 0..{depth - 1} or a negative index (-1 is the last block)"
             )

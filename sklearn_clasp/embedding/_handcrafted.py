@@ -17,7 +17,7 @@ from numbers import Integral, Real
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import HasMethods, Interval
+from sklearn.utils._param_validation import HasMethods, Interval, InvalidParameterError
 from sklearn.utils.validation import check_memory
 
 from ..device import n_jobs_constraints
@@ -464,7 +464,7 @@ class HandcraftedPatchEmbedder(RecordOutputMixin, TransformerMixin, BaseEstimato
     def _check_weights(self):
         if not (self.color_weight > 0 or self.texture_weight > 0
                 or self.position_weight > 0):
-            raise ValueError(
+            raise InvalidParameterError(
                 "HandcraftedPatchEmbedder: color_weight, texture_weight and "
                 "position_weight are all 0; set at least one to a positive value."
             )
