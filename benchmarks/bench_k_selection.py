@@ -189,6 +189,33 @@ def run_images_synthetic(quick):
             "uniform": {"one_segment": uniform, "n": len(images[:: 6 if quick else 1])}}
 
 
+def run_stability(quick):
+    """The package's default rule on shape images at several patch-grid sizes: is K the
+    same with ``k_max`` 15 and 30, and with ``random_state`` 0, 1 and 2?"""
+    embedder = HandcraftedPatchEmbedder(short_side=None)
+    out = {}
+    for side in ((8, 32) if quick else (8, 12, 16, 24, 32)):
+        rows = []
+        for n_shapes, noise in itertools.product(range(4), (0.0, 4.0, 8.0)):
+            image, _ = make_shapes_image(side * 14, side * 14, n_shapes=n_shapes, noise=noise,
+                                         random_state=10 * n_shapes + int(noise))
+            X = embedder.transform([image])[0].feature_matrix
+            A = cosine_affinity(X)
+            ks = {(k_max, seed): adaptive_spectral_clustering(
+                      A, features=X, k_max=k_max, random_state=seed)[1]["n_clusters"]
+                  for k_max, seed in ((15, 0), (30, 0), (15, 1), (15, 2))}
+            rows.append({"true_k": n_shapes + 1, "k": ks[(15, 0)],
+                         "same_kmax": ks[(15, 0)] == ks[(30, 0)],
+                         "same_seed": ks[(15, 0)] == ks[(15, 1)] == ks[(15, 2)]})
+        out[f"{side}x{side}"] = {
+            "n": len(rows), "exact": sum(r["k"] == r["true_k"] for r in rows),
+            "same_kmax": sum(r["same_kmax"] for r in rows),
+            "same_seed": sum(r["same_seed"] for r in rows),
+            "k_median": float(np.median([r["k"] for r in rows])),
+            "true_median": float(np.median([r["true_k"] for r in rows]))}
+    return out
+
+
 def sklearn_sets():
     from sklearn.datasets import load_digits, load_iris, load_wine, make_blobs
     from sklearn.preprocessing import StandardScaler
@@ -501,7 +528,7 @@ def figure(rows_by_part, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", nargs="+", default=["synthetic", "speed", "images"],
-                        choices=["synthetic", "speed", "images", "kmax"])
+                        choices=["synthetic", "speed", "images", "kmax", "stability"])
     parser.add_argument("--half", choices=["choose", "confirm", "both"], default="choose")
     parser.add_argument("--cache", default=None, help="feature cache directory")
     parser.add_argument("--n-jobs", type=int, default=1)
@@ -540,6 +567,8 @@ def main(argv=None):
                                                2 if args.quick else args.limit)
         if "kmax" in args.sections:
             results["kmax"] = run_kmax(args.half, args.cache, args.n_jobs, args.limit)
+        if "stability" in args.sections:
+            results["stability"] = run_stability(args.quick)
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1, default=str))
 
@@ -589,6 +618,15 @@ def report(results, figures=False):
         for cand in CANDIDATES:
             print(f"| {cand} | " + " | ".join(f"{results['kmax'][p][cand]:.2f}"
                                               for p in parts) + " |")
+    if results.get("stability"):
+        print("\nDefault rule (package defaults) on shape images, by patch grid: exact K, "
+              "K the same with k_max 15 and 30, K the same for random_state 0, 1 and 2")
+        print("| grid | images | exact K | same K at k_max 30 | same K for 3 seeds | "
+              "median K (true) |")
+        print("|---|---|---|---|---|---|")
+        for grid, r in results["stability"].items():
+            print(f"| {grid} | {r['n']} | {r['exact']} | {r['same_kmax']} | {r['same_seed']} | "
+                  f"{r['k_median']:g} ({r['true_median']:g}) |")
     images = results.get("images")
     if images:
         summary = {part: summarize_half(part.split("/")[0], rows)
