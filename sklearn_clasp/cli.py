@@ -577,7 +577,9 @@ def load_config(path, *, run=True):
         if path.suffix.lower() == ".json":
             data = json.loads(raw.decode("utf-8"))
             if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
+                raise UsageError(
+                    f"config file {path}: holds a JSON {type(data).__name__}, not an object; "
+                    f"give an object of settings or a record's JSON file")
             data = data.get("settings", data) if isinstance(data.get("settings"), dict) \
                 else data
         else:
@@ -613,7 +615,10 @@ def load_config(path, *, run=True):
             options[key] = Path(str(value))
             continue
         if key not in specs:
-            raise UsageError(f"{where}: unknown setting; valid: {', '.join(sorted(specs))}")
+            valid = set(specs) | set(aliases) | {"random_state", "paper", "embed", "device"}
+            if run:
+                valid |= {"inputs", *_TLS_FLAGS}
+            raise UsageError(f"{where}: unknown setting; valid: {', '.join(sorted(valid))}")
         if isinstance(value, str) and value.lower() == "none" and \
                 _allows(specs[key].constraints, "none"):
             value = None  # TOML has no null

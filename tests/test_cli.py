@@ -416,6 +416,27 @@ def test_bad_config_files_exit_2(text, message, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_unknown_config_key_lists_every_key_that_is_valid(tmp_path, capsys):
+    """The list left out the keys that are not estimator parameters (aliases, embedder,
+    inputs, random_state, device, paper), all of which a config file takes."""
+    config = tmp_path / "c.toml"
+    config.write_text("foo = 1\n")
+    assert main(["segment", "--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    valid = _one_error_line(capsys.readouterr().err).split("unknown setting; valid: ")[1]
+    valid = set(valid.split(", "))
+    assert {"k_max", "embedder", "inputs", "random_state", "device", "paper", "n_jobs",
+            "segment__k_max"} <= valid
+
+
+def test_a_json_config_that_is_not_an_object(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text("[1, 2]")
+    assert main(["segment", "--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert _one_error_line(capsys.readouterr().err).endswith(
+        f"config file {config}: holds a JSON list, not an object; give an object of settings "
+        f"or a record's JSON file")
+
+
 def test_missing_config_file_exits_2(tmp_path, capsys):
     assert main(["segment", "--config", str(tmp_path / "none.toml"), "--out", "o"]) == 2
     assert "cannot read the config file" in capsys.readouterr().err
