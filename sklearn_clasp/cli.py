@@ -387,6 +387,13 @@ def _add_pipeline_options(parser, *, run=True):
                                 "it is in --tls-cert")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other usage error of ``clasp``."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 @contextlib.contextmanager
 def _subcommand(commands, name, func, *, pipeline=False, run=True, **kwargs):
     """Add the subcommand ``name`` running ``func``; yields its parser for its own arguments.
@@ -419,7 +426,7 @@ def build_parser(command=None):
     """
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, formatter_class=_Formatter,
         description="Training-free image segmentation with CLASP (DINOv2 patch features, "
                     "adaptive spectral clustering, DenseCRF).",
@@ -1303,7 +1310,12 @@ def main(argv=None):
     # only the command's own options are built ("": none, for --version and --help)
     parser = build_parser(command if command in COMMANDS else "")
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # said by the command's own parser, not by the top-level one
+            commands = next(a for a in parser._actions
+                            if isinstance(a, argparse._SubParsersAction))
+            (commands.choices.get(args.command) or parser).error(
+                f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # argparse exits 2 on errors, 0 for --help / --version
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import reprlib
 import stat
 import unicodedata
 import uuid
@@ -1098,8 +1099,11 @@ def find_images(inputs, *, recursive=True, exclude=None):
     found, missing, inside, seen = [], [], [], set()
     for item in inputs:
         if not isinstance(item, (str, os.PathLike)):
+            shown = (f"an array of shape {item.shape}" if isinstance(item, np.ndarray)
+                     else f"{type(item).__name__} ({reprlib.repr(item)})")
             raise TypeError(f"find_images: inputs must be paths or glob patterns; got "
-                            f"{type(item).__name__} ({item!r}).")
+                            f"{shown}. Segment an image array with clasp_one(pipeline, "
+                            f"image), or a list of them with pipeline.fit_predict(images).")
         matches = _expand(item, recursive, excluded)
         if excluded is not None:
             kept = [(p, parts) for p, parts in matches if not is_inside(p, excluded)]

@@ -914,3 +914,13 @@ def test_a_device_that_is_not_there_fails_once_before_any_image(tmp_path):
                                          r"CUDA is not available"):
         segment_collection(tmp_path / "in", tmp_path / "out", pipeline=pipe)
     assert not (tmp_path / "out").exists()
+
+
+def test_find_images_refuses_an_array_without_printing_it():
+    """The message held the whole array's repr."""
+    with pytest.raises(TypeError) as err:
+        find_images([np.zeros((300, 300, 3))])
+    assert str(err.value) == (
+        "find_images: inputs must be paths or glob patterns; got an array of shape "
+        "(300, 300, 3). Segment an image array with clasp_one(pipeline, image), or a list of "
+        "them with pipeline.fit_predict(images).")

@@ -1269,3 +1269,18 @@ def test_settings_that_cannot_work_here_are_usage_errors(image_dir, tmp_path, ca
     if args[:2] == ["--refine-backend", "torch"]:
         assert main(["segment", str(image_dir), "--out", str(tmp_path / "o"), *FAST, "-q",
                      "--refine-device", "cuda"]) == 0
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["evaluate", "--labels", "l", "--masks", "m", "--ignore-index", "abc"],
+     "clasp evaluate: error: argument --ignore-index: invalid int value: 'abc' "
+     "(see 'clasp evaluate --help')"),
+    (["segment", "x.png", "--bogus"],
+     "clasp segment: error: unrecognized arguments: --bogus (see 'clasp segment --help')"),
+    (["--bogus"], "clasp: error: unrecognized arguments: --bogus (see 'clasp --help')"),
+])
+def test_argparse_errors_are_one_line_from_the_command(argv, line, capsys):
+    """argparse printed its whole usage block, and the top-level parser's for an unknown
+    option of a command."""
+    assert main(argv) == 2
+    assert capsys.readouterr().err == line + "\n"
