@@ -1020,6 +1020,14 @@ def run_evaluate(args):
     from .io import find_label_files, find_mask_files
 
     settings, run = _resolve(args)
+    if args.masks is not None:  # nothing is segmented: a segmentation option does nothing
+        specs = {s.name: s for s in pipeline_setting_specs()} | _special_specs()
+        given = [k for k, v in vars(args).items() if v is not None and v is not False and (
+            k in specs or k.startswith("alias:") or k in ("n_jobs", "out_dir"))]
+        if given:
+            key = given[0].split(":", 1)[1] if given[0].startswith("alias:") else given[0]
+            raise UsageError(f"{flag_of(key)} has no effect with --masks, which scores masks "
+                             f"already made; it applies with --images")
     labels_dir = args.labels
     if not labels_dir.is_dir():
         raise UsageError(f"--labels {labels_dir}: no such directory")

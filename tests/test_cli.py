@@ -1284,3 +1284,16 @@ def test_argparse_errors_are_one_line_from_the_command(argv, line, capsys):
     option of a command."""
     assert main(argv) == 2
     assert capsys.readouterr().err == line + "\n"
+
+
+@pytest.mark.parametrize("option", [["--k-max", "5"], ["--embedder", "handcrafted"],
+                                    ["--paper"], ["--refine-n-iter", "3"]])
+def test_evaluate_masks_refuses_segmentation_options(tmp_path, capsys, option):
+    """With --masks nothing is segmented: --k-max 5 was silently ignored."""
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "masks").mkdir()
+    assert main(["evaluate", "--labels", str(tmp_path / "labels"), "--masks",
+                 str(tmp_path / "masks"), *option]) == 2
+    assert _one_error_line(capsys.readouterr().err, "evaluate").endswith(
+        f"{option[0]} has no effect with --masks, which scores masks already made; it "
+        f"applies with --images")
