@@ -939,10 +939,13 @@ def _is_pickle(head):
 
 
 def _not_a_checkpoint_error(name, head):
-    text = head.decode("utf-8", "replace")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # not text, unless only the last character is cut
+        text = head[:exc.start].decode("utf-8") if exc.start >= len(head) - 3 else ""
     if head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (100 << 20):
         what = "; it looks like a .safetensors file: give it the .safetensors suffix"
-    elif text.isprintable() or all(c.isprintable() or c in "\t\r\n" for c in text):
+    elif text and all(c.isprintable() or c in "\t\r\n" for c in text):
         what = f"; it is text, starting {_brief(text, 40)!r}"
     else:
         what = f"; it starts with the bytes {head[:8].hex(' ')}"
