@@ -153,8 +153,8 @@ class _Fixed:
     def __init__(self, parser, args):
         self._parser, self._args = parser, args
 
-    def parse_args(self, argv):
-        return self._args
+    def parse_known_args(self, argv):
+        return self._args, []
 
     def __getattr__(self, name):
         return getattr(self._parser, name)
