@@ -427,7 +427,16 @@ def _thumbnails(folder, out_dir, thumbs, *, thumbnail_size, source_thumbnails, n
             entry.setdefault("w", []).append(
                 "no source image thumbnail: the source is not an absolute path")
         else:
-            key = _key("i", stem, sha, thumbnail_size)
+            try:  # the file's size and time in the key: an edited source is read again
+                info = os.stat(source)
+            except FileNotFoundError:
+                entry.setdefault("w", []).append("the source image is not found")
+                continue
+            except OSError as exc:
+                entry.setdefault("w", []).append(
+                    f"cannot read the source image ({exc.strerror or exc})")
+                continue
+            key = _key("i", stem, sha, info.st_size, info.st_mtime_ns, thumbnail_size)
             entry["it"] = key
             tasks.append((entry, "it", ("i", Path(source), thumbs / f"{key}.i.jpg",
                                         thumbnail_size, sha)))

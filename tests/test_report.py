@@ -307,6 +307,33 @@ def test_thumbnails_are_made_once_and_again_only_when_their_source_changes(run, 
     assert not list(thumbs.glob("*.i.jpg"))
 
 
+def test_a_source_edited_or_removed_after_its_thumbnail_is_said_so_on_the_next_report(
+        run, tmp_path):
+    """Once its thumbnail existed, a changed or deleted source was never checked again:
+    the old thumbnail was shown with no warning."""
+    import hashlib
+
+    out = _copy_run(run, tmp_path)
+    sources = {}
+    for i, name in enumerate(("shapes1", "shapes2")):  # sources of our own, to change
+        path = _shapes(tmp_path / "src" / f"{name}.png", i)
+        rec = json.loads((out / f"{name}.json").read_text())
+        rec["source"], rec["input_sha256"] = str(path), hashlib.sha256(
+            path.read_bytes()).hexdigest()
+        (out / f"{name}.json").write_text(json.dumps(rec))
+        sources[name] = path
+    data = _data(write_report(out).read_text(encoding="utf-8"))
+    assert all("it" in e for e in data["records"] if e["n"] in sources)
+    with open(sources["shapes1"], "ab") as fh:  # edited in place
+        fh.write(b"more bytes")
+    sources["shapes2"].unlink()
+    data = _data(write_report(out).read_text(encoding="utf-8"))
+    by_name = {e["n"]: e for e in data["records"]}
+    assert "the source image has changed since it was segmented" in by_name["shapes1"]["w"]
+    assert "the source image is not found" in by_name["shapes2"]["w"]
+    assert "it" not in by_name["shapes1"] and "it" not in by_name["shapes2"]
+
+
 def test_page_elsewhere_links_the_folder_relatively(run, tmp_path):
     out = _copy_run(run, tmp_path)
     page = write_report(out, path=tmp_path / "pages" / "run 1.html")
