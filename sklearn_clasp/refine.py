@@ -516,7 +516,9 @@ def dense_crf(
     n_iter : int, default=20
         Number of mean field iterations, at most :data:`MAX_CRF_ITERATIONS`.
     gt_prob : float, default=0.8
-        Confidence in the input labels, in ``(0, 1)``; hard unaries only.
+        Confidence in the input labels, in ``(1 / n_labels, 1)`` (a value at or
+        below ``1 / n_labels`` would trust every other label more, and is
+        refused); hard unaries only.
     gaussian_sxy : float, default=4
         Spatial standard deviation, in pixels, of the smoothness kernel.
     gaussian_compat : float, default=4
@@ -614,6 +616,13 @@ def dense_crf(
             f"n_labels >= {n_values} or None."
         )
     if proba is None:
+        if gt_prob <= 1.0 / n_labels:
+            raise ValueError(
+                f"gt_prob={gt_prob} is at or below 1/{n_labels} = {1.0 / n_labels:.3g} for "
+                f"these {n_labels} labels: the CRF would trust every other label at least as "
+                f"much as the given one and move pixels off their labels. Use gt_prob above "
+                f"{1.0 / n_labels:.3g} (the default is 0.8)."
+            )
         unary = _hard_unary(inverse.reshape(-1), n_labels, gt_prob)
     else:
         unary = _soft_unary(proba.reshape(-1, n_values), n_labels, float(temperature))
@@ -799,7 +808,8 @@ class CRFRefiner(RecordOutputMixin, TransformerMixin, BaseEstimator):
     n_iter : int, default=20
         Mean field iterations of the CRF, at most :data:`MAX_CRF_ITERATIONS`.
     gt_prob : float, default=0.8
-        Confidence of the CRF in the patch labels, in ``(0, 1)``.
+        Confidence of the CRF in the patch labels, in ``(1 / K, 1)`` for an
+        image of ``K`` segments (see :func:`dense_crf`).
     gaussian_sxy : float, default=4
         Spatial standard deviation (pixels) of the CRF smoothness kernel.
     gaussian_compat : float, default=4

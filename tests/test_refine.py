@@ -1047,3 +1047,20 @@ def test_torch_backend_runs_on_one_cpu_thread(monkeypatch):
         assert torch.get_num_threads() == with_two
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+def test_gt_prob_that_would_invert_the_labels_is_refused(backend):
+    """gt_prob=0.3 with 2 labels moved every pixel to the other label, silently."""
+    image = np.zeros((20, 20, 3), np.uint8)
+    labels = np.zeros((20, 20), int)
+    labels[:, 10:] = 1
+    with pytest.raises(ValueError, match=r"gt_prob=0.3 is at or below 1/2 = 0.5 for these 2 "
+                                         r"labels: .* Use gt_prob above 0.5"):
+        dense_crf(image, labels, gt_prob=0.3, n_iter=0, backend=backend)
+    with pytest.raises(ValueError, match="gt_prob=0.5 is at or below 1/2"):
+        CRFRefiner(gt_prob=0.5, backend=backend).fit_transform([(image, np.array([[0, 1]]))])
+    three = labels.copy()
+    three[:5] = 2  # three labels: 0.4 is above 1/3 and keeps them
+    np.testing.assert_array_equal(dense_crf(image, three, gt_prob=0.4, n_iter=0,
+                                            backend=backend), three)
