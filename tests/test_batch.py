@@ -924,3 +924,13 @@ def test_find_images_refuses_an_array_without_printing_it():
         "find_images: inputs must be paths or glob patterns; got an array of shape "
         "(300, 300, 3). Segment an image array with clasp_one(pipeline, image), or a list of "
         "them with pipeline.fit_predict(images).")
+
+
+def test_a_pipeline_cut_before_its_refiner_fails_once(tmp_path):
+    """Every image failed with the same "returned records, not masks" error."""
+    _write_images(tmp_path / "in", 2)
+    cut = make_clasp_pipeline("handcrafted", random_state=0)[:-1]
+    with pytest.raises(TypeError, match=r"^segment_collection: the pipeline's last step is "
+                                        r"'segment', which returns records, not masks"):
+        segment_collection(tmp_path / "in", tmp_path / "out", pipeline=cut)
+    assert not (tmp_path / "out").exists()

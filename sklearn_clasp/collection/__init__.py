@@ -444,6 +444,12 @@ def segment_collection(
             f"(embedder, segmenter, refiner), e.g. make_clasp_pipeline('dinov2'); got "
             f"{len(pipeline.steps)} step(s)."
         )
+    last = pipeline.steps[-1][0]
+    if last in ("embed", "affinity", "segment"):  # a CLASP pipeline cut before its refiner
+        raise TypeError(
+            f"segment_collection: the pipeline's last step is {last!r}, which returns "
+            f"records, not masks; end it with a refiner (make_clasp_pipeline(...) does, "
+            f"CRFRefiner(method='nearest') for no CRF).")
     check_pipeline_settings(pipeline, "segment_collection",
                             devices=scheduler is None and client is None)
     out_dir = Path(os.path.abspath(out_dir))
