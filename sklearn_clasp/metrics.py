@@ -34,6 +34,7 @@ from numbers import Integral, Real
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .image import check_label_map
 from .records import is_record_sequence
 
 __all__ = [
@@ -499,7 +500,7 @@ def score_prediction(y_true, y_pred, *, ignore_index=None):
 
     Parameters
     ----------
-    y_true : array-like of shape (H, W), int, or list of them
+    y_true : array-like of shape (H, W), int, a list of them, or an array of shape (n, H, W)
         The ground truth, or several (for BSDS500: one per annotator).
     y_pred : array-like of shape (H, W), int
         The predicted segments.
@@ -543,11 +544,19 @@ def score_prediction(y_true, y_pred, *, ignore_index=None):
             FutureWarning, stacklevel=2,
         )
         y_true, y_pred = y_pred, y_true
-    truths = list(y_true) if isinstance(y_true, (list, tuple)) else [y_true]
-    mask = np.asarray(y_pred)
+    mask = check_label_map(y_pred, name="y_pred", allow_float=True)
+    several = isinstance(y_true, (list, tuple)) and len(y_true) > 0 and all(
+        np.ndim(t) == 2 for t in y_true)  # else a nested list is one label map
+    if isinstance(y_true, np.ndarray) and y_true.ndim == 3:
+        several = True  # a stack of annotators, (n, H, W)
+    if isinstance(y_true, (list, tuple, np.ndarray)) and len(y_true) == 0:
+        raise ValueError("y_true: no ground truth given; pass a label map of shape (H, W) "
+                         "or a list of them (one per annotator).")
+    truths = list(y_true) if several else [y_true]
     per = []
     for i, truth in enumerate(truths):
-        truth = np.asarray(truth)
+        name = f"y_true[{i}]" if several else "y_true"
+        truth = check_label_map(truth, name=name, allow_float=True)
         if truth.shape != mask.shape:
             raise ValueError(
                 f"the mask is {mask.shape[0]} x {mask.shape[1]} but the ground truth"

@@ -536,3 +536,18 @@ def test_silhouette_scorer_errors():
 
     with pytest.raises(ValueError, match="silhouette"):
         silhouette_scorer(HandcraftedPatchEmbedder(), [np.zeros((28, 28, 3), np.uint8)])
+
+
+def test_score_prediction_takes_ordinary_array_likes_and_names_bad_ones():
+    """1-D inputs and an empty list were IndexError / numpy reduction errors; a nested-list
+    label map was split into one "annotator" per row."""
+    from sklearn_clasp.metrics import score_prediction
+
+    assert score_prediction([[0, 0, 1, 1]], [[0, 0, 1, 1]])["miou"] == 1.0
+    stack = np.array([[[0, 0, 1, 1]], [[0, 1, 1, 1]]])  # two annotators, (n, H, W)
+    assert score_prediction(stack, [[0, 0, 1, 1]])["n_annotators"] == 2
+    with pytest.raises(ValueError, match=r"y_pred: expected a 2-D label map .* got shape "
+                                         r"\(4,\)"):
+        score_prediction(np.zeros(3, int), np.zeros(4, int))
+    with pytest.raises(ValueError, match="y_true: no ground truth given"):
+        score_prediction([], np.zeros((2, 2), int))
