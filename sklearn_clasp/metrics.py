@@ -639,7 +639,8 @@ class SegmentationScoreAccumulator:
                 f"protocol must be 'per_image' or 'dataset'; got {protocol!r}."
             )
         if protocol == "dataset":
-            if not isinstance(n_classes, (Integral, np.integer)) or n_classes < 1:
+            if (isinstance(n_classes, bool) or not isinstance(n_classes, (Integral, np.integer))
+                    or n_classes < 1):
                 raise ValueError(
                     f"protocol='dataset' needs n_classes, a positive int (the "
                     f"number of ground-truth classes); got {n_classes!r}."
@@ -687,9 +688,14 @@ class SegmentationScoreAccumulator:
                 return self
             self._scores.append(scores)
         else:
-            conf = confusion_matrix(
-                y_true, y_pred, ignore_index=self.ignore_index, n_true=self.n_classes
-            )
+            try:
+                conf = confusion_matrix(
+                    y_true, y_pred, ignore_index=self.ignore_index, n_true=self.n_classes
+                )
+            except ValueError as exc:  # say it with this class's parameter
+                if f"but n_true={self.n_classes}" not in str(exc):
+                    raise
+                raise ValueError(str(exc).replace("n_true", "n_classes")) from None
             if conf.shape[1] > self.confusion_.shape[1]:
                 grown = np.zeros((self.n_classes, conf.shape[1]), np.int64)
                 grown[:, : self.confusion_.shape[1]] = self.confusion_

@@ -551,3 +551,16 @@ def test_score_prediction_takes_ordinary_array_likes_and_names_bad_ones():
         score_prediction(np.zeros(3, int), np.zeros(4, int))
     with pytest.raises(ValueError, match="y_true: no ground truth given"):
         score_prediction([], np.zeros((2, 2), int))
+
+
+def test_dataset_accumulator_errors_name_its_own_parameter():
+    """It said n_true, a parameter of confusion_matrix the user never passed; n_classes=True
+    was taken as 1."""
+    from sklearn_clasp.metrics import SegmentationScoreAccumulator
+
+    acc = SegmentationScoreAccumulator("dataset", n_classes=2)
+    with pytest.raises(ValueError, match=r"^y_true has class 5 but n_classes=2; raise "
+                                         r"n_classes or add the value to ignore_index"):
+        acc.add(np.array([[0, 5]]), np.array([[0, 1]]))
+    with pytest.raises(ValueError, match="needs n_classes, a positive int"):
+        SegmentationScoreAccumulator("dataset", n_classes=True)
