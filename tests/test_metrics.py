@@ -422,7 +422,7 @@ def test_accumulator_skips_unscorable_images_and_errors():
         SegmentationScoreAccumulator("global")
     with pytest.raises(ValueError, match="no pixel scored"):
         SegmentationScoreAccumulator("dataset", n_classes=2).result()
-    with pytest.raises(ValueError, match="n_true"):
+    with pytest.raises(ValueError, match="n_classes=2; raise n_classes"):
         SegmentationScoreAccumulator("dataset", n_classes=2).add(
             np.array([0, 1, 2]), np.zeros(3, int))
     assert acc.reset().n_images_ == 0
