@@ -5,12 +5,28 @@ Used by the tests and benchmarks, and handy for trying the estimators out.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 __all__ = ["make_planted_partition", "make_shapes_image"]
 
 
+@validate_params(
+    {
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "n_samples": [Interval(Integral, 1, None, closed="left")],
+        "n_features": [Interval(Integral, 1, None, closed="left")],
+        "noise": [Interval(Real, 0, None, closed="left")],
+        "imbalance": [Interval(Real, 1, None, closed="left")],
+        "shared": [Interval(Real, 0, None, closed="left")],
+        "shape": [StrOptions({"spherical", "elongated"})],
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_planted_partition(
     n_clusters,
     *,
@@ -63,12 +79,16 @@ def make_planted_partition(
     >>> X.shape, np.bincount(y).tolist()
     ((90, 64), [30, 30, 30])
     """
-    if shape not in ("spherical", "elongated"):
-        raise ValueError(f"shape must be 'spherical' or 'elongated'; got {shape!r}")
     rng = check_random_state(random_state)
     ratios = np.geomspace(1.0, float(imbalance), n_clusters) if n_clusters > 1 else np.ones(1)
     sizes = np.floor(ratios / ratios.sum() * n_samples).astype(int)
     sizes[0] += n_samples - sizes.sum()
+    if sizes.min() < 1:
+        need = int(np.ceil(ratios.sum() / ratios.min()))
+        raise ValueError(
+            f"n_samples={n_samples} is too few for {n_clusters} groups with "
+            f"imbalance={imbalance}: the smallest group would be empty; give n_samples >= "
+            f"{need}.")
     common = rng.standard_normal(n_features)
     common /= np.linalg.norm(common)
     centres = rng.standard_normal((n_clusters, n_features))
@@ -91,6 +111,17 @@ _PALETTE = np.array(
 )
 
 
+@validate_params(
+    {
+        "height": [Interval(Integral, 1, None, closed="left")],
+        "width": [Interval(Integral, 1, None, closed="left")],
+        "n_shapes": [Interval(Integral, 0, len(_PALETTE), closed="both")],
+        "background": ["array-like"],
+        "noise": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def make_shapes_image(
     height=224, width=224, *, n_shapes=3, background=(128, 128, 128), noise=0.0,
     random_state=None,
@@ -125,8 +156,11 @@ def make_shapes_image(
     >>> image.shape, sorted(np.unique(truth).tolist())
     ((224, 224, 3), [0, 1, 2])
     """
-    if not 0 <= n_shapes <= len(_PALETTE):
-        raise ValueError(f"n_shapes must be in [0, {len(_PALETTE)}]; got {n_shapes}")
+    bg = np.asarray(background)
+    if bg.shape != (3,) or not np.issubdtype(bg.dtype, np.number) or not (
+            np.all(bg >= 0) and np.all(bg <= 255)):
+        raise ValueError(f"background must be 3 values in 0..255 (an RGB colour); got "
+                         f"{background!r}.")
     yy, xx = np.mgrid[0:height, 0:width]
     fy, fx = yy / height, xx / width
     masks = [
