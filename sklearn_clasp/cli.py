@@ -1015,6 +1015,11 @@ def _evaluation_table(rows, failures, missing, protocol, dataset, *, per_image=T
     return "\n".join(lines)
 
 
+def _not_a_directory(path):
+    """Why ``path``, which is not a directory, cannot be used as one."""
+    return "exists but is not a directory" if os.path.lexists(path) else "no such directory"
+
+
 def run_evaluate(args):
     """``clasp evaluate``; returns the exit status."""
     from .io import find_label_files, find_mask_files
@@ -1030,7 +1035,7 @@ def run_evaluate(args):
                              f"already made; it applies with --images")
     labels_dir = args.labels
     if not labels_dir.is_dir():
-        raise UsageError(f"--labels {labels_dir}: no such directory")
+        raise UsageError(f"--labels {labels_dir}: {_not_a_directory(labels_dir)}")
     labels = find_label_files(labels_dir)
     if not labels:
         raise UsageError(f"--labels {labels_dir}: no .png or .mat label files in it")
@@ -1038,7 +1043,7 @@ def run_evaluate(args):
     with contextlib.ExitStack() as stack:
         if args.images is not None:
             if not args.images.is_dir():
-                raise UsageError(f"--images {args.images}: no such directory")
+                raise UsageError(f"--images {args.images}: {_not_a_directory(args.images)}")
             pipeline = build_pipeline(settings)
             out = run.get("out_dir")
             if out is None:
@@ -1061,7 +1066,7 @@ def run_evaluate(args):
                 print()
         else:
             if not args.masks.is_dir():
-                raise UsageError(f"--masks {args.masks}: no such directory")
+                raise UsageError(f"--masks {args.masks}: {_not_a_directory(args.masks)}")
             masks = find_mask_files(args.masks)
         failed_names = {f["name"] for f in failures}
         pairs = [(stem, masks[stem], path) for stem, path in labels.items() if stem in masks]
@@ -1104,7 +1109,8 @@ def run_report(args):
     from .report import write_report
 
     if not args.out_dir.is_dir():
-        raise UsageError(f"{args.out_dir}: no such directory (the output directory of a run)")
+        raise UsageError(f"{args.out_dir}: {_not_a_directory(args.out_dir)} (the output "
+                         f"directory of a run)")
     try:
         path = write_report(args.out_dir, path=args.html)
     except (OSError, ValueError) as exc:

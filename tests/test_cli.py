@@ -1297,3 +1297,14 @@ def test_evaluate_masks_refuses_segmentation_options(tmp_path, capsys, option):
     assert _one_error_line(capsys.readouterr().err, "evaluate").endswith(
         f"{option[0]} has no effect with --masks, which scores masks already made; it "
         f"applies with --images")
+
+
+def test_a_file_where_a_directory_is_wanted_is_not_called_missing(image_dir, capsys):
+    """clasp report FILE said "no such directory" for a file that exists."""
+    file = image_dir / "a.png"
+    assert main(["report", str(file)]) == 2
+    assert f"{file}: exists but is not a directory" in _one_error_line(
+        capsys.readouterr().err, "report")
+    assert main(["evaluate", "--labels", str(file), "--masks", str(image_dir)]) == 2
+    assert f"--labels {file}: exists but is not a directory" in _one_error_line(
+        capsys.readouterr().err, "evaluate")
