@@ -407,7 +407,7 @@ def _subcommand(commands, name, func, *, pipeline=False, run=True, **kwargs):
     if pipeline:
         _add_pipeline_options(parser, run=run)
     _add_verbosity(parser)
-    parser.set_defaults(func=func)
+    parser.set_defaults(func=func, command_parser=parser)  # for errors said by the command
 
 
 def build_parser(command=None):
@@ -622,7 +622,7 @@ def load_config(path, *, run=True):
             options[key] = Path(str(value))
             continue
         if key not in specs:
-            valid = set(specs) | set(aliases) | {"random_state", "paper", "embed", "device"}
+            valid = set(specs) | set(aliases) | set(_special_specs())
             if run:
                 valid |= {"inputs", *_TLS_FLAGS}
             raise UsageError(f"{where}: unknown setting; valid: {', '.join(sorted(valid))}")
@@ -663,8 +663,8 @@ def _resolve(args):
     run_specs = {s.name: s for s in run_setting_specs()}
     aliases = _alias_help()
     for key, value in vars(args).items():
-        if value is None or value == [] or key in ("func", "config", "command", "verbose",
-                                                   "quiet"):
+        if value is None or value == [] or key in ("func", "command_parser", "config",
+                                                   "command", "verbose", "quiet"):
             continue
         where = None
         if key.startswith("alias:"):
@@ -825,7 +825,7 @@ def _segment(images, out_dir, run, pipeline, quiet):
     if run.get("scheduler") is not None:
         run = {**run, "scheduler": _check_scheduler(run["scheduler"])}
         _hold_dask_logs()
-    if run.get("scheduler") is None:  # settings that cannot work here: exit 2, nothing made
+    else:  # settings that cannot work here: exit 2, before anything is made
         _load_embedder(pipeline)
     try:  # before any work: the output directory must be writable (exit 2)
         OutputStore(Path(out_dir), run_id="check").prepare(who="--out-dir")
@@ -1026,9 +1026,10 @@ def run_evaluate(args):
 
     settings, run = _resolve(args)
     if args.masks is not None:  # nothing is segmented: a segmentation option does nothing
-        specs = {s.name: s for s in pipeline_setting_specs()} | _special_specs()
+        names = ({s.name for s in pipeline_setting_specs()} | set(_special_specs())
+                 | {s.name for s in run_setting_specs()})
         given = [k for k, v in vars(args).items() if v is not None and v is not False and (
-            k in specs or k.startswith("alias:") or k in ("n_jobs", "out_dir"))]
+            k in names or k.startswith("alias:"))]
         if given:
             key = given[0].split(":", 1)[1] if given[0].startswith("alias:") else given[0]
             raise UsageError(f"{flag_of(key)} has no effect with --masks, which scores masks "
@@ -1202,13 +1203,11 @@ def run_explain(args):
         raise UsageError(f"{image}: no such image file")
     out = args.out if args.out is not None else Path(f"{image.stem}_explain.png")
     try:  # before the image is segmented
-        check_figure_output(args.dpi)
-    except ValueError as exc:
-        raise UsageError(f"--dpi {args.dpi}: {str(exc).split(': ', 1)[1]}") from None
-    try:
         check_figure_output(args.dpi, out)
     except ValueError as exc:
-        raise UsageError(f"--out {exc}") from None
+        text = str(exc)
+        raise UsageError(f"--dpi {args.dpi}: {text.split(': ', 1)[1]}"
+                         if text.startswith("dpi=") else f"--out {text}") from None
     pipeline = build_pipeline(settings)
     _load_embedder(pipeline)
     try:
@@ -1326,9 +1325,7 @@ def main(argv=None):
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # said by the command's own parser, not by the top-level one
-            commands = next(a for a in parser._actions
-                            if isinstance(a, argparse._SubParsersAction))
-            (commands.choices.get(args.command) or parser).error(
+            getattr(args, "command_parser", parser).error(
                 f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # argparse exits 2 on errors, 0 for --help / --version
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE

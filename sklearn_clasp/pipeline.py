@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -950,9 +951,10 @@ def pipeline_from_settings(settings, *, memory=None):
                     f" the settings of embed={embedder!r} are "
                     f"{', '.join('embed__' + k for k in sorted(valid_embed))}")
             raise ValueError(f"embed__{key} does not apply to embed={embedder!r}:{hint}.")
-    for key in ("device", "random_state", "memory"):  # the embedder's own, set after the
-        if key in embed_params:  # pipeline-wide keywords of the same name
-            params[f"embed__{key}"] = embed_params.pop(key)
+    # the embedder's own settings named like a pipeline-wide keyword of make_clasp_pipeline
+    # (device, random_state, memory) are set after the pipeline is made
+    for key in set(embed_params) & set(inspect.signature(make_clasp_pipeline).parameters):
+        params[f"embed__{key}"] = embed_params.pop(key)
     pipe = make_clasp_pipeline(embedder, paper=paper, random_state=random_state,
                                device=device, memory=memory, **embed_params)
     valid = pipe.get_params()

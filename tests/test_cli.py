@@ -1287,7 +1287,8 @@ def test_argparse_errors_are_one_line_from_the_command(argv, line, capsys):
 
 
 @pytest.mark.parametrize("option", [["--k-max", "5"], ["--embedder", "handcrafted"],
-                                    ["--paper"], ["--refine-n-iter", "3"]])
+                                    ["--paper"], ["--refine-n-iter", "3"], ["--n-jobs", "1"],
+                                    ["--max-attempts", "2"]])
 def test_evaluate_masks_refuses_segmentation_options(tmp_path, capsys, option):
     """With --masks nothing is segmented: --k-max 5 was silently ignored."""
     (tmp_path / "labels").mkdir()

@@ -41,7 +41,7 @@ from ..io import (
     find_images,
     is_inside,
 )
-from ..pipeline import check_pipeline_settings, pipeline_settings, settings_hash
+from ..pipeline import STEP_NAMES, check_pipeline_settings, pipeline_settings, settings_hash
 from .engine import (
     Job,
     OutputNotSharedError,
@@ -445,7 +445,7 @@ def segment_collection(
             f"{len(pipeline.steps)} step(s)."
         )
     last = pipeline.steps[-1][0]
-    if last in ("embed", "affinity", "segment"):  # a CLASP pipeline cut before its refiner
+    if last in STEP_NAMES[:-1]:  # a CLASP pipeline cut before its refiner
         raise TypeError(
             f"segment_collection: the pipeline's last step is {last!r}, which returns "
             f"records, not masks; end it with a refiner (make_clasp_pipeline(...) does, "
